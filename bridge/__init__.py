@@ -1,0 +1,1 @@
+"""certpager bridge: Alertmanager webhooks in, PagerDuty and Statuspage events out, durably."""

@@ -1,0 +1,3 @@
+from certpager.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""certpager exporter: probes TLS endpoints and exposes their whole chain as Prometheus metrics."""
