@@ -1,0 +1,314 @@
+"""The PagerDuty Events API v2 sink: IncidentEvent -> ``POST {url}/v2/enqueue`` -> delivery outcome.
+
+Three parts, one way each:
+
+- :func:`build_body` translates an :class:`~bridge.events.IncidentEvent` into the Events v2 body (the
+  dry-run sink uses it too), fitting PagerDuty's limits instead of letting it answer 400: summary cut
+  to 1024 characters, dedup_key kept within 255, the body within 512 KB.
+- :func:`check_body` validates that body locally (required fields, enums, limits), so a bug costs a
+  dead letter, not a request and a rate-limit slot.
+- :class:`PagerDutySink` sends it and classifies the answer. Failure is a result, never an exception:
+  httpx errors are mapped once, in :meth:`PagerDutySink._post`.
+
+    202 (any 2xx)            Delivered
+    400                      DeadLetter  PagerDuty's ``errors`` text
+    429                      RetryLater  after Retry-After, else 30 s
+    5xx, timeout, network    RetryLater  after=None (the worker's backoff)
+    other status             DeadLetter  status and a body excerpt
+
+Routing keys are secrets: they are looked up per event (a rotated key applies to queued events), never
+logged, and the local rate limiter keys on a hash of them.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from bridge.events import Action, IncidentEvent, Severity
+from bridge.ratelimit import SlidingWindowLimiter
+from bridge.sinks.base import DeadLetter, Delivered, DeliveryOutcome, OutboxItem, RetryLater
+
+log = logging.getLogger(__name__)
+
+SUMMARY_MAX = 1024  # characters (code points), documented limit of payload.summary
+DEDUP_KEY_MAX = 255  # characters, documented limit of dedup_key
+BODY_MAX_BYTES = 512_000  # "512 KB"; Alertmanager reads it as 512,000 bytes, the safe reading
+RETRY_AFTER_DEFAULT = 30.0  # seconds; PagerDuty suggests retrying 429s 30 s apart
+RATE_WINDOW = 60.0  # seconds; PagerDuty's window looks back 60 s from now
+SEVERITIES = frozenset(s.value for s in Severity)
+ACTIONS = frozenset(a.value for a in Action)
+EXCERPT = 300  # characters of an unexpected answer kept in the dead letter
+
+
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    """The exact bytes sent (compact JSON, UTF-8)."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def fit_summary(summary: str) -> str:
+    """``summary`` cut to 1024 characters, the last one an ellipsis when something was cut."""
+    if len(summary) <= SUMMARY_MAX:
+        return summary
+    return summary[: SUMMARY_MAX - 1] + "…"
+
+
+def fit_dedup_key(key: str) -> str:
+    """``key`` if within 255 characters, else a stable 255-character prefix + sha256 of the whole key."""
+    if len(key) <= DEDUP_KEY_MAX:
+        return key
+    # Stable: trigger and resolve of the same long key still meet at the same PagerDuty alert.
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return key[: DEDUP_KEY_MAX - len(digest) - 1] + "-" + digest
+
+
+def _timestamp(value: str | None) -> str | None:
+    # A malformed timestamp must not cost a page: PagerDuty stamps the event itself when it is absent.
+    if not value:
+        return None
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return value
+
+
+def _trigger_payload(event: IncidentEvent) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "summary": fit_summary(event.summary),
+        "source": event.source,
+        "severity": str(event.severity),
+    }
+    optional = {
+        "timestamp": _timestamp(event.timestamp),
+        "component": event.component,
+        "group": event.group,
+        "class": event.event_class,
+    }
+    payload.update({k: v for k, v in optional.items() if v})
+    details = dict(event.custom_details)
+    if event.note:
+        details.setdefault("note", event.note)
+    if details:
+        payload["custom_details"] = details
+    return payload
+
+
+def build_body(event: IncidentEvent, routing_key: str) -> dict[str, Any]:
+    """The Events v2 body for ``event``: trigger carries payload/links/client; ack and resolve only keys."""
+    body: dict[str, Any] = {
+        "routing_key": routing_key,
+        "event_action": str(event.action),
+        "dedup_key": fit_dedup_key(event.key),
+    }
+    if event.action is not Action.TRIGGER:
+        return body
+    body["payload"] = _trigger_payload(event)
+    links = [{"href": link.href, **({"text": link.text} if link.text else {})} for link in event.links if link.href]
+    if links:
+        body["links"] = links
+    if event.client:
+        body["client"] = event.client
+    if event.client_url:
+        body["client_url"] = event.client_url
+    return _fit_size(body)
+
+
+def _fit_size(body: dict[str, Any]) -> dict[str, Any]:
+    size = len(encode_body(body))
+    if size <= BODY_MAX_BYTES or "custom_details" not in body["payload"]:
+        return body
+    # As Alertmanager does: the page matters more than its details; say what was dropped and why.
+    notice = f"custom_details removed: the event was {size} bytes, over PagerDuty's limit of {BODY_MAX_BYTES} bytes"
+    return {**body, "payload": {**body["payload"], "custom_details": {"error": notice}}}
+
+
+def check_body(body: Mapping[str, Any]) -> list[str]:
+    """What PagerDuty would reject in ``body`` (empty: send it)."""
+    problems: list[str] = []
+    if not body.get("routing_key"):
+        problems.append("routing_key is empty")
+    action = body.get("event_action")
+    if action not in ACTIONS:
+        problems.append(f"event_action {action!r} is not one of {sorted(ACTIONS)}")
+    dedup_key = body.get("dedup_key")
+    if not dedup_key:
+        problems.append("dedup_key is empty: acknowledge and resolve could never find the alert")
+    elif len(dedup_key) > DEDUP_KEY_MAX:
+        problems.append(f"dedup_key is {len(dedup_key)} characters, over {DEDUP_KEY_MAX}")
+    if action == "trigger":
+        problems.extend(_check_payload(body.get("payload")))
+        if any(not link.get("href") for link in body.get("links", ())):
+            problems.append("a link has no href")
+    size = len(encode_body(body))
+    if size > BODY_MAX_BYTES:
+        problems.append(f"event is {size} bytes, over PagerDuty's limit of {BODY_MAX_BYTES}")
+    return problems
+
+
+def _check_payload(payload: Any) -> list[str]:
+    if not isinstance(payload, Mapping):
+        return ["payload is required for trigger"]
+    problems = [f"payload.{name} is empty" for name in ("summary", "source") if not str(payload.get(name, "")).strip()]
+    if len(str(payload.get("summary", ""))) > SUMMARY_MAX:
+        problems.append(f"payload.summary is over {SUMMARY_MAX} characters")
+    if payload.get("severity") not in SEVERITIES:
+        problems.append(f"payload.severity {payload.get('severity')!r} is not one of {sorted(SEVERITIES)}")
+    if "custom_details" in payload and not isinstance(payload["custom_details"], Mapping):
+        problems.append("payload.custom_details is not an object")
+    return problems
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), or None if absent/unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(when.timestamp() - current, 0.0)
+
+
+def _excerpt(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= EXCERPT else text[: EXCERPT - 1] + "…"
+
+
+def _errors_text(response: httpx.Response) -> str:
+    # PagerDuty's 400 body: {"status": "invalid event", "message": "...", "errors": ["..."]}.
+    try:
+        data = response.json()
+    except ValueError:
+        return _excerpt(response.text)
+    if not isinstance(data, dict):
+        return _excerpt(response.text)
+    errors = data.get("errors")
+    parts = [str(e) for e in errors] if isinstance(errors, list) and errors else []
+    head = str(data.get("message") or data.get("status") or "bad request")
+    return f"{head}: {'; '.join(parts)}" if parts else head
+
+
+def classify(response: httpx.Response) -> DeliveryOutcome:
+    """Map one Events v2 answer to the outbox's outcome."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return Delivered(status=status, info=_excerpt(response.text))
+    if status == 400:
+        return DeadLetter(error=f"400 {_errors_text(response)}", status=status)
+    if status == 429:
+        after = parse_retry_after(response.headers.get("Retry-After"))
+        return RetryLater(
+            after=RETRY_AFTER_DEFAULT if after is None else after, error="429 rate limited", status=status
+        )
+    if status >= 500:
+        return RetryLater(after=None, error=f"{status} {_excerpt(response.text)}".rstrip(), status=status)
+    return DeadLetter(error=f"{status} {_excerpt(response.text)}".rstrip(), status=status)
+
+
+def _key_id(routing_key: str) -> str:
+    # The limiter remembers keys; it remembers a hash, so no secret lingers in one more place.
+    return hashlib.sha256(routing_key.encode()).hexdigest()[:16]
+
+
+def read_event(item: OutboxItem) -> IncidentEvent | DeadLetter:
+    """The item's IncidentEvent, or a dead letter saying why its payload is not one."""
+    try:
+        return IncidentEvent.from_json(item.payload)
+    except (KeyError, TypeError, ValueError) as exc:
+        return DeadLetter(error=f"outbox item {item.id} is not a valid IncidentEvent: {type(exc).__name__}: {exc}")
+
+
+class PagerDutySink:
+    """Delivers IncidentEvents to the PagerDuty Events API v2.
+
+    >>> sink = PagerDutySink(client, url="https://events.pagerduty.com", routing_key_for=keys.get)
+    >>> outcome = await sink.deliver(item)  # Delivered | RetryLater | DeadLetter, never raises
+    """
+
+    name = "pagerduty"
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        url: str,
+        routing_key_for: Callable[[str], str | None],
+        clock: Callable[[], float] = time.monotonic,
+        rate_limit_per_minute: int = 120,
+    ) -> None:
+        self._client = client
+        self._endpoint = url.rstrip("/") + "/v2/enqueue"
+        self._routing_key_for = routing_key_for
+        self._limiter = SlidingWindowLimiter(rate_limit_per_minute, RATE_WINDOW, clock=clock)
+
+    async def deliver(self, item: OutboxItem) -> DeliveryOutcome:
+        """Send one item; answer what the outbox should do with it."""
+        event = read_event(item)
+        if isinstance(event, DeadLetter):
+            log.warning("pagerduty event dead-lettered", extra={"kv": {"item": item.id, "error": event.error}})
+            return event
+        outcome = await self._deliver(event)
+        self._log(item, event, outcome)
+        return outcome
+
+    async def _deliver(self, event: IncidentEvent) -> DeliveryOutcome:
+        routing_key = self._routing_key_for(event.route)
+        if not routing_key:
+            return DeadLetter(
+                error=f"no PagerDuty routing key for route {event.route!r}: set "
+                f"integrations.pagerduty.routing_keys.{event.route} or integrations.pagerduty.routing_key"
+            )
+        body = build_body(event, routing_key)
+        problems = check_body(body)
+        if problems:
+            return DeadLetter(error="event rejected locally, not sent: " + "; ".join(problems))
+        wait = self._limiter.try_acquire(_key_id(routing_key))
+        if wait > 0:
+            return RetryLater(after=wait, error="rate limit (local)", local=True)
+        return await self._post(encode_body(body))
+
+    async def _post(self, content: bytes) -> DeliveryOutcome:
+        # The one place httpx exceptions become outcomes. A timeout may still have reached PagerDuty;
+        # retrying is safe because the dedup_key makes a repeated event land on the same alert.
+        try:
+            response = await self._client.post(
+                self._endpoint, content=content, headers={"Content-Type": "application/json"}
+            )
+        except httpx.TimeoutException as exc:
+            return RetryLater(after=None, error=f"timeout: {type(exc).__name__}")
+        except httpx.HTTPError as exc:
+            return RetryLater(after=None, error=f"network error: {type(exc).__name__}: {exc}")
+        return classify(response)
+
+    def _log(self, item: OutboxItem, event: IncidentEvent, outcome: DeliveryOutcome) -> None:
+        kv: dict[str, Any] = {
+            "item": item.id,
+            "dedup_key": fit_dedup_key(event.key),
+            "action": str(event.action),
+            "route": event.route,
+            "result": type(outcome).__name__,
+            "status": outcome.status,
+        }
+        if isinstance(outcome, Delivered):
+            log.debug("pagerduty event delivered", extra={"kv": kv})
+        elif isinstance(outcome, RetryLater):
+            log.info("pagerduty event to retry", extra={"kv": {**kv, "error": outcome.error}})
+        else:
+            log.warning("pagerduty event dead-lettered", extra={"kv": {**kv, "error": outcome.error}})
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (the sink owns it once constructed)."""
+        await self._client.aclose()

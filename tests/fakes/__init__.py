@@ -1,0 +1,1 @@
+"""Fakes of the SaaS APIs certpager talks to: real servers on loopback, never mocks."""

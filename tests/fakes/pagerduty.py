@@ -1,0 +1,353 @@
+"""A fake PagerDuty Events API v2: a real aiohttp server on loopback, for tests and crash tests.
+
+It answers as PagerDuty documents (developer-docs "Send an Alert Event", api-schema events-v2):
+
+- ``POST /v2/enqueue`` and ``POST /v2/change/enqueue``: validation with the documented 400 body
+  ``{"status": "invalid event", "message": "Event object is invalid", "errors": [...]}`` (and the
+  "Unrecognized object" body for unparseable JSON); 202 ``{"status": "success", "message":
+  "Event processed", "dedup_key": ...}``; 429 past 120 accepted events per routing key in a 60 s
+  window looking back from now.
+- incidents per (routing_key, dedup_key): trigger opens or dedups into the open alert, acknowledge
+  and resolve apply to the open alert or are accepted and dropped, a trigger after resolve opens anew.
+- fault injection: :meth:`FakePagerDuty.fail_next` (5xx, 429 with Retry-After, slow answers).
+
+Use it as ``async with run_fake_pagerduty() as fake: ... fake.url``, or standalone for subprocess
+tests: ``python -m tests.fakes.pagerduty --port 0 --state-file F`` prints ``listening on <url>`` and
+appends one JSON line per accepted event to F. It never imports the bridge: a fake that shared the
+sink's validation would hide the sink's bugs.
+
+Also here: PagerDuty Webhooks v3 signing (:func:`sign`, :func:`signature_header`) for inbound tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import signal
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+ROUTING_KEY_LENGTH = 32
+ACTIONS = ("trigger", "acknowledge", "resolve")
+SEVERITIES = ("critical", "error", "warning", "info")
+SUMMARY_MAX = 1024
+DEDUP_KEY_MAX = 255
+BODY_MAX = 512 * 1024
+
+
+@dataclass
+class Incident:
+    """One PagerDuty alert opened by a trigger on one routing key."""
+
+    routing_key: str
+    dedup_key: str
+    status: str = "triggered"  # triggered | acknowledged | resolved
+    summary: str = ""
+    severity: str = ""
+    triggers: int = 1
+    log: list[str] = field(default_factory=lambda: ["trigger"])
+
+
+@dataclass
+class Accepted:
+    """One event answered 202, in arrival order; ``outcome`` says what it did to the incidents."""
+
+    path: str
+    body: dict[str, Any]
+    dedup_key: str
+    outcome: str  # opened | deduplicated | acknowledged | resolved | dropped | change
+
+
+@dataclass
+class Fault:
+    status: int | None  # None: answer normally, after the delay
+    retry_after: str | None
+    delay: float
+
+
+def invalid(errors: list[str]) -> web.Response:
+    """PagerDuty's documented 400 for an event that parses but breaks the rules."""
+    return web.json_response(
+        {"status": "invalid event", "message": "Event object is invalid", "errors": errors}, status=400
+    )
+
+
+def unrecognized() -> web.Response:
+    """PagerDuty's documented 400 for a body that is not a JSON object."""
+    body = {
+        "status": "Unrecognized object",
+        "message": "Event object format is unrecognized",
+        "errors": ["JSON parse error"],
+    }
+    return web.json_response(body, status=400)
+
+
+def _check_common(body: dict[str, Any]) -> list[str]:
+    errors = []
+    routing_key = body.get("routing_key")
+    if not isinstance(routing_key, str) or not routing_key:
+        errors.append("'routing_key' is missing or blank")
+    elif len(routing_key) != ROUTING_KEY_LENGTH:
+        errors.append(f"'routing_key' must be {ROUTING_KEY_LENGTH} characters")
+    for i, link in enumerate(body.get("links") or []):
+        if not isinstance(link, dict) or not link.get("href"):
+            errors.append(f"'links[{i}].href' is missing or blank")
+    return errors
+
+
+def check_alert_event(body: dict[str, Any]) -> list[str]:
+    """Errors PagerDuty reports for an alert event (empty: valid)."""
+    errors = _check_common(body)
+    action = body.get("event_action")
+    if action not in ACTIONS:
+        errors.append("'event_action' must be one of trigger, acknowledge or resolve")
+    dedup_key = body.get("dedup_key")
+    if dedup_key is not None and (not isinstance(dedup_key, str) or len(dedup_key) > DEDUP_KEY_MAX):
+        errors.append(f"'dedup_key' is too long (maximum is {DEDUP_KEY_MAX} characters)")
+    if action in ("acknowledge", "resolve") and not dedup_key:
+        errors.append("'dedup_key' is required for acknowledge and resolve events")
+    for i, image in enumerate(body.get("images") or []):
+        if not isinstance(image, dict) or not str(image.get("src", "")).startswith("https://"):
+            errors.append(f"'images[{i}].src' must be an HTTPS URL")
+    if action == "trigger":
+        errors.extend(_check_payload(body.get("payload"), alert=True))
+    return errors
+
+
+def _check_payload(payload: Any, *, alert: bool) -> list[str]:
+    # Alert events need summary, source and severity; change events only a summary.
+    if not isinstance(payload, dict):
+        return ["'payload' is missing or not an object"]
+    errors = []
+    summary = payload.get("summary")
+    if not isinstance(summary, str) or not summary.strip():
+        errors.append("'summary' is missing or blank")
+    elif len(summary) > SUMMARY_MAX:
+        errors.append(f"'summary' is too long (maximum is {SUMMARY_MAX} characters)")
+    source = payload.get("source")
+    if alert and (not isinstance(source, str) or not source.strip()):
+        errors.append("'source' is missing or blank")
+    if alert and payload.get("severity") not in SEVERITIES:
+        errors.append("'severity' must be one of critical, error, warning or info")
+    details = payload.get("custom_details")
+    if details is not None and not isinstance(details, dict):
+        errors.append("'custom_details' must be an object")
+    return errors
+
+
+def check_change_event(body: dict[str, Any]) -> list[str]:
+    """Errors PagerDuty reports for a change event (empty: valid)."""
+    return _check_common(body) + _check_payload(body.get("payload"), alert=False)
+
+
+class FakePagerDuty:
+    """The fake's state and handlers; ``url`` is set once it listens."""
+
+    def __init__(
+        self,
+        *,
+        rate_limit: int = 120,
+        window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        state_file: Path | None = None,
+    ) -> None:
+        self.url = ""
+        self.rate_limit = rate_limit
+        self.window = window
+        self._clock = clock
+        self._state_file = state_file
+        self.accepted: list[Accepted] = []
+        self.incidents: list[Incident] = []
+        self.requests = 0  # every POST that reached the fake, faults and rejections included
+        self.rejected: list[dict[str, Any]] = []  # 400 bodies sent back, in order
+        self._faults: deque[Fault] = deque()
+        self._hits: dict[str, deque[float]] = {}
+
+    def fail_next(
+        self, n: int, status: int | None = 500, retry_after: float | str | None = None, delay: float = 0.0
+    ) -> None:
+        """Make the next ``n`` requests wait ``delay`` s, then answer ``status`` (None: answer normally)."""
+        header = None if retry_after is None else str(retry_after)
+        self._faults.extend(Fault(status, header, delay) for _ in range(n))
+
+    def open_incident(self, routing_key: str, dedup_key: str) -> Incident | None:
+        """The open (triggered or acknowledged) alert for the key on that routing key, if any."""
+        for incident in reversed(self.incidents):
+            if incident.routing_key == routing_key and incident.dedup_key == dedup_key:
+                return incident if incident.status != "resolved" else None
+        return None
+
+    def actions(self) -> list[tuple[str, str]]:
+        """(event_action, dedup_key) of every accepted alert event, in order: the usual assertion."""
+        return [(a.body["event_action"], a.dedup_key) for a in self.accepted if a.path == "/v2/enqueue"]
+
+    def app(self) -> web.Application:
+        """The aiohttp application (body limit above 512 KB so oversize events get PagerDuty's answer)."""
+        app = web.Application(client_max_size=4 * BODY_MAX)
+        app.router.add_post("/v2/enqueue", self._enqueue)
+        app.router.add_post("/v2/change/enqueue", self._change)
+        return app
+
+    async def _enqueue(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, check_alert_event, self._apply_alert)
+
+    async def _change(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, check_change_event, lambda body: ("", "change"))
+
+    async def _handle(
+        self,
+        request: web.Request,
+        check: Callable[[dict[str, Any]], list[str]],
+        apply: Callable[[dict[str, Any]], tuple[str, str]],
+    ) -> web.StreamResponse:
+        self.requests += 1
+        raw = await request.read()
+        fault = await self._fault()
+        if fault is not None:
+            return fault
+        if len(raw) > BODY_MAX:
+            return self._reject([f"Event is too large (maximum is {BODY_MAX // 1024} KB)"])
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, ValueError):
+            return unrecognized()
+        if not isinstance(body, dict):
+            return unrecognized()
+        errors = check(body)
+        if errors:
+            return self._reject(errors)
+        if self._throttled(body["routing_key"]):
+            return web.json_response(
+                {"status": "throttle event", "message": "Requests for this service are arriving too quickly."},
+                status=429,
+            )
+        dedup_key, outcome = apply(body)
+        self._record(Accepted(request.path, body, dedup_key, outcome))
+        answer: dict[str, Any] = {"status": "success", "message": "Event processed"}
+        if dedup_key:
+            answer["dedup_key"] = dedup_key
+        return web.json_response(answer, status=202)
+
+    async def _fault(self) -> web.Response | None:
+        if not self._faults:
+            return None
+        fault = self._faults.popleft()
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.status is None:
+            return None
+        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
+        return web.json_response(
+            {"status": "fault", "message": "injected by the test"}, status=fault.status, headers=headers
+        )
+
+    def _reject(self, errors: list[str]) -> web.Response:
+        self.rejected.append({"errors": errors})
+        return invalid(errors)
+
+    def _throttled(self, routing_key: str) -> bool:
+        now = self._clock()
+        hits = self._hits.setdefault(routing_key, deque())
+        while hits and hits[0] <= now - self.window:
+            hits.popleft()
+        if len(hits) >= self.rate_limit:
+            return True
+        hits.append(now)
+        return False
+
+    def _apply_alert(self, body: dict[str, Any]) -> tuple[str, str]:
+        routing_key, action = body["routing_key"], body["event_action"]
+        dedup_key = body.get("dedup_key") or uuid.uuid4().hex
+        incident = self.open_incident(routing_key, dedup_key)
+        if action == "trigger":
+            if incident is None:
+                payload = body["payload"]
+                self.incidents.append(
+                    Incident(routing_key, dedup_key, summary=payload["summary"], severity=payload["severity"])
+                )
+                return dedup_key, "opened"
+            incident.triggers += 1
+            incident.log.append("trigger")
+            return dedup_key, "deduplicated"
+        if incident is None:
+            return dedup_key, "dropped"  # PagerDuty accepts it and drops it: no open alert on this key
+        incident.status = "acknowledged" if action == "acknowledge" else "resolved"
+        incident.log.append(action)
+        return dedup_key, incident.status
+
+    def _record(self, accepted: Accepted) -> None:
+        self.accepted.append(accepted)
+        if self._state_file is not None:
+            line = {
+                "path": accepted.path,
+                "dedup_key": accepted.dedup_key,
+                "outcome": accepted.outcome,
+                "body": accepted.body,
+            }
+            with self._state_file.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(line, sort_keys=True) + "\n")
+                f.flush()
+
+
+@contextlib.asynccontextmanager
+async def run_fake_pagerduty(host: str = "127.0.0.1", port: int = 0, **options: Any) -> AsyncIterator[FakePagerDuty]:
+    """Serve a :class:`FakePagerDuty` on ``host:port`` (0: a free port) for the duration of the block."""
+    fake = FakePagerDuty(**options)
+    runner = web.AppRunner(fake.app(), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0]
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        fake.url = f"http://{shown}:{bound[1]}"
+        yield fake
+    finally:
+        await runner.cleanup()
+
+
+def sign(body: bytes, secret: str | bytes) -> str:
+    """PagerDuty Webhooks v3 signature of a raw body: ``v1=<hex HMAC-SHA256>``."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    return "v1=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def signature_header(body: bytes, *secrets: str | bytes) -> str:
+    """The ``X-PagerDuty-Signature`` value: one ``v1=`` per active secret, comma-separated (rotation)."""
+    return ",".join(sign(body, secret) for secret in secrets)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    state = Path(args.state_file) if args.state_file else None
+    async with run_fake_pagerduty(args.host, args.port, rate_limit=args.rate_limit, state_file=state) as fake:
+        print(f"listening on {fake.url}", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Standalone mode for tests that run the bridge as a subprocess."""
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.pagerduty", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0: a free port (printed on stdout)")
+    parser.add_argument("--state-file", help="append one JSON line per accepted event")
+    parser.add_argument("--rate-limit", type=int, default=120, help="accepted events per routing key per 60 s")
+    asyncio.run(_serve(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
