@@ -1,0 +1,377 @@
+"""Pure certificate helpers: DER -> CertificateInfo, trust verification, hostname matching.
+
+The same chain is seen on every probe of a target, so three things are cached:
+- parsed certificates, by DER bytes (bounded LRU);
+- trust stores, per ``ca_file`` (or the system store), reloaded when the file's mtime/size changes;
+- trust verdicts, by (chain DERs, store version), until the next notBefore/notAfter boundary of the
+  chain or ``VERDICT_TTL`` seconds, whichever comes first (a verdict only changes with time at those).
+
+Trust and hostname are separate verdicts: trust is checked with ``cryptography.x509.verification``
+(Web PKI rules, serverAuth EKU) against the leaf's *own* first SAN, so a wrong name never shows up as
+a trust failure; the name is then matched by :func:`match_hostname` (RFC 6125). An expired,
+untrusted, self-signed or wrong-name chain still yields every CertificateInfo with exact dates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import logging
+import os
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.x509 import verification
+from cryptography.x509.oid import NameOID
+
+from exporter.probes.base import CertificateInfo, Position, VerifyReason
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+VERDICT_TTL = 300.0  # seconds a cached trust verdict is reused (bounded staleness for revoked anchors)
+IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class LRU(Generic[K, V]):
+    """A small bounded least-recently-used mapping (thread-safe enough for get/put)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class CertificateParseError(ValueError):
+    """The DER bytes are not a certificate ``cryptography`` can read."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedCert:
+    """One certificate as parsed once: the info (position/index of first sight) and names to match."""
+
+    info: CertificateInfo
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[IPAddr, ...]
+
+
+_parsed: LRU[bytes, ParsedCert] = LRU(8192)
+
+
+def _cn(name: x509.Name) -> str:
+    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = attrs[0].value if attrs else ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def key_type_bits(cert: x509.Certificate) -> tuple[str, int]:
+    """Public key type (rsa, ec, ed25519, ed448, dsa) and size in bits."""
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return "rsa", key.key_size
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "ec", key.curve.key_size
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "ed25519", 256
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "ed448", 456
+    if isinstance(key, dsa.DSAPublicKey):
+        return "dsa", key.key_size
+    return "unknown", 0
+
+
+def signature_algorithm(cert: x509.Certificate) -> str:
+    """The signature algorithm's OpenSSL-style name (sha256WithRSAEncryption, ecdsa-with-SHA384, ...)."""
+    oid = cert.signature_algorithm_oid
+    name = oid._name
+    return oid.dotted_string if name == "Unknown OID" else name
+
+
+def _is_self_signed(cert: x509.Certificate) -> bool:
+    if cert.subject != cert.issuer:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _names(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[IPAddr, ...]]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return (), ()
+    ips = tuple(ip for ip in san.get_values_for_type(x509.IPAddress)
+                if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address))
+    return tuple(san.get_values_for_type(x509.DNSName)), ips
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _parse(der: bytes) -> ParsedCert:
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        dns_names, ips = _names(cert)
+        key_type, key_bits = key_type_bits(cert)
+        self_signed = _is_self_signed(cert)
+        is_ca = _is_ca(cert)
+        info = CertificateInfo(
+            position=Position.ROOT if self_signed and is_ca else Position.INTERMEDIATE,
+            index=1,
+            subject_cn=_cn(cert.subject),
+            issuer_cn=_cn(cert.issuer),
+            serial=format(cert.serial_number, "x"),
+            not_before=cert.not_valid_before_utc.timestamp(),
+            not_after=cert.not_valid_after_utc.timestamp(),
+            sans=dns_names + tuple(str(ip) for ip in ips),
+            key_type=key_type,
+            key_bits=key_bits,
+            signature_algorithm=signature_algorithm(cert),
+            fingerprint_sha256=hashlib.sha256(der).hexdigest(),
+            self_signed=self_signed,
+            is_ca=is_ca,
+        )
+    except ValueError as exc:  # cryptography raises ValueError for malformed DER and extensions
+        raise CertificateParseError(str(exc)) from exc
+    return ParsedCert(info, dns_names, ips)
+
+
+def parse(der: bytes) -> ParsedCert:
+    """Parse one DER certificate (cached by its bytes); raises CertificateParseError."""
+    parsed = _parsed.get(der)
+    if parsed is None:
+        parsed = _parse(der)
+        _parsed.put(der, parsed)
+    return parsed
+
+
+def position_of(index: int, info: CertificateInfo) -> Position:
+    """leaf = index 0; root = a self-signed CA; anything else is an intermediate."""
+    if index == 0:
+        return Position.LEAF
+    return Position.ROOT if info.self_signed and info.is_ca else Position.INTERMEDIATE
+
+
+def cert_info(der: bytes, index: int) -> CertificateInfo:
+    """CertificateInfo of the certificate at ``index`` of a presented chain (or file)."""
+    info = parse(der).info
+    position = position_of(index, info)
+    if info.index == index and info.position == position:
+        return info
+    return replace(info, index=index, position=position)
+
+
+def chain_info(ders: Sequence[bytes]) -> tuple[CertificateInfo, ...]:
+    """CertificateInfo for every certificate in presentation order."""
+    return tuple(cert_info(der, i) for i, der in enumerate(ders))
+
+
+# --- hostname (RFC 6125) -------------------------------------------------------------------------
+
+
+def _wildcard_match(pattern: str, name: str) -> bool:
+    # Only a whole left-most "*" label, matching exactly one label, with at least two labels after it
+    # (no "*.com", no "f*o.example", no "*.*.example"): what OpenSSL and browsers accept.
+    if not pattern.startswith("*.") or "*" in pattern[2:]:
+        return False
+    suffix = pattern[1:]
+    if suffix.count(".") < 2:
+        return False
+    head, dot, rest = name.partition(".")
+    return bool(head) and bool(dot) and "." + rest == suffix
+
+
+def match_hostname(parsed: ParsedCert, name: str) -> bool:
+    """Does the leaf's SAN cover ``name`` (DNS name, or IP literal against IP SANs only)?"""
+    try:
+        ip = ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return ip in parsed.ip_addresses
+    wanted = name.rstrip(".").lower()
+    for san in parsed.dns_names:
+        pattern = san.rstrip(".").lower()
+        if pattern == wanted or _wildcard_match(pattern, wanted):
+            return True
+    return False
+
+
+# --- trust ---------------------------------------------------------------------------------------
+
+
+class TrustStoreError(Exception):
+    """The CA file cannot be read or holds no certificate."""
+
+
+@dataclass(frozen=True, slots=True)
+class _LoadedStore:
+    token: tuple[object, ...]  # identifies the file version the store was built from
+    store: verification.Store
+    anchors: frozenset[bytes]  # DER of every anchor, to tell "self-signed and trusted" apart
+
+
+def _system_bundle() -> Path:
+    paths = ssl.get_default_verify_paths()
+    for candidate in (os.environ.get(paths.openssl_cafile_env), paths.cafile, paths.openssl_cafile):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    raise TrustStoreError("no system CA bundle found (set SSL_CERT_FILE or the module's tls.ca_file)")
+
+
+class TrustStores:
+    """Trust stores per CA file, rebuilt when the file changes (one stat per lookup)."""
+
+    def __init__(self) -> None:
+        self._stores: dict[Path, _LoadedStore] = {}
+        self._lock = threading.Lock()
+
+    def get(self, ca_file: Path | None) -> _LoadedStore:
+        """The store for ``ca_file`` (None: the system bundle); raises TrustStoreError."""
+        path = _system_bundle() if ca_file is None else ca_file
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise TrustStoreError(f"{path}: {exc.strerror}") from exc
+        token = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
+        loaded = self._stores.get(path)
+        if loaded is not None and loaded.token == token:
+            return loaded
+        with self._lock:
+            loaded = self._load(path, token)
+            self._stores[path] = loaded
+        return loaded
+
+    @staticmethod
+    def _load(path: Path, token: tuple[object, ...]) -> _LoadedStore:
+        try:
+            certs = x509.load_pem_x509_certificates(path.read_bytes())
+        except OSError as exc:
+            raise TrustStoreError(f"{path}: {exc.strerror}") from exc
+        except ValueError as exc:
+            raise TrustStoreError(f"{path}: no PEM certificate could be read ({exc})") from exc
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        anchors = frozenset(c.public_bytes(Encoding.DER) for c in certs)
+        log.debug("trust store loaded", extra={"kv": {"path": str(path), "certificates": len(certs)}})
+        return _LoadedStore(token, verification.Store(certs), anchors)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The trust verdict of one presented chain."""
+
+    verified: bool
+    reason: VerifyReason | None = None
+    detail: str = ""
+
+
+class ChainVerifier:
+    """Verifies presented chains against trust stores, caching verdicts (see module docstring)."""
+
+    def __init__(
+        self,
+        stores: TrustStores | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        cache_size: int = 16384,
+    ) -> None:
+        self.stores = stores or TrustStores()
+        self._clock = clock
+        self._cache: LRU[tuple[object, ...], tuple[Verdict, float]] = LRU(cache_size)
+
+    def verify(self, ders: Sequence[bytes], ca_file: Path | None) -> Verdict:
+        """Is there a path from the leaf (``ders[0]``) through the presented certs to a trust anchor?"""
+        now = self._clock()
+        try:
+            store = self.stores.get(ca_file)
+        except TrustStoreError as exc:
+            return Verdict(False, VerifyReason.INVALID, f"trust store: {exc}")
+        key = (tuple(ders), store.token)
+        cached = self._cache.get(key)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        verdict = self._verify(ders, store, now)
+        self._cache.put(key, (verdict, self._valid_until(ders, now)))
+        return verdict
+
+    @staticmethod
+    def _valid_until(ders: Sequence[bytes], now: float) -> float:
+        boundaries = [t for der in ders for t in (parse(der).info.not_before, parse(der).info.not_after) if t > now]
+        return min([now + VERDICT_TTL, *boundaries])
+
+    def _verify(self, ders: Sequence[bytes], store: _LoadedStore, now: float) -> Verdict:
+        leaf = parse(ders[0])
+        if leaf.info.self_signed and ders[0] not in store.anchors:
+            return Verdict(False, VerifyReason.SELF_SIGNED, "the leaf is self-signed and not a trust anchor")
+        subject = _own_subject(leaf)
+        if subject is None:
+            return Verdict(False, VerifyReason.INVALID, "the leaf has no subjectAltName")
+        certs = [x509.load_der_x509_certificate(der) for der in ders]
+        moment = dt.datetime.fromtimestamp(now, dt.UTC)
+        builder = verification.PolicyBuilder().store(store.store).time(moment)
+        try:
+            builder.build_server_verifier(subject).verify(certs[0], certs[1:])
+        except verification.VerificationError as exc:
+            return _classify(str(exc), ders, now)
+        return Verdict(True)
+
+
+def _own_subject(leaf: ParsedCert) -> verification.Subject | None:
+    # Verify trust against a name the leaf does carry, so a name mismatch stays out of the trust verdict.
+    if leaf.dns_names:
+        return x509.DNSName(leaf.dns_names[0])
+    if leaf.ip_addresses:
+        return x509.IPAddress(leaf.ip_addresses[0])
+    return None
+
+
+def _classify(message: str, ders: Sequence[bytes], now: float) -> Verdict:
+    # cryptography's VerificationError carries only a message; these phrases are stable across
+    # 43..50 ("cert is not valid at validation time", "candidates exhausted ... no interior errors").
+    detail = message.split(" (encountered processing", 1)[0]
+    if "not valid at validation time" in message:
+        infos = [parse(der).info for der in ders]
+        if any(i.not_after < now for i in infos):
+            return Verdict(False, VerifyReason.EXPIRED, detail)
+        if any(i.not_before > now for i in infos):
+            return Verdict(False, VerifyReason.NOT_YET_VALID, detail)
+        return Verdict(False, VerifyReason.EXPIRED, detail + " (a trust anchor is out of its validity period)")
+    if "no interior errors" in message:
+        return Verdict(False, VerifyReason.UNKNOWN_ISSUER, "no path from the leaf to a trust anchor")
+    return Verdict(False, VerifyReason.INVALID, detail)
