@@ -187,6 +187,15 @@ def _excerpt(text: str) -> str:
     return text if len(text) <= EXCERPT else text[: EXCERPT - 1] + "…"
 
 
+def _message(response: httpx.Response) -> str:
+    # 202 body: {"status": "success", "message": "Event processed", "dedup_key": "..."}.
+    try:
+        data = response.json()
+    except ValueError:
+        return _excerpt(response.text)
+    return str(data.get("message", "")) if isinstance(data, dict) else _excerpt(response.text)
+
+
 def _errors_text(response: httpx.Response) -> str:
     # PagerDuty's 400 body: {"status": "invalid event", "message": "...", "errors": ["..."]}.
     try:
@@ -205,7 +214,7 @@ def classify(response: httpx.Response) -> DeliveryOutcome:
     """Map one Events v2 answer to the outbox's outcome."""
     status = response.status_code
     if 200 <= status < 300:
-        return Delivered(status=status, info=_excerpt(response.text))
+        return Delivered(status=status, info=_message(response))
     if status == 400:
         return DeadLetter(error=f"400 {_errors_text(response)}", status=status)
     if status == 429:

@@ -304,7 +304,8 @@ class FakePagerDuty:
 async def run_fake_pagerduty(host: str = "127.0.0.1", port: int = 0, **options: Any) -> AsyncIterator[FakePagerDuty]:
     """Serve a :class:`FakePagerDuty` on ``host:port`` (0: a free port) for the duration of the block."""
     fake = FakePagerDuty(**options)
-    runner = web.AppRunner(fake.app(), access_log=None)
+    # A short shutdown timeout: a test that injected a slow answer must not wait for it at cleanup.
+    runner = web.AppRunner(fake.app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
