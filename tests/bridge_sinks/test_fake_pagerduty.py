@@ -203,6 +203,12 @@ async def test_fail_next_injects_faults_in_order_then_recovers(fake_pd, http):
     assert [a.outcome for a in fake_pd.accepted] == ["opened", "deduplicated"]
 
 
+async def test_serves_on_ipv6_loopback(http):
+    async with run_fake_pagerduty(host="::1") as fake:
+        assert fake.url.startswith("http://[::1]:")
+        assert (await http.post(f"{fake.url}/v2/enqueue", json=alert())).status_code == 202
+
+
 async def test_change_events(fake_pd, http):
     url = f"{fake_pd.url}/v2/change/enqueue"
     ok = {
@@ -244,6 +250,17 @@ def test_standalone_mode_records_accepted_events_in_the_state_file(tmp_path):
             assert client.post(f"{url}/v2/enqueue", json=alert()).status_code == 202
             assert client.post(f"{url}/v2/enqueue", json=alert(event_action="resolve")).status_code == 202
             assert client.post(f"{url}/v2/enqueue", json=alert(routing_key="short")).status_code == 400
+            fault = client.post(f"{url}/_fake/fail_next", json={"n": 1, "status": 503})
+            assert fault.json() == {"pending_faults": 1}
+            assert client.post(f"{url}/v2/enqueue", json=alert()).status_code == 503
+            assert client.get(f"{url}/_fake/state").json() == {
+                "requests": 4,
+                "accepted": [
+                    {"path": "/v2/enqueue", "dedup_key": "k1", "outcome": "opened"},
+                    {"path": "/v2/enqueue", "dedup_key": "k1", "outcome": "resolved"},
+                ],
+                "incidents": [{"dedup_key": "k1", "status": "resolved", "log": ["trigger", "resolve"]}],
+            }
         lines = [json.loads(x) for x in state.read_text().splitlines()]
         assert [(x["body"]["event_action"], x["dedup_key"], x["outcome"]) for x in lines] == [
             ("trigger", "k1", "opened"),

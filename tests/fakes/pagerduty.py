@@ -13,7 +13,8 @@ It answers as PagerDuty documents (developer-docs "Send an Alert Event", api-sch
 
 Use it as ``async with run_fake_pagerduty() as fake: ... fake.url``, or standalone for subprocess
 tests: ``python -m tests.fakes.pagerduty --port 0 --state-file F`` prints ``listening on <url>`` and
-appends one JSON line per accepted event to F. It never imports the bridge: a fake that shared the
+appends one JSON line per accepted event to F; ``POST /_fake/fail_next`` (``{"n", "status", "retry_after",
+"delay"}``) and ``GET /_fake/state`` drive and read it from outside. It never imports the bridge: a fake that shared the
 sink's validation would hide the sink's bugs.
 
 Also here: PagerDuty Webhooks v3 signing (:func:`sign`, :func:`signature_header`) for inbound tests.
@@ -197,7 +198,24 @@ class FakePagerDuty:
         app = web.Application(client_max_size=4 * BODY_MAX)
         app.router.add_post("/v2/enqueue", self._enqueue)
         app.router.add_post("/v2/change/enqueue", self._change)
+        # Test controls for standalone mode (a subprocess test cannot call fail_next directly).
+        app.router.add_post("/_fake/fail_next", self._control_fail_next)
+        app.router.add_get("/_fake/state", self._control_state)
         return app
+
+    async def _control_fail_next(self, request: web.Request) -> web.Response:
+        spec = await request.json()
+        self.fail_next(int(spec["n"]), spec.get("status", 500), spec.get("retry_after"), float(spec.get("delay", 0)))
+        return web.json_response({"pending_faults": len(self._faults)})
+
+    async def _control_state(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "requests": self.requests,
+                "accepted": [{"path": a.path, "dedup_key": a.dedup_key, "outcome": a.outcome} for a in self.accepted],
+                "incidents": [{"dedup_key": i.dedup_key, "status": i.status, "log": i.log} for i in self.incidents],
+            }
+        )
 
     async def _enqueue(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, check_alert_event, self._apply_alert)
