@@ -54,6 +54,8 @@ class TLSSettings(StrictModel):
     def _client_cert_pair(self) -> Self:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file must be set together")
+        if self.min_version and self.max_version and self.min_version > self.max_version:
+            raise ValueError(f"min_version {self.min_version} is above max_version {self.max_version}")
         return self
 
 
@@ -155,6 +157,11 @@ class ThresholdGroup(StrictModel):
     match: dict[str, str]
     thresholds: ThresholdOverrides
 
+    @field_validator("match")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_labels(value)
+
 
 class Policies(StrictModel):
     """Certificate and connection policies; each configured one is exported as checked."""
@@ -185,14 +192,24 @@ class Target(StrictModel):
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
         return _check_labels(value)
 
+    @field_validator("interval")
+    @classmethod
+    def _positive(cls, value: float | None) -> float | None:
+        return _positive_duration(value)
+
 
 class TargetFile(StrictModel):
     """Prometheus file_sd files (JSON or YAML), watched and reloaded when they change."""
 
-    files: list[str]  # paths or globs
+    files: list[str] = Field(min_length=1)  # paths or globs, relative to the config file's directory
     module: str = "tls"
     interval: Duration | None = None
     refresh_interval: Duration = 30.0
+
+    @field_validator("interval", "refresh_interval")
+    @classmethod
+    def _positive(cls, value: float | None) -> float | None:
+        return _positive_duration(value)
 
 
 class MetricsSettings(StrictModel):
@@ -208,6 +225,11 @@ class GlobalSettings(StrictModel):
     jitter: float = Field(default=0.1, ge=0, le=1)  # spread first probes and intervals by this fraction
     retry_backoff: Duration = 15.0  # first retry after a failed probe; doubles up to the interval
     timeout_offset: Duration = 0.5  # /probe: subtracted from X-Prometheus-Scrape-Timeout-Seconds
+
+    @field_validator("scrape_interval")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        return _positive_duration(value) or value
 
 
 class Config(StrictModel):
@@ -238,12 +260,16 @@ class Config(StrictModel):
         for i, tf in enumerate(self.target_files):
             if tf.module not in known:
                 raise ValueError(f"target_files[{i}].module: unknown module {tf.module!r}")
-        seen: set[tuple[str, str]] = set()
+        seen: set[str] = set()
         for i, target in enumerate(self.targets):
-            key = (target.target, target.module)
-            if key in seen:
-                raise ValueError(f"targets[{i}]: duplicate target {target.target!r} with module {target.module!r}")
-            seen.add(key)
+            # The ``target`` label identifies a target's series, so a name may appear once.
+            if target.target in seen:
+                raise ValueError(f"targets[{i}].target: duplicate target {target.target!r} (names must be unique)")
+            seen.add(target.target)
+            if known[target.module].kind != "file":
+                problem = endpoint_problem(target.target)
+                if problem:
+                    raise ValueError(f"targets[{i}].target: {problem}")
         return self
 
     def thresholds_for(self, labels: Mapping[str, str], override: ThresholdOverrides | None) -> dict[str, float]:
@@ -257,6 +283,24 @@ class Config(StrictModel):
         return result
 
 
+def endpoint_problem(target: str) -> str | None:
+    """Why ``target`` is not ``host:port`` / ``[v6]:port`` (None when it is)."""
+    host, sep, port = target.rpartition(":")
+    expected = f"expected host:port or [ipv6]:port, got {target!r}"
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return expected
+    if host.startswith("["):
+        if not host.endswith("]"):
+            return expected
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{host[1:-1]!r} is not an IPv6 address"
+    elif ":" in host:
+        return f"IPv6 addresses need brackets: [addr]:port, got {target!r}"
+    return None
+
+
 def _check_labels(labels: dict[str, str]) -> dict[str, str]:
     import re
 
@@ -266,6 +310,12 @@ def _check_labels(labels: dict[str, str]) -> dict[str, str]:
         if name in RESERVED_LABELS:
             raise ValueError(f"label name {name!r} is reserved for the exporter's own labels")
     return labels
+
+
+def _positive_duration(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise ValueError("expected a duration greater than 0")
+    return value
 
 
 def load(path: Path | str) -> Config:

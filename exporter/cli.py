@@ -1,0 +1,86 @@
+"""``certpager exporter``: run the exporter, or validate its config with ``--config.check``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from certpager.errors import ConfigError
+from certpager.logs import setup_logging
+from certpager.web import serve, split_listen_address
+from exporter.config import Config, load
+
+DEFAULT_CONFIG = "certpager-exporter.yml"
+DEFAULT_LISTEN = ":9879"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the exporter's flags (Prometheus-style dotted names)."""
+    parser.add_argument("--config.file", dest="config_file", default=DEFAULT_CONFIG,
+                        help=f"exporter config file (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--config.check", dest="config_check", action="store_true",
+                        help="validate the config and its target files, print a summary and exit")
+    parser.add_argument("--web.listen-address", dest="listen_address", default=DEFAULT_LISTEN,
+                        help=f"address to listen on (default: {DEFAULT_LISTEN})")
+    parser.add_argument("--log.level", dest="log_level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of the subcommand; returns the exit code."""
+    setup_logging(args.log_level, args.log_format)
+    if args.config_check:
+        return check_config(Path(args.config_file), sys.stdout, sys.stderr)
+    try:
+        split_listen_address(args.listen_address)
+    except ValueError as exc:
+        print(f"--web.listen-address: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(Path(args.config_file), args.listen_address))
+
+
+async def _serve(config_file: Path, address: str) -> int:
+    # Imported here so --config.check stays light (no aiohttp app, no probe engine).
+    from exporter.app import Exporter
+    from exporter.web import create_app
+
+    try:
+        exporter = Exporter(config_file)
+    except ConfigError as exc:
+        print(f"error loading config: {exc}", file=sys.stderr)
+        return 1
+    await serve(create_app(exporter), address, reload=exporter.reload)
+    return 0
+
+
+def check_config(path: Path, out: TextIO, err: TextIO) -> int:
+    """Validate ``path`` and the target files it names; 0 if valid, 1 with the errors otherwise."""
+    try:
+        config = load(path)
+    except ConfigError as exc:
+        print(f"FAILED: {exc}", file=err)
+        return 1
+    from exporter.targets import TargetFileWatcher, resolve_targets
+
+    messages: list[str] = []
+    watcher = TargetFileWatcher(config.target_files, base_dir=path.parent, clock=lambda: 0.0,
+                                on_error=messages.append)
+    watcher.poll(force=True)
+    targets, warnings = resolve_targets(config, watcher.groups())
+    print(_summary(path, config, len(watcher.file_status()), len(targets)), file=out)
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=err)
+    for message in messages:
+        print(f"FAILED: {message}", file=err)
+    return 1 if messages else 0
+
+
+def _summary(path: Path, config: Config, files: int, targets: int) -> str:
+    return (
+        f"{path}: OK: {len(config.all_modules)} modules, {len(config.targets)} static targets, "
+        f"{len(config.target_files)} target_files entries ({files} files), {targets} targets in total"
+    )

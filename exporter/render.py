@@ -1,0 +1,210 @@
+"""Prometheus text rendering of probe results (the metric contract of docs/metrics.md).
+
+Rendering is split so /metrics stays cheap at 10,000 targets: :func:`render_target` is a pure
+function from one target's results to one pre-encoded block of sample lines per metric family; it
+runs once when a result changes. At scrape time :func:`join_families` only concatenates, family by
+family, so HELP/TYPE appear once and every family's samples are contiguous. /probe uses the same two
+functions for its single result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from exporter.config import MetricsSettings
+from exporter.probes.base import CertificateInfo, ProbeResult
+
+# (name, help); every family is a gauge. The order is the exposition order.
+FAMILIES: tuple[tuple[str, str], ...] = (
+    ("tls_probe_success", "1 if a handshake completed and a chain was read, else 0."),
+    ("tls_probe_duration_seconds", "Duration of each probe phase in seconds."),
+    ("tls_probe_error_info", "1 for the reason the probe failed."),
+    ("tls_cert_not_after_timestamp_seconds", "NotAfter of every certificate the peer sent, unix seconds."),
+    ("tls_cert_not_before_timestamp_seconds", "NotBefore of every certificate the peer sent, unix seconds."),
+    ("tls_cert_info", "1 per certificate the peer sent, with descriptive labels."),
+    ("tls_chain_earliest_expiry_timestamp_seconds", "Earliest NotAfter over the presented chain, unix seconds."),
+    ("tls_chain_verified", "1 if the presented chain verifies against the trust store, else 0."),
+    ("tls_verify_error_info", "1 for the reason the chain does not verify."),
+    ("tls_hostname_verified", "1 if the leaf certificate matches the name asked for, else 0."),
+    ("tls_connection_info", "1, with the negotiated TLS version and cipher."),
+    ("tls_cert_expiry_threshold_seconds", "Configured expiry threshold per alert class, seconds."),
+    ("tls_cert_policy_violation", "1 per violated policy, 0 per checked one."),
+)
+_INDEX = {name: i for i, (name, _) in enumerate(FAMILIES)}
+(SUCCESS, DURATION, ERROR, NOT_AFTER, NOT_BEFORE, INFO, EARLIEST, VERIFIED, VERIFY_ERROR, HOSTNAME, CONNECTION,
+ THRESHOLD, POLICY) = range(len(FAMILIES))
+HEADERS: tuple[bytes, ...] = tuple(
+    f"# HELP {name} {help_text}\n# TYPE {name} gauge\n".encode() for name, help_text in FAMILIES
+)
+
+Blocks = tuple[bytes, ...]
+"""One encoded block of sample lines per family, indexed like FAMILIES (b"" when absent)."""
+
+
+def escape(value: str) -> str:
+    """Escape a label value for the text format (backslash, double quote, newline)."""
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def format_value(value: float) -> str:
+    """Format a sample value as Prometheus expects (integers without a fraction, +Inf, NaN)."""
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def label_prefix(pairs: Iterable[tuple[str, str]]) -> str:
+    """Render ``name="value"`` pairs joined by commas (values escaped)."""
+    return ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetView:
+    """What the renderer needs of a target: identity labels, thresholds and metric switches."""
+
+    target: str
+    labels: Mapping[str, str]
+    thresholds: Mapping[str, float]
+    probe_all_ips: bool = False
+
+
+def render_target(
+    view: TargetView,
+    results: Sequence[ProbeResult],
+    settings: MetricsSettings,
+    fallback: Blocks | None = None,
+) -> Blocks:
+    """Render one target's results into per-family blocks.
+
+    Certificate, chain, trust and connection families come from ``results`` when any of them
+    succeeded; otherwise they are taken from ``fallback`` (the blocks of the last probe that read a
+    chain): an endpoint that is down keeps exporting the dates it last presented, so expiry alerts do
+    not resolve and re-fire while it is down.
+    """
+    base = base_labels(view)
+    lines: list[list[str]] = [[] for _ in FAMILIES]
+    for result in results:
+        _render_probe(lines, _result_prefix(base, result, view), result)
+    use_results = fallback is None or any(r.success for r in results)
+    if use_results:
+        for result in results:
+            _render_chain(lines, _result_prefix(base, result, view), result, settings)
+    lines[THRESHOLD] = _threshold_lines(base, view)
+    blocks = ["".join(family).encode() for family in lines]
+    if not use_results and fallback is not None:
+        for i in CHAIN_FAMILIES:
+            blocks[i] = fallback[i]
+    return tuple(blocks)
+
+
+CHAIN_FAMILIES = (NOT_AFTER, NOT_BEFORE, INFO, EARLIEST, VERIFIED, VERIFY_ERROR, HOSTNAME, CONNECTION, POLICY)
+"""The families that describe a chain (kept from the last good probe while a target fails)."""
+
+
+def base_labels(view: TargetView) -> str:
+    """``target`` then the configured labels, sorted: the start of every series of the target."""
+    return label_prefix([("target", view.target), *sorted(view.labels.items())])
+
+
+def _threshold_lines(base: str, view: TargetView) -> list[str]:
+    return [f'tls_cert_expiry_threshold_seconds{{{base},class="{cls}"}} {format_value(seconds)}\n'
+            for cls, seconds in sorted(view.thresholds.items())]
+
+
+def relabel(blocks: Blocks, old: TargetView, new: TargetView) -> Blocks:
+    """Re-render blocks for a target whose labels or thresholds changed, without its results.
+
+    Every series of a target starts with ``{`` and its base labels, and label values escape their
+    quotes, so replacing that exact prefix cannot touch anything else.
+    """
+    before, after = ("{" + base_labels(old)).encode(), ("{" + base_labels(new)).encode()
+    out = [block.replace(before, after) if before != after else block for block in blocks]
+    out[THRESHOLD] = "".join(_threshold_lines(base_labels(new), new)).encode()
+    return tuple(out)
+
+
+def _result_prefix(base: str, result: ProbeResult, view: TargetView) -> str:
+    prefix = base
+    if view.probe_all_ips and result.ip is not None:
+        prefix += f',ip="{escape(result.ip)}"'
+    if result.path is not None:
+        prefix += f',path="{escape(result.path)}"'
+    return prefix
+
+
+def _render_probe(lines: list[list[str]], p: str, r: ProbeResult) -> None:
+    lines[SUCCESS].append(f"tls_probe_success{{{p}}} {1 if r.success else 0}\n")
+    for phase, seconds in sorted(r.durations.items()):
+        lines[DURATION].append(f'tls_probe_duration_seconds{{{p},phase="{phase}"}} {format_value(seconds)}\n')
+    if r.reason is not None:
+        lines[ERROR].append(f'tls_probe_error_info{{{p},reason="{r.reason}"}} 1\n')
+
+
+def _render_chain(lines: list[list[str]], p: str, r: ProbeResult, settings: MetricsSettings) -> None:
+    for cert in r.chain:
+        c = _cert_labels(p, cert)
+        lines[NOT_AFTER].append(f"tls_cert_not_after_timestamp_seconds{{{c}}} {format_value(cert.not_after)}\n")
+        lines[NOT_BEFORE].append(f"tls_cert_not_before_timestamp_seconds{{{c}}} {format_value(cert.not_before)}\n")
+        lines[INFO].append(f"tls_cert_info{{{c},{_info_labels(cert, settings)}}} 1\n")
+    earliest = r.earliest_expiry
+    if earliest is not None:
+        lines[EARLIEST].append(f"tls_chain_earliest_expiry_timestamp_seconds{{{p}}} {format_value(earliest)}\n")
+    if r.chain_verified is not None:
+        lines[VERIFIED].append(f"tls_chain_verified{{{p}}} {1 if r.chain_verified else 0}\n")
+    if r.verify_reason is not None:
+        lines[VERIFY_ERROR].append(f'tls_verify_error_info{{{p},reason="{r.verify_reason}"}} 1\n')
+    if r.hostname_verified is not None:
+        lines[HOSTNAME].append(f"tls_hostname_verified{{{p}}} {1 if r.hostname_verified else 0}\n")
+    if r.tls_version is not None:
+        conn = label_prefix([("version", r.tls_version), ("cipher", r.cipher or "")])
+        lines[CONNECTION].append(f"tls_connection_info{{{p},{conn}}} 1\n")
+    for policy, violated in sorted(r.policy_violations.items()):
+        lines[POLICY].append(f'tls_cert_policy_violation{{{p},policy="{escape(policy)}"}} {1 if violated else 0}\n')
+
+
+def _cert_labels(prefix: str, cert: CertificateInfo) -> str:
+    return prefix + "," + label_prefix(
+        [("position", str(cert.position)), ("index", str(cert.index)), ("subject_cn", cert.subject_cn),
+         ("issuer_cn", cert.issuer_cn), ("serial", cert.serial)]
+    )
+
+
+def _info_labels(cert: CertificateInfo, settings: MetricsSettings) -> str:
+    pairs = []
+    if settings.cert_info_sans:
+        pairs.append(("sans", ",".join(cert.sans)))
+    pairs += [("key_type", cert.key_type), ("key_bits", str(cert.key_bits)),
+              ("signature_algorithm", cert.signature_algorithm)]
+    if settings.cert_info_fingerprint:
+        pairs.append(("fingerprint_sha256", cert.fingerprint_sha256))
+    return label_prefix(pairs)
+
+
+def iter_families(blocks: Iterable[Blocks]) -> Iterator[bytes]:
+    """Yield one chunk per non-empty family (HELP/TYPE, then every target's samples of it)."""
+    entries = list(blocks)
+    for i, header in enumerate(HEADERS):
+        family = [b[i] for b in entries if b[i]]
+        if family:
+            family.insert(0, header)
+            yield b"".join(family)
+
+
+def join_families(blocks: Iterable[Blocks]) -> bytes:
+    """Concatenate many targets' blocks family by family, with HELP/TYPE once per non-empty family."""
+    return b"".join(iter_families(blocks))
+
+
+def family_index(name: str) -> int:
+    """Index of a family in FAMILIES (for tests and tools)."""
+    return _INDEX[name]

@@ -1,0 +1,112 @@
+"""The exporter's HTTP app: /metrics (cached), /probe (on demand), lifecycle routes, a landing page.
+
+:func:`create_app` takes a ready :class:`~exporter.app.Exporter`; with ``background=True`` the app's
+cleanup_ctx runs the exporter's scheduler and file watcher for the app's lifetime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import math
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from certpager.web import add_lifecycle_routes
+from exporter.app import Exporter, UnknownModuleError
+from exporter.config import endpoint_problem
+
+EXPORTER_KEY = web.AppKey("exporter", Exporter)
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def create_app(exporter: Exporter, *, background: bool = True) -> web.Application:
+    """Build the aiohttp app serving ``exporter``."""
+    app = web.Application()
+    app[EXPORTER_KEY] = exporter
+    app.router.add_get("/", landing)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/probe", probe)
+    add_lifecycle_routes(app, ready=lambda: True, reload=exporter.reload)
+    if background:
+        app.cleanup_ctx.append(_run_background)
+    return app
+
+
+async def _run_background(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[EXPORTER_KEY].run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """Cached results of background probes plus self metrics; never probes.
+
+    Streamed family by family: at 10,000 targets the body is tens of MB and must not be held twice.
+    """
+    response = web.StreamResponse(headers={"Content-Type": TEXT_FORMAT})
+    await response.prepare(request)
+    for chunk in request.app[EXPORTER_KEY].metrics_chunks():
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def probe(request: web.Request) -> web.Response:
+    """Probe ``target`` with ``module`` now, blackbox-style."""
+    exporter = request.app[EXPORTER_KEY]
+    target = request.query.get("target", "").strip()
+    module_name = request.query.get("module", "tls")
+    if not target:
+        return _bad_request("missing parameter: target")
+    module = exporter.config.all_modules.get(module_name)
+    if module is None:
+        return _bad_request(f"unknown module {module_name!r}")
+    if module.kind != "file" and (problem := endpoint_problem(target)):
+        return _bad_request(f"bad target: {problem}")
+    try:
+        cap = _timeout_cap(request.headers.get("X-Prometheus-Scrape-Timeout-Seconds"),
+                           exporter.config.global_.timeout_offset)
+    except ValueError as exc:
+        return _bad_request(str(exc))
+    try:
+        body = await exporter.probe_now(target, module_name, cap)
+    except UnknownModuleError:  # the config was reloaded between the check and the probe
+        return _bad_request(f"unknown module {module_name!r}")
+    return web.Response(body=body, headers={"Content-Type": TEXT_FORMAT})
+
+
+def _timeout_cap(header: str | None, offset: float) -> float | None:
+    """Scrape timeout minus the offset, or None without the header (the module timeout applies)."""
+    if header is None:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        raise ValueError(f"X-Prometheus-Scrape-Timeout-Seconds: expected seconds, got {header!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"X-Prometheus-Scrape-Timeout-Seconds: expected a positive number, got {header!r}")
+    # A scrape timeout shorter than the offset still gets a (tiny) probe rather than none.
+    return max(seconds - offset, seconds / 2 if seconds <= offset else 0.0)
+
+
+def _bad_request(reason: str) -> web.Response:
+    return web.Response(status=400, text=reason + "\n")
+
+
+async def landing(request: web.Request) -> web.Response:
+    """A small page linking the endpoints."""
+    exporter = request.app[EXPORTER_KEY]
+    modules = "".join(f"<li>{html.escape(name)}</li>" for name in sorted(exporter.config.all_modules))
+    page = (
+        "<html><head><title>certpager exporter</title></head><body><h1>certpager exporter</h1>"
+        '<ul><li><a href="/metrics">/metrics</a></li>'
+        '<li><a href="/probe?target=example.com:443&amp;module=tls">/probe?target=HOST:PORT&amp;module=NAME</a></li>'
+        '<li><a href="/-/healthy">/-/healthy</a></li><li><a href="/-/ready">/-/ready</a></li></ul>'
+        f"<p>{len(exporter.scheduler)} targets; modules:</p><ul>{modules}</ul></body></html>"
+    )
+    return web.Response(text=page, content_type="text/html")
