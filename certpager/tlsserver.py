@@ -5,14 +5,16 @@
 - :class:`MisbehavingPeer` accepts TCP and then stalls (never answers), answers non-TLS bytes, or
   closes at once.
 
-All are async context managers binding ``127.0.0.1`` or ``::1`` on port 0 (``.port`` tells which);
-leaving the context closes the listener and every connection still open.
+All are async context managers binding ``127.0.0.1`` or ``::1`` on port 0 (``.port`` tells which),
+or both on one port (``host=("127.0.0.1", "::1")``, for probe-every-IP tests); leaving the context
+closes the listeners and every connection still open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ssl
 import warnings
 from collections.abc import Sequence
@@ -29,11 +31,12 @@ GARBAGE = b"SSH-2.0-OpenSSH_9.2p1 certpager-test\r\n"  # what a non-TLS service 
 class _Listener:
     """Common start/stop and connection bookkeeping."""
 
-    def __init__(self, host: str) -> None:
-        self.host = host
+    def __init__(self, host: str | Sequence[str]) -> None:
+        self.hosts = (host,) if isinstance(host, str) else tuple(host)
+        self.host = self.hosts[0]
         self.port = 0
         self.connections = 0  # TCP connections accepted so far
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._ssl: ssl.SSLContext | None = None
@@ -44,22 +47,41 @@ class _Listener:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._accept, self.host, 0, ssl=self._ssl)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
+        for attempt in range(20):  # another process may hold the port on the second address: retry
+            try:
+                await self._bind_all()
+                return self
+            except OSError as exc:
+                await self._close_servers()
+                if exc.errno != errno.EADDRINUSE or attempt == 19:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _bind_all(self) -> None:
+        self.port = 0
+        for host in self.hosts:
+            server = await asyncio.start_server(self._accept, host, self.port, ssl=self._ssl)
+            self._servers.append(server)
+            self.port = server.sockets[0].getsockname()[1]
+
+    async def _close_servers(self) -> None:
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
+        self._servers.clear()
 
     async def __aexit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        assert self._server is not None
-        self._server.close()
+        for server in self._servers:
+            server.close()
         for writer in list(self._writers):
             writer.transport.abort()  # the handlers see EOF or a reset and return
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2)
         for task in list(self._tasks):
             task.cancel()
-        await self._server.wait_closed()
+        await self._close_servers()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -114,7 +136,7 @@ class TLSServer(_Listener):
         cert_file: Path,
         key_file: Path,
         *,
-        host: str = "127.0.0.1",
+        host: str | Sequence[str] = "127.0.0.1",
         client_ca_file: Path | None = None,
         min_version: str | None = None,
         max_version: str | None = None,
@@ -124,6 +146,11 @@ class TLSServer(_Listener):
         self._ssl = server_context(cert_file, key_file, client_ca_file=client_ca_file,
                                    min_version=min_version, max_version=max_version, alpn=alpn)
         self.client_subjects: list[str] = []  # CN of each client certificate seen
+        self.server_names: list[str | None] = []  # SNI of each handshake (None: no SNI sent)
+        self._ssl.sni_callback = self._record_sni
+
+    def _record_sni(self, _obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        self.server_names.append(name)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peercert")
@@ -137,7 +164,7 @@ class TLSServer(_Listener):
 class MisbehavingPeer(_Listener):
     """A TCP listener that is not a TLS server: ``stall``, ``garbage`` (non-TLS bytes) or ``close``."""
 
-    def __init__(self, mode: PeerMode, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, mode: PeerMode, *, host: str | Sequence[str] = "127.0.0.1") -> None:
         super().__init__(host)
         self.mode = mode
 

@@ -22,6 +22,7 @@ import os
 import ssl
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
@@ -31,6 +32,8 @@ from typing import Generic, TypeVar
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
 
@@ -145,7 +148,9 @@ def _is_ca(cert: x509.Certificate) -> bool:
 
 def _parse(der: bytes) -> ParsedCert:
     try:
-        cert = x509.load_der_x509_certificate(der)
+        with warnings.catch_warnings():  # peers send odd certificates; report them, do not warn
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            cert = x509.load_der_x509_certificate(der)
         dns_names, ips = _names(cert)
         key_type, key_bits = key_type_bits(cert)
         self_signed = _is_self_signed(cert)
@@ -280,16 +285,34 @@ class TrustStores:
     @staticmethod
     def _load(path: Path, token: tuple[object, ...]) -> _LoadedStore:
         try:
-            certs = x509.load_pem_x509_certificates(path.read_bytes())
+            data = path.read_bytes()
         except OSError as exc:
             raise TrustStoreError(f"{path}: {exc.strerror}") from exc
-        except ValueError as exc:
-            raise TrustStoreError(f"{path}: no PEM certificate could be read ({exc})") from exc
-        from cryptography.hazmat.primitives.serialization import Encoding
-
+        certs, skipped = _load_pem_bundle(data)
+        if not certs:
+            raise TrustStoreError(f"{path}: no PEM certificate could be read")
         anchors = frozenset(c.public_bytes(Encoding.DER) for c in certs)
-        log.debug("trust store loaded", extra={"kv": {"path": str(path), "certificates": len(certs)}})
+        log.debug("trust store loaded",
+                  extra={"kv": {"path": str(path), "certificates": len(certs), "skipped": skipped}})
         return _LoadedStore(token, verification.Store(certs), anchors)
+
+
+_PEM_END = b"-----END CERTIFICATE-----"
+
+
+def _load_pem_bundle(data: bytes) -> tuple[list[x509.Certificate], int]:
+    # One by one, so a single odd certificate (system bundles hold a few, e.g. with a non-positive
+    # serial that cryptography warns about) neither fails the whole store nor spams warnings.
+    certs: list[x509.Certificate] = []
+    skipped = 0
+    for block in data.split(_PEM_END)[:-1]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+                certs.append(x509.load_pem_x509_certificate(block + _PEM_END))
+        except ValueError:
+            skipped += 1
+    return certs, skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,25 +362,33 @@ class ChainVerifier:
         leaf = parse(ders[0])
         if leaf.info.self_signed and ders[0] not in store.anchors:
             return Verdict(False, VerifyReason.SELF_SIGNED, "the leaf is self-signed and not a trust anchor")
-        subject = _own_subject(leaf)
-        if subject is None:
-            return Verdict(False, VerifyReason.INVALID, "the leaf has no subjectAltName")
-        certs = [x509.load_der_x509_certificate(der) for der in ders]
         moment = dt.datetime.fromtimestamp(now, dt.UTC)
-        builder = verification.PolicyBuilder().store(store.store).time(moment)
+        verifier = _server_verifier(verification.PolicyBuilder().store(store.store).time(moment), leaf)
+        if verifier is None:
+            return Verdict(False, VerifyReason.INVALID, "the leaf has no usable subjectAltName")
+        certs = [x509.load_der_x509_certificate(der) for der in ders]
         try:
-            builder.build_server_verifier(subject).verify(certs[0], certs[1:])
+            verifier.verify(certs[0], certs[1:])
         except verification.VerificationError as exc:
             return _classify(str(exc), ders, now)
         return Verdict(True)
 
 
-def _own_subject(leaf: ParsedCert) -> verification.Subject | None:
+def _own_subjects(leaf: ParsedCert) -> list[verification.Subject]:
     # Verify trust against a name the leaf does carry, so a name mismatch stays out of the trust verdict.
-    if leaf.dns_names:
-        return x509.DNSName(leaf.dns_names[0])
-    if leaf.ip_addresses:
-        return x509.IPAddress(leaf.ip_addresses[0])
+    # A wildcard SAN stands for any one label: "*.example.com" -> "wildcard.example.com".
+    dns: list[verification.Subject] = [
+        x509.DNSName("wildcard" + name[1:] if name.startswith("*.") else name) for name in leaf.dns_names
+    ]
+    return dns + [x509.IPAddress(ip) for ip in leaf.ip_addresses]
+
+
+def _server_verifier(builder: verification.PolicyBuilder, leaf: ParsedCert) -> verification.ServerVerifier | None:
+    for subject in _own_subjects(leaf):
+        try:
+            return builder.build_server_verifier(subject)
+        except ValueError:  # a SAN that is not a valid reference name (e.g. "*" alone, bad IDNA)
+            continue
     return None
 
 

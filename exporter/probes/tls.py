@@ -185,7 +185,7 @@ class TLSProber:
         deadline = loop.time() + request.timeout
         durations: dict[Phase, float] = {}
         try:
-            endpoint = net.parse_endpoint(request.target)
+            endpoint = _endpoint(request.target)
             addresses = await self._addresses(request, endpoint, deadline, durations)
         except net.PhaseFailure as exc:
             return [self._failed(exc.reason, exc.detail, None, durations, started)]
@@ -313,6 +313,13 @@ class TLSProber:
             policy_violations=policy.evaluate(request.policies, chain, version, request.labels),
             started_at=started, duration=max(0.0, self.clock() - started),
         )
+
+
+def _endpoint(target: str) -> net.Endpoint:
+    try:
+        return net.parse_endpoint(target)
+    except ValueError as exc:
+        raise net.PhaseFailure(Reason.DNS, f"bad target: {exc}") from exc
 
 
 def _remaining(deadline: float) -> float:

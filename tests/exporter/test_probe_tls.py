@@ -1,0 +1,341 @@
+"""The TLS probe against real loopback TLS servers and misbehaving peers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from certpager.tlsserver import MisbehavingPeer, TLSServer
+from exporter.config import Module, Policies, StartTLSSettings, TLSSettings
+from exporter.probes import PROBES, get_probe, tls
+from exporter.probes.base import Phase, Position, ProbeRequest, ProbeResult, Reason, VerifyReason
+from exporter.probes.tls import TLSProber
+from tests.exporter.conftest import (
+    DAY,
+    LEAF_NOT_AFTER,
+    LEAF_NOT_BEFORE,
+    NOW,
+    FakeResolver,
+    ProbePKI,
+    open_fds,
+    ts,
+)
+
+
+async def probe_one(prober: TLSProber, target: str, module: Module, timeout: float = 5.0, **kw) -> ProbeResult:
+    results = await prober.probe(ProbeRequest(target=target, module=module, timeout=timeout, **kw))
+    assert len(results) == 1
+    return results[0]
+
+
+def serve(test_pki: ProbePKI, name: str, **kw) -> TLSServer:
+    files = test_pki.files[name]
+    return TLSServer(files.cert_file, files.key_file, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_valid_chain_is_read_and_trusted(prober, test_pki, trusting):
+    async with serve(test_pki, "valid") as server:
+        result = await probe_one(prober, f"localhost:{server.port}", trusting)
+    assert (result.success, result.reason, result.ip) == (True, None, "127.0.0.1")
+    leaf, inter = result.chain
+    assert (leaf.position, leaf.index, inter.position, inter.index) == (Position.LEAF, 0, Position.INTERMEDIATE, 1)
+    assert leaf.not_after == ts(LEAF_NOT_AFTER) and leaf.not_before == ts(LEAF_NOT_BEFORE)
+    assert inter.not_after == ts(NOW + 2000 * DAY)
+    assert (leaf.subject_cn, leaf.issuer_cn) == ("localhost", "certpager Test Intermediate")
+    assert (inter.subject_cn, inter.issuer_cn) == ("certpager Test Intermediate", "certpager Test Root")
+    assert (leaf.key_type, leaf.key_bits, leaf.signature_algorithm) == ("ec", 256, "ecdsa-with-SHA256")
+    assert leaf.sans == ("localhost", "127.0.0.1", "::1")
+    assert leaf.serial == format(test_pki.chains["valid"].leaf.cert.serial_number, "x")
+    assert (result.chain_verified, result.verify_reason, result.hostname_verified) == (True, None, True)
+    assert result.tls_version == "TLS 1.3" and result.cipher and result.cipher.startswith("TLS_")
+    assert set(result.durations) == {Phase.RESOLVE, Phase.CONNECT, Phase.HANDSHAKE}
+    assert result.earliest_expiry == ts(LEAF_NOT_AFTER)
+    assert result.policy_violations == {}
+    assert server.server_names == ["localhost"]
+
+
+async def test_root_sent_by_the_server_is_position_root(prober, test_pki, trusting, tmp_path):
+    chain = test_pki.chains["valid"]
+    (tmp_path / "full.crt").write_bytes(chain.chain_pem(root=True))
+    async with TLSServer(tmp_path / "full.crt", test_pki.files["valid"].key_file) as server:
+        result = await probe_one(prober, server.address, trusting)
+    assert [(c.position, c.index) for c in result.chain] == [
+        (Position.LEAF, 0), (Position.INTERMEDIATE, 1), (Position.ROOT, 2)]
+    assert result.chain[2].not_after == ts(NOW + 3000 * DAY)
+    assert result.chain_verified is True
+
+
+async def test_rsa_chain(prober, test_pki, trusting):
+    async with serve(test_pki, "rsa") as server:
+        result = await probe_one(prober, server.address, trusting)
+    leaf, inter = result.chain
+    assert (leaf.key_type, leaf.key_bits, leaf.signature_algorithm) == ("rsa", 2048, "sha256WithRSAEncryption")
+    assert (inter.key_type, inter.key_bits, inter.signature_algorithm) == ("rsa", 2048, "ecdsa-with-SHA256")
+    assert result.chain_verified is True
+
+
+@pytest.mark.parametrize(
+    ("name", "reason", "leaf_not_after"),
+    [
+        ("expired", VerifyReason.EXPIRED, NOW - 2 * DAY),
+        ("not_yet_valid", VerifyReason.NOT_YET_VALID, NOW + 90 * DAY),
+        ("self_signed", VerifyReason.SELF_SIGNED, LEAF_NOT_AFTER),
+    ],
+)
+async def test_untrusted_chains_still_export_dates(prober, test_pki, trusting, name, reason, leaf_not_after):
+    async with serve(test_pki, name) as server:
+        result = await probe_one(prober, server.address, trusting)
+    assert (result.success, result.chain_verified, result.verify_reason) == (True, False, reason)
+    assert result.chain[0].not_after == ts(leaf_not_after)
+    assert result.hostname_verified is True  # the name is right; trust is a separate verdict
+
+
+async def test_self_signed_leaf_is_alone_and_marked(prober, test_pki, trusting):
+    async with serve(test_pki, "self_signed") as server:
+        result = await probe_one(prober, server.address, trusting)
+    (leaf,) = result.chain
+    assert (leaf.position, leaf.self_signed, leaf.subject_cn, leaf.issuer_cn) == (
+        Position.LEAF, True, "localhost", "localhost")
+
+
+async def test_wrong_hostname_is_trusted_but_not_verified(prober, test_pki, trusting):
+    async with serve(test_pki, "wrong_name") as server:
+        result = await probe_one(prober, f"localhost:{server.port}", trusting)
+    assert (result.chain_verified, result.verify_reason, result.hostname_verified) == (True, None, False)
+    assert result.chain[0].sans == ("other.example",)
+
+
+async def test_missing_intermediate_is_unknown_issuer(prober, test_pki, trusting):
+    files = test_pki.files["valid"]
+    async with TLSServer(files.leaf_only_file, files.key_file) as server:
+        result = await probe_one(prober, server.address, trusting)
+    assert len(result.chain) == 1
+    assert (result.chain_verified, result.verify_reason) == (False, VerifyReason.UNKNOWN_ISSUER)
+    assert result.chain[0].not_after == ts(LEAF_NOT_AFTER)
+
+
+async def test_expired_intermediate_behind_valid_leaf(prober, test_pki, trusting):
+    async with serve(test_pki, "expired_intermediate") as server:
+        result = await probe_one(prober, server.address, trusting)
+    leaf, inter = result.chain
+    assert (leaf.not_after, inter.not_after) == (ts(LEAF_NOT_AFTER), ts(NOW - 5 * DAY))
+    assert inter.subject_cn == "Expired Intermediate"
+    assert (result.chain_verified, result.verify_reason) == (False, VerifyReason.EXPIRED)
+    assert result.earliest_expiry == ts(NOW - 5 * DAY)
+
+
+async def test_system_store_does_not_trust_the_test_root(prober, test_pki):
+    async with serve(test_pki, "valid") as server:
+        result = await probe_one(prober, server.address, Module())
+    assert (result.success, result.chain_verified, result.verify_reason) == (True, False, VerifyReason.UNKNOWN_ISSUER)
+
+
+async def test_insecure_skip_verify_gives_no_verdicts(prober, test_pki):
+    module = Module(tls=TLSSettings(insecure_skip_verify=True))
+    async with serve(test_pki, "expired") as server:
+        result = await probe_one(prober, server.address, module)
+    assert (result.success, result.chain_verified, result.hostname_verified) == (True, None, None)
+    assert result.chain[0].not_after == ts(NOW - 2 * DAY)
+
+
+async def test_stalling_peer_costs_one_timeout_and_leaks_nothing(prober, trusting):
+    async with MisbehavingPeer("stall") as peer:
+        before = open_fds()
+        started = time.monotonic()
+        result = await probe_one(prober, peer.address, trusting, timeout=0.5)
+        elapsed = time.monotonic() - started
+        assert (result.success, result.reason) == (False, Reason.HANDSHAKE_TIMEOUT)
+        assert 0.5 <= elapsed < 1.5
+        assert 0.45 <= result.durations[Phase.HANDSHAKE] < 1.0
+        for _ in range(100):  # bounded: the peer sees EOF and closes its side
+            if open_fds() == before:
+                break
+            await asyncio.sleep(0.02)
+        assert open_fds() == before
+
+
+async def test_cancelled_probe_leaks_nothing(prober, trusting):
+    async with MisbehavingPeer("stall") as peer:
+        before = open_fds()
+        task = asyncio.create_task(prober.probe(ProbeRequest(peer.address, trusting, timeout=30)))
+        for _ in range(100):
+            if peer.connections:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            if open_fds() == before:
+                break
+            await asyncio.sleep(0.02)
+        assert open_fds() == before
+
+
+@pytest.mark.parametrize(("mode", "reason"), [("garbage", Reason.NOT_TLS), ("close", Reason.CONNECTION_CLOSED)])
+async def test_misbehaving_peers(prober, trusting, mode, reason):
+    async with MisbehavingPeer(mode) as peer:
+        result = await probe_one(prober, peer.address, trusting, timeout=2)
+    assert (result.success, result.reason, result.chain) == (False, reason, ())
+    assert result.ip == "127.0.0.1"
+
+
+async def test_refused_port(prober, trusting):
+    port = free_port()
+    result = await probe_one(prober, f"127.0.0.1:{port}", trusting)
+    assert (result.success, result.reason, result.ip) == (False, Reason.REFUSED, "127.0.0.1")
+    assert Phase.HANDSHAKE not in result.durations
+
+
+async def test_unresolvable_name_never_leaves_the_machine(prober, resolver: FakeResolver, trusting):
+    result = await probe_one(prober, "nothing-here.invalid:443", trusting)
+    assert (result.success, result.reason, result.ip) == (False, Reason.DNS, None)
+    assert resolver.calls == ["nothing-here.invalid"]
+    assert set(result.durations) == {Phase.RESOLVE}
+
+
+async def test_ipv6_loopback(prober, test_pki, trusting):
+    async with serve(test_pki, "valid", host="::1") as server:
+        result = await probe_one(prober, server.address, trusting)
+    assert server.address == f"[::1]:{server.port}"
+    assert (result.success, result.ip, result.chain_verified, result.hostname_verified) == (True, "::1", True, True)
+    assert server.server_names == [None]  # never SNI for an IP literal
+
+
+async def test_probe_all_ips_probes_each_address(prober, test_pki, trusting):
+    module = trusting.model_copy(update={"probe_all_ips": True})
+    async with serve(test_pki, "valid", host=("127.0.0.1", "::1")) as server:
+        results = await prober.probe(ProbeRequest(f"dual.test:{server.port}", module, timeout=5))
+    assert [(r.ip, r.success) for r in results] == [("::1", True), ("127.0.0.1", True)]
+    assert all(r.chain[0].not_after == ts(LEAF_NOT_AFTER) for r in results)
+
+
+async def test_probe_all_ips_shows_the_one_bad_node(prober, test_pki, trusting):
+    module = trusting.model_copy(update={"probe_all_ips": True})
+    async with serve(test_pki, "valid", host="127.0.0.1") as server:
+        results = await prober.probe(ProbeRequest(f"dual.test:{server.port}", module, timeout=5))
+    assert [(r.ip, r.success, r.reason) for r in results] == [("::1", False, Reason.REFUSED),
+                                                              ("127.0.0.1", True, None)]
+
+
+async def test_connect_address_override_keeps_name_for_sni_and_verify(prober, resolver, test_pki, trusting):
+    async with serve(test_pki, "service") as server:
+        result = await probe_one(prober, f"service.test:{server.port}", trusting, address="127.0.0.1")
+    assert (result.success, result.ip, result.hostname_verified, result.chain_verified) == (
+        True, "127.0.0.1", True, True)
+    assert server.server_names == ["service.test"]
+    assert resolver.calls == []  # the override is an IP: nothing resolved
+
+
+async def test_server_name_setting_overrides_sni(prober, test_pki):
+    module = Module(tls=TLSSettings(ca_file=test_pki.ca_file, server_name="api.wild.test"))
+    async with serve(test_pki, "wildcard") as server:
+        result = await probe_one(prober, server.address, module)
+    assert server.server_names == ["api.wild.test"]
+    assert (result.hostname_verified, result.chain_verified) == (True, True)
+
+
+async def test_max_version_and_min_tls_version_policy(prober, test_pki, trusting):
+    async with serve(test_pki, "valid", max_version="TLS1.2") as server:
+        old = await probe_one(prober, server.address, trusting, policies=Policies(min_tls_version="TLS1.3"))
+        ok = await probe_one(prober, server.address, trusting, policies=Policies(min_tls_version="TLS1.2"))
+    assert (old.tls_version, old.policy_violations) == ("TLS 1.2", {"min_tls_version": True})
+    assert (ok.tls_version, ok.policy_violations) == ("TLS 1.2", {"min_tls_version": False})
+
+
+@contextlib.asynccontextmanager
+async def openssl_server(test_pki: ProbePKI, *args: str):
+    """Debian's ``openssl s_server`` on loopback: unlike asyncio, it sends its alerts before closing."""
+    files = test_pki.files["valid"]
+    proc = await asyncio.create_subprocess_exec(
+        "openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", str(files.cert_file),
+        "-key", str(files.key_file), *args,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        line = b""
+        for _ in range(20):  # bounded: the ACCEPT line comes first
+            line = await asyncio.wait_for(proc.stdout.readline(), 5)
+            if line.startswith(b"ACCEPT"):
+                break
+        yield line.decode().split()[1]
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl program")
+async def test_no_common_version_is_tls_alert(prober, test_pki):
+    module = Module(tls=TLSSettings(max_version="TLS1.2", insecure_skip_verify=True))
+    async with openssl_server(test_pki, "-tls1_3") as address:
+        result = await probe_one(prober, address, module)
+    assert (result.success, result.reason) == (False, Reason.TLS_ALERT)
+    assert "PROTOCOL_VERSION" in result.detail.upper()
+
+
+def _mtls_module(test_pki: ProbePKI, with_cert: bool, max_version: str = "TLS1.2") -> Module:
+    client = test_pki.client
+    settings = {"cert_file": client.cert_file, "key_file": client.key_file} if with_cert else {}
+    return Module(tls=TLSSettings(ca_file=test_pki.ca_file, max_version=max_version, **settings))
+
+
+async def test_mtls_with_client_cert(prober, test_pki):
+    async with serve(test_pki, "valid", client_ca_file=test_pki.client.ca_file) as server:
+        result = await probe_one(prober, server.address, _mtls_module(test_pki, True))
+    assert (result.success, result.chain_verified) == (True, True)
+    assert server.client_subjects == ["probe-client"]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl program")
+async def test_mtls_without_client_cert_tls12_is_alert(prober, test_pki):
+    args = ("-Verify", "1", "-CAfile", str(test_pki.client.ca_file), "-tls1_2")
+    async with openssl_server(test_pki, *args) as address:
+        result = await probe_one(prober, address, _mtls_module(test_pki, False))
+    assert (result.success, result.reason) == (False, Reason.TLS_ALERT)
+
+
+async def test_mtls_without_client_cert_tls13_still_reads_the_chain(prober, test_pki):
+    # In TLS 1.3 the server judges the client's certificate after the client's handshake is done,
+    # so the server's chain is read (documented in docs/probing.md).
+    async with serve(test_pki, "valid", client_ca_file=test_pki.client.ca_file) as server:
+        result = await probe_one(prober, server.address, _mtls_module(test_pki, False, "TLS1.3"))
+    assert (result.success, result.chain[0].not_after) == (True, ts(LEAF_NOT_AFTER))
+
+
+async def test_unreadable_client_cert_is_client_cert_reason(prober, test_pki, tmp_path: Path):
+    module = Module(tls=TLSSettings(cert_file=tmp_path / "missing.crt", key_file=tmp_path / "missing.key"))
+    async with serve(test_pki, "valid") as server:
+        result = await probe_one(prober, server.address, module)
+    assert (result.success, result.reason, server.connections) == (False, Reason.CLIENT_CERT, 0)
+
+
+async def test_bad_target_is_a_result_not_an_exception(prober, trusting):
+    result = await probe_one(prober, "no-port-here", trusting)
+    assert (result.success, result.reason) == (False, Reason.DNS)
+    assert "no port" in result.detail
+
+
+async def test_starttls_protocol_without_negotiator_is_unsupported(prober, monkeypatch, trusting):
+    from exporter.probes import starttls
+
+    monkeypatch.setattr(starttls, "NEGOTIATORS", {}, raising=False)
+    module = Module(kind="starttls", starttls=StartTLSSettings(protocol="smtp"), tls=trusting.tls)
+    result = await probe_one(prober, "127.0.0.1:25", module)
+    assert (result.success, result.reason) == (False, Reason.STARTTLS_UNSUPPORTED)
+
+
+async def test_registry():
+    assert PROBES["tls"] is tls.probe and get_probe("starttls") is tls.probe
+    assert set(PROBES) == {"tls", "starttls", "file"}
