@@ -1,0 +1,193 @@
+"""``certpager bridge``: run the bridge, check its config, or send a test alert through it.
+
+    certpager bridge --config.file F [--config.check] [--web.listen-address A] [--log.level L]
+    certpager bridge test-alert --class certificate_expired --certificate example.com
+                                [--environment production] [--url URL] [--resolve] [--config.file F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from bridge.alertmanager import label_fingerprint
+from bridge.app import ALERTMANAGER_PATH, RELOAD, ConfigHolder, create_app
+from bridge.config import LoadedConfig, load
+from bridge.sinks.base import Sink
+from bridge.sinks.dryrun import DryRunSink
+from bridge.sinks.pagerduty import PagerDutySink
+from bridge.store.sqlite import SqliteStore
+from certpager.errors import ConfigError
+from certpager.logs import setup_logging
+from certpager.web import serve, split_listen_address
+
+log = logging.getLogger("bridge")
+DEFAULT_CONFIG = "certpager-bridge.yml"
+DEFAULT_URL = "http://127.0.0.1:9880"
+PAGERDUTY_TIMEOUT = 10.0  # seconds per Events API request; a timeout is retried (dedup_key makes it safe)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the bridge's flags and the ``test-alert`` action."""
+    parser.add_argument("--config.file", dest="config_file", help=f"config file (default {DEFAULT_CONFIG})")
+    parser.add_argument("--config.check", dest="config_check", action="store_true", help="validate the config, exit")
+    parser.add_argument("--web.listen-address", dest="listen_address", help="override server.listen_address")
+    parser.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    alert = actions.add_parser("test-alert", help="send a synthetic Alertmanager alert through a running bridge")
+    alert.add_argument("--class", dest="alert_class", default="certificate_expired")
+    alert.add_argument("--certificate", default="example.com")
+    alert.add_argument("--environment", default="")
+    alert.add_argument("--severity", default="", help="alert severity label (default: none, the mapping decides)")
+    alert.add_argument("--url", default=None, help=f"bridge base URL (default from the config, else {DEFAULT_URL})")
+    alert.add_argument("--resolve", action="store_true", help="send the alert as resolved")
+    alert.add_argument("--config.file", dest="alert_config_file", default=None, help="read credentials from here")
+    alert.add_argument("--timeout", type=float, default=10.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``certpager bridge``."""
+    setup_logging(args.log_level, args.log_format)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    if args.action == "test-alert":
+        return test_alert(args)
+    try:
+        loaded = load(args.config_file or DEFAULT_CONFIG)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.config_check:
+        mode = "PagerDuty" if loaded.secrets.has_pagerduty else "dry-run (no routing key)"
+        print(f"{loaded.path}: config is valid; delivery: {mode}")
+        return 0
+    if args.listen_address:
+        try:
+            split_listen_address(args.listen_address)
+        except ValueError as exc:
+            print(f"--web.listen-address: {exc}", file=sys.stderr)
+            return 2
+    return asyncio.run(_serve(loaded, args.listen_address))
+
+
+def make_sink(holder: ConfigHolder) -> Sink:
+    """The PagerDuty sink, or the dry-run sink when no routing key is configured."""
+    loaded = holder.current
+    if not loaded.secrets.has_pagerduty:
+        log.warning("no PagerDuty routing key configured: dry-run, events are logged and not sent")
+        return DryRunSink(logging.getLogger("bridge.dryrun"))
+    pd = loaded.config.integrations.pagerduty
+    client = httpx.AsyncClient(timeout=PAGERDUTY_TIMEOUT)
+    return PagerDutySink(
+        client,
+        url=pd.events_url,
+        routing_key_for=holder.routing_key_for,
+        rate_limit_per_minute=pd.rate_limit_per_minute,
+    )
+
+
+async def _serve(loaded: LoadedConfig, listen_address: str | None) -> int:
+    holder = ConfigHolder(loaded)
+    sink = make_sink(holder)
+    store = SqliteStore(loaded.config.store.path)
+    app = create_app(holder, store=store, sinks={"pagerduty": sink})
+    auth = loaded.config.server.auth
+    if auth.bearer_token is None and auth.bearer_token_file is None and auth.basic_auth is None:
+        log.warning("server.auth is not configured: anyone who can reach the bridge can post alerts")
+    try:
+        await serve(app, listen_address or loaded.config.server.listen_address, reload=app[RELOAD])
+    finally:
+        await sink.aclose()
+    return 0
+
+
+def synthetic_payload(
+    *, alert_class: str, certificate: str, environment: str, severity: str, resolve: bool, now: datetime
+) -> dict[str, Any]:
+    """An Alertmanager v4 webhook with one alert, as Alertmanager would send it."""
+    labels = {"alertname": "CertpagerTestAlert", "class": alert_class, "certificate": certificate, "test": "true"}
+    if environment:
+        labels["environment"] = environment
+    if severity:
+        labels["severity"] = severity
+    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    status = "resolved" if resolve else "firing"
+    alert = {
+        "status": status,
+        "labels": labels,
+        "annotations": {"summary": f"certpager test alert for {certificate}", "description": "sent by test-alert"},
+        # A resolve carries a later startsAt: it ends every earlier occurrence of this alert.
+        "startsAt": stamp,
+        "endsAt": stamp if resolve else "0001-01-01T00:00:00Z",
+        "generatorURL": "",
+        "fingerprint": label_fingerprint(labels),
+    }
+    return {
+        "version": "4", "groupKey": "{}:{alertname=\"CertpagerTestAlert\"}", "truncatedAlerts": 0, "status": status,
+        "receiver": "certpager-test-alert", "groupLabels": {"alertname": "CertpagerTestAlert"},
+        "commonLabels": labels, "commonAnnotations": alert["annotations"], "externalURL": "", "alerts": [alert],
+    }
+
+
+def _auth_header(config_file: str | None) -> tuple[dict[str, str], LoadedConfig | None]:
+    if not config_file:
+        return {}, None
+    loaded = load(config_file)
+    secrets, basic = loaded.secrets, loaded.config.server.auth.basic_auth
+    if secrets.bearer_token:
+        return {"Authorization": f"Bearer {secrets.bearer_token}"}, loaded
+    if basic is not None and secrets.basic_password is not None:
+        token = base64.b64encode(f"{basic.username}:{secrets.basic_password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}, loaded
+    return {}, loaded
+
+
+def _base_url(args: argparse.Namespace, loaded: LoadedConfig | None) -> str:
+    if args.url:
+        return str(args.url).rstrip("/")
+    if loaded is None:
+        return DEFAULT_URL
+    host, port = split_listen_address(loaded.config.server.listen_address)
+    host = host or "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def test_alert(args: argparse.Namespace) -> int:
+    """POST one synthetic alert to a running bridge; print its answer."""
+    try:
+        headers, loaded = _auth_header(args.alert_config_file or args.config_file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    payload = synthetic_payload(
+        alert_class=args.alert_class, certificate=args.certificate, environment=args.environment,
+        severity=args.severity, resolve=args.resolve, now=datetime.fromtimestamp(time.time(), UTC),
+    )
+    url = _base_url(args, loaded) + ALERTMANAGER_PATH
+    try:
+        response = httpx.post(url, json=payload, headers=headers, timeout=args.timeout)
+    except httpx.HTTPError as exc:
+        print(f"cannot reach the bridge at {url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{response.status_code} {_pretty(response.text)}")
+    return 0 if response.status_code == 200 else 1
+
+
+def _pretty(text: str) -> str:
+    try:
+        data: Mapping[str, Any] = json.loads(text)
+    except ValueError:
+        return text.strip()
+    return json.dumps(data, sort_keys=True)
+
+

@@ -1,0 +1,315 @@
+"""The bridge's config schema (DESIGN.md section 4) and its loading with secrets resolved.
+
+Every model is strict (unknown keys are errors) and frozen. Secrets are ``SecretStr`` and every one has
+a ``*_file`` variant; files are read by :func:`load` (relative paths from the config file's directory)
+and read again on every reload, so a key is rotated by rewriting its file and sending SIGHUP.
+``statuspage``, ``grouping`` and ``automation`` are validated now and used by later work.
+See docs/bridge.md for the user-facing reference; keep both in step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from bridge.events import Severity
+from certpager.config import Duration, StrictModel, load_config, read_secret_file
+from certpager.errors import ConfigError
+
+DEFAULT_EVENTS_URL = "https://events.pagerduty.com"
+DEFAULT_LISTEN_ADDRESS = ":9880"
+DEFAULT_ROUTE = "default"
+ROUTING_KEY_RE = re.compile(r"^[A-Za-z0-9]{32}$")
+KEY_EXPECTATION = "expected a 32-character PagerDuty integration key (letters and digits)"
+CLASS_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+AutomationAction = Literal[
+    "trigger_renewal", "notify_stakeholders", "create_postmortem", "retry_renewal", "escalate_to_security"
+]
+
+
+def _check_routing_key(value: SecretStr | None) -> SecretStr | None:
+    # The message never contains the value: the key is a secret even when it is malformed.
+    if value is not None and not ROUTING_KEY_RE.match(value.get_secret_value()):
+        raise ValueError(KEY_EXPECTATION)
+    return value
+
+
+def _exclusive(model: object, pairs: tuple[tuple[str, str], ...]) -> None:
+    for direct, from_file in pairs:
+        if getattr(model, direct) is not None and getattr(model, from_file) is not None:
+            raise ValueError(f"{direct} and {from_file} are mutually exclusive")
+
+
+class Links(StrictModel):
+    """URL templates; ``{{ labels.NAME }}`` / ``{{ annotations.NAME }}`` are replaced (URL-quoted)."""
+
+    dashboard: str | None = None
+    runbook: str | None = None  # used when the alert has no runbook_url annotation
+
+    @field_validator("dashboard", "runbook")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL template")
+        return value
+
+
+class PagerDutyConfig(StrictModel):
+    """PagerDuty Events API v2 delivery (and, later, REST/webhook settings)."""
+
+    routing_key: SecretStr | None = None
+    routing_key_file: Path | None = None
+    routing_keys: dict[str, SecretStr] = Field(default_factory=dict)  # per environment
+    routing_key_files: dict[str, Path] = Field(default_factory=dict)  # per environment, from files
+    severity_mapping: dict[str, Severity] = Field(default_factory=dict)  # alert class -> severity
+    default_severity: Severity = Severity.ERROR
+    services: dict[str, str] = Field(default_factory=dict)  # environment -> PagerDuty service id (later)
+    webhook_secret_file: Path | None = None  # Webhooks v3 signature secrets (later)
+    api_token_file: Path | None = None  # REST API token (later)
+    events_url: str = DEFAULT_EVENTS_URL
+    rate_limit_per_minute: int = Field(default=120, ge=1, le=100_000)
+
+    @field_validator("routing_key")
+    @classmethod
+    def _key(cls, value: SecretStr | None) -> SecretStr | None:
+        return _check_routing_key(value)
+
+    @field_validator("routing_keys")
+    @classmethod
+    def _keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for env, key in value.items():
+            try:
+                _check_routing_key(key)
+            except ValueError as exc:
+                raise ValueError(f"routing_keys.{env}: {exc}") from None
+        return value
+
+    @field_validator("severity_mapping")
+    @classmethod
+    def _classes(cls, value: dict[str, Severity]) -> dict[str, Severity]:
+        for name in value:
+            if not CLASS_RE.match(name):
+                raise ValueError(f"{name!r} is not an alert class name (letters, digits, underscores)")
+        return value
+
+    @field_validator("events_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// base URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _sources(self) -> Self:
+        _exclusive(self, (("routing_key", "routing_key_file"),))
+        both = sorted(set(self.routing_keys) & set(self.routing_key_files))
+        if both:
+            raise ValueError(f"environment {both[0]!r} is in both routing_keys and routing_key_files")
+        return self
+
+
+class StatuspageConfig(StrictModel):
+    """Atlassian Statuspage (validated now, delivered by later work)."""
+
+    api_token: SecretStr | None = None
+    api_token_file: Path | None = None
+    page_id: str
+    component_map: dict[str, str] = Field(default_factory=dict)  # service name -> component id
+
+    @field_validator("component_map", mode="before")
+    @classmethod
+    def _json_map(cls, value: object) -> object:
+        # Allowed as a JSON string so it can come from one environment variable.
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError('expected a mapping or a JSON object like {"Gateway API": "<component id>"}') from None
+        return value
+
+    @model_validator(mode="after")
+    def _token(self) -> Self:
+        _exclusive(self, (("api_token", "api_token_file"),))
+        if self.api_token is None and self.api_token_file is None:
+            raise ValueError("api_token or api_token_file is required")
+        return self
+
+
+class Integrations(StrictModel):
+    pagerduty: PagerDutyConfig = PagerDutyConfig()
+    statuspage: StatuspageConfig | None = None
+
+
+class Grouping(StrictModel):
+    """Alert grouping (validated now, applied by later work)."""
+
+    type: Literal["intelligent", "none"] = "none"
+    fields: list[str] = Field(default_factory=lambda: ["environment", "issuer"])
+    time_window: Duration = 300.0
+    correlation: list[str] = Field(default_factory=list)  # alert classes
+
+
+class Automation(StrictModel):
+    """Runbook actions for one class (validated now, run by later work)."""
+
+    actions: list[AutomationAction] = Field(default_factory=list)
+
+
+class BasicAuth(StrictModel):
+    username: str
+    password: SecretStr | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _password(self) -> Self:
+        _exclusive(self, (("password", "password_file"),))
+        if self.password is None and self.password_file is None:
+            raise ValueError("password or password_file is required")
+        return self
+
+
+class Auth(StrictModel):
+    """How Alertmanager authenticates: a bearer token or basic auth (both may be set)."""
+
+    bearer_token: SecretStr | None = None
+    bearer_token_file: Path | None = None
+    basic_auth: BasicAuth | None = None
+
+    @model_validator(mode="after")
+    def _sources(self) -> Self:
+        _exclusive(self, (("bearer_token", "bearer_token_file"),))
+        return self
+
+
+class Server(StrictModel):
+    listen_address: str = DEFAULT_LISTEN_ADDRESS
+    auth: Auth = Auth()
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+
+    @field_validator("listen_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        _, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise ValueError("expected a listen address like :9880 or 127.0.0.1:9880")
+        return value
+
+
+class Store(StrictModel):
+    type: Literal["sqlite"] = "sqlite"  # postgres: later work
+    path: Path = Path("certpager-bridge.db")
+    retention: Duration = 7 * 86400.0  # how long receipts, resolved occurrences and dead letters are kept
+
+
+class Outbox(StrictModel):
+    max_in_flight: int = Field(default=16, ge=1, le=1024)  # deliveries at once, across ordering keys
+    retry_initial: Duration = 1.0  # first backoff when the sink gives no Retry-After
+    retry_max: Duration = 300.0  # backoff cap
+    sweep_interval: Duration = 5.0  # look for due retries at least this often
+
+    @model_validator(mode="after")
+    def _backoff(self) -> Self:
+        if self.retry_initial <= 0 or self.retry_max < self.retry_initial:
+            raise ValueError("need 0 < retry_initial <= retry_max")
+        return self
+
+
+class BridgeConfig(StrictModel):
+    """The whole bridge config file."""
+
+    integrations: Integrations = Integrations()
+    grouping: Grouping = Grouping()
+    automation: dict[str, Automation] = Field(default_factory=dict)  # alert class -> actions
+    server: Server = Server()
+    store: Store = Store()
+    outbox: Outbox = Outbox()
+    links: Links = Links()
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secrets resolved from the config and its ``*_file`` variants; ``repr`` never shows them."""
+
+    routing_key: str | None = field(default=None, repr=False)
+    routing_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    bearer_token: str | None = field(default=None, repr=False)
+    basic_password: str | None = field(default=None, repr=False)
+
+    def routing_key_for(self, route: str) -> str | None:
+        """The routing key for an environment, falling back to the default key."""
+        return self.routing_keys.get(route) or self.routing_key
+
+    @property
+    def has_pagerduty(self) -> bool:
+        return bool(self.routing_key or self.routing_keys)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config, where it came from, and its resolved secrets."""
+
+    config: BridgeConfig
+    path: Path
+    secrets: Secrets = field(repr=False)
+
+
+def _file(path: Path, base: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
+def _secret(value: SecretStr | None, path: Path | None, *, key: str, config_path: Path) -> str | None:
+    if value is not None:
+        return value.get_secret_value()
+    if path is None:
+        return None
+    return read_secret_file(_file(path, config_path.parent), key=key, config_path=config_path)
+
+
+def resolve_secrets(config: BridgeConfig, config_path: Path) -> Secrets:
+    """Read every ``*_file`` secret now (called at load and at every reload)."""
+    pd = config.integrations.pagerduty
+    base = "integrations.pagerduty"
+    keys = {env: key.get_secret_value() for env, key in pd.routing_keys.items()}
+    for env, path in pd.routing_key_files.items():
+        where = f"{base}.routing_key_files.{env}"
+        raw = _secret(None, path, key=where, config_path=config_path)
+        value = _checked_key(raw, key=where, config_path=config_path)
+        if value is not None:
+            keys[env] = value
+    default = _secret(pd.routing_key, pd.routing_key_file, key=f"{base}.routing_key_file", config_path=config_path)
+    if pd.routing_key_file is not None:
+        default = _checked_key(default, key=f"{base}.routing_key_file", config_path=config_path)
+    auth = config.server.auth
+    basic = auth.basic_auth
+    return Secrets(
+        routing_key=default,
+        routing_keys=keys,
+        bearer_token=_secret(
+            auth.bearer_token, auth.bearer_token_file, key="server.auth.bearer_token_file", config_path=config_path
+        ),
+        basic_password=None
+        if basic is None
+        else _secret(
+            basic.password, basic.password_file, key="server.auth.basic_auth.password_file", config_path=config_path
+        ),
+    )
+
+
+def _checked_key(value: str | None, *, key: str, config_path: Path) -> str | None:
+    if value is not None and not ROUTING_KEY_RE.match(value):
+        raise ConfigError(config_path, [(key, KEY_EXPECTATION)])
+    return value
+
+
+def load(path: Path | str, *, env: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Load, validate and resolve secrets (raises certpager.errors.ConfigError)."""
+    config_path = Path(path)
+    config = load_config(BridgeConfig, config_path, env=os.environ if env is None else env)
+    return LoadedConfig(config=config, path=config_path, secrets=resolve_secrets(config, config_path))

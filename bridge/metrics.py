@@ -1,0 +1,99 @@
+"""The bridge's own metrics (DESIGN.md section 4), on an injected registry.
+
+Counters and histograms are updated where things happen (:class:`BridgeMetrics`); the outbox gauges
+come from :class:`OutboxCollector`, which reads the store on every scrape and keeps no state, so they
+are right even after a restart and never drift from the table they describe.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from bridge.store.base import Store
+from certpager import __version__
+
+log = logging.getLogger(__name__)
+NAMESPACE = "certpager_bridge"
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class BridgeMetrics:
+    """Every counter, histogram and gauge the bridge updates itself."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.webhooks = Counter(
+            f"{NAMESPACE}_webhooks_total", "Inbound webhooks by source and result.", ["source", "result"],
+            registry=registry,
+        )
+        self.transitions = Counter(
+            f"{NAMESPACE}_alert_transitions_total",
+            "Alert transitions received, by verdict (new, duplicate, stale).", ["verdict"], registry=registry,
+        )
+        self.truncated = Counter(
+            f"{NAMESPACE}_truncated_alerts_total",
+            "Alerts Alertmanager left out of webhooks (truncatedAlerts, max_alerts).", registry=registry,
+        )
+        self.deliveries = Counter(
+            f"{NAMESPACE}_deliveries_total", "Delivery attempts by sink and result.", ["sink", "result"],
+            registry=registry,
+        )
+        self.delivery_latency = Histogram(
+            f"{NAMESPACE}_delivery_latency_seconds", "Seconds from webhook commit to the sink accepting the event.",
+            ["sink"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.incidents = Counter(
+            f"{NAMESPACE}_incidents_total", "Incident triggers queued, by class, environment and severity.",
+            ["class", "environment", "severity"], registry=registry,
+        )
+        self.reload_ok = Gauge(
+            f"{NAMESPACE}_config_last_reload_successful", "1 if the last config reload succeeded.", registry=registry,
+        )
+        self.reload_time = Gauge(
+            f"{NAMESPACE}_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config reload.", registry=registry,
+        )
+        build = Gauge(
+            f"{NAMESPACE}_build_info", "certpager bridge build information.", ["version"], registry=registry,
+        )
+        build.labels(version=__version__).set(1)
+        self.reload_ok.set(1)
+        self.reload_time.set(time.time())
+
+
+class OutboxCollector(Collector):
+    """Outbox depth, oldest age and dead letters per sink, read from the store at scrape time."""
+
+    def __init__(self, store: Store, *, sinks: Iterable[str], clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._sinks = tuple(sinks)
+        self._clock = clock
+
+    def collect(self) -> Iterable[Metric]:
+        depth = GaugeMetricFamily(f"{NAMESPACE}_outbox_depth", "Events queued, not yet delivered.", labels=["sink"])
+        age = GaugeMetricFamily(
+            f"{NAMESPACE}_outbox_oldest_age_seconds", "Age of the oldest queued event (0 when empty).",
+            labels=["sink"],
+        )
+        dead = GaugeMetricFamily(
+            f"{NAMESPACE}_dead_letters", "Events that will not be delivered (kept for the retention period).",
+            labels=["sink"],
+        )
+        try:
+            stats = self._store.outbox_stats()
+        except Exception as exc:  # a scrape must not fail: fewer series, and say why in the log
+            log.warning("cannot read outbox stats", extra={"kv": {"err": str(exc)}})
+            return []
+        now = self._clock()
+        for sink in sorted(set(self._sinks) | set(stats.depth) | set(stats.dead_letters)):
+            depth.add_metric([sink], stats.depth.get(sink, 0))
+            oldest = stats.oldest_created_at.get(sink)
+            age.add_metric([sink], 0.0 if oldest is None else max(now - oldest, 0.0))
+            dead.add_metric([sink], stats.dead_letters.get(sink, 0))
+        return [depth, age, dead]

@@ -1,0 +1,189 @@
+"""The delivery worker: drains the store's outbox into the sinks, in order per key, at least once.
+
+- Only the head item of each ordering key is in flight (the store's claim hands out heads only, under a
+  lease), so a resolve never overtakes its trigger; keys proceed independently, at most
+  ``max_in_flight`` at once.
+- ``Delivered`` deletes the item, only after the sink answered: a crash in between redelivers it
+  (PagerDuty's dedup_key absorbs the duplicate). ``RetryLater`` keeps it at the head until ``after``
+  (Retry-After, or the sink's own rate limiter) or, without one, an exponential backoff with jitter.
+  ``DeadLetter`` moves it aside with the API's error and lets the key's next item go.
+- The worker wakes at once when an ingest queued something (:meth:`OutboxWorker.wake`), when a delivery
+  finished, when a retry falls due, and at least every ``sweep_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+
+from bridge.metrics import BridgeMetrics
+from bridge.sinks.base import Delivered, DeliveryOutcome, OutboxItem, RetryLater, Sink
+from bridge.store.base import Store
+
+log = logging.getLogger(__name__)
+PRUNE_EVERY = 3600.0  # seconds between retention sweeps
+
+
+class OutboxWorker:
+    """Delivers queued items; ``run()`` until ``stop()``."""
+
+    def __init__(
+        self,
+        store: Store,
+        sinks: Mapping[str, Sink],
+        *,
+        clock: Callable[[], float] = time.time,
+        metrics: BridgeMetrics | None = None,
+        max_in_flight: int = 16,
+        retry_initial: float = 1.0,
+        retry_max: float = 300.0,
+        sweep_interval: float = 5.0,
+        lease: float = 300.0,
+        retention: float | None = None,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._store = store
+        self._sinks = dict(sinks)
+        self._clock = clock
+        self._metrics = metrics
+        self._max_in_flight = max_in_flight
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._sweep = sweep_interval
+        self._lease = lease
+        self._retention = retention
+        self._jitter = jitter
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._next_retry: float | None = None
+        self._last_prune = 0.0
+        self._stopping = False
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def wake(self) -> None:
+        """Look for work now (called after an ingest committed events)."""
+        self._wake.set()
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before retry number ``attempts + 1``: doubling from retry_initial, capped, 50-100% jitter."""
+        ceiling: float = min(self._retry_max, self._retry_initial * 2.0 ** min(attempts, 32))
+        return ceiling / 2 + self._jitter() * ceiling / 2
+
+    async def run(self) -> None:
+        """The delivery loop."""
+        self._running = True
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                await self._fill()
+                await self._maybe_prune()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._timeout())
+        finally:
+            self._running = False
+
+    async def stop(self, *, grace: float = 10.0) -> None:
+        """Stop claiming; give in-flight deliveries ``grace`` seconds, then cancel them (they stay queued)."""
+        self._stopping = True
+        self._wake.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    def _timeout(self) -> float:
+        now = self._clock()
+        if self._next_retry is not None and self._next_retry <= now:
+            self._next_retry = None  # fell due: the next fill claims it (or a completion wakes us)
+            return 0.0
+        if self._next_retry is None:
+            return self._sweep
+        return min(self._sweep, self._next_retry - now)
+
+    async def _fill(self) -> None:
+        for name, sink in self._sinks.items():
+            free = self._max_in_flight - len(self._tasks)
+            if free <= 0 or self._stopping:
+                return
+            try:
+                items = await self._store.claim(name, now=self._clock(), limit=free, lease=self._lease)
+            except Exception as exc:
+                log.error("outbox claim failed", extra={"kv": {"sink": name, "err": str(exc)}})
+                return
+            for item in items:
+                task = asyncio.create_task(self._deliver(name, sink, item))
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()  # the key's next item may go, and a slot is free
+
+    async def _deliver(self, name: str, sink: Sink, item: OutboxItem) -> None:
+        try:
+            outcome: DeliveryOutcome = await sink.deliver(item)
+        except Exception as exc:  # a sink bug: keep the item, retry with backoff, leave a traceback
+            log.exception("sink raised", extra={"kv": {"sink": name, "item": item.id}})
+            outcome = RetryLater(after=None, error=f"sink raised {type(exc).__name__}: {exc}")
+        try:
+            await self._record(name, item, outcome)
+        except Exception as exc:  # the lease expires and the item is delivered again: at least once
+            log.error("cannot record delivery outcome", extra={"kv": {"sink": name, "item": item.id, "err": str(exc)}})
+
+    async def _record(self, name: str, item: OutboxItem, outcome: DeliveryOutcome) -> None:
+        now = self._clock()
+        if isinstance(outcome, Delivered):
+            await self._store.mark_delivered(item.id)
+            self._count(name, "delivered")
+            if self._metrics is not None:
+                self._metrics.delivery_latency.labels(sink=name).observe(max(now - item.created_at, 0.0))
+        elif isinstance(outcome, RetryLater):
+            delay = outcome.after if outcome.after is not None else self.backoff(item.attempts)
+            at = now + max(delay, 0.0)
+            await self._store.retry_at(item.id, at=at, error=outcome.error)
+            self._next_retry = at if self._next_retry is None else min(self._next_retry, at)
+            self._count(name, "throttled" if outcome.local else "retry")
+            if not outcome.local:
+                log.info(
+                    "delivery to retry",
+                    extra={"kv": {"sink": name, "item": item.id, "key": item.ordering_key, "error": outcome.error,
+                                  "attempts": item.attempts + 1, "retry_in": round(delay, 3)}},
+                )
+        else:
+            await self._store.dead_letter(item.id, error=outcome.error, status=outcome.status, now=now)
+            self._count(name, "dead_letter")
+            log.warning(
+                "delivery dead-lettered",
+                extra={"kv": {"sink": name, "item": item.id, "key": item.ordering_key, "error": outcome.error}},
+            )
+
+    def _count(self, sink: str, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.deliveries.labels(sink=sink, result=result).inc()
+
+    async def _maybe_prune(self) -> None:
+        now = self._clock()
+        if self._retention is None or now - self._last_prune < PRUNE_EVERY:
+            return
+        self._last_prune = now
+        try:
+            removed = await self._store.prune(before=now - self._retention)
+        except Exception as exc:
+            log.error("store prune failed", extra={"kv": {"err": str(exc)}})
+            return
+        if removed:
+            log.info("pruned old store rows", extra={"kv": {"rows": removed}})

@@ -1,0 +1,1 @@
+"""The bridge's durable store: one interface (:mod:`bridge.store.base`), SQLite today."""

@@ -1,0 +1,114 @@
+"""The store interface: what the inbound side, the outbox worker and the metrics need.
+
+Every write is atomic. :meth:`Store.ingest` records the raw webhook, runs
+:func:`bridge.decisions.decide` over the rows it needs and writes the state changes and the outbox
+rows, all in ONE transaction, before the webhook is answered. Outbox items are claimed head-of-key
+only (the lowest id of each ordering key), under a lease, so a resolve never overtakes its trigger and
+an in-flight item is not handed out twice; a PostgreSQL backend does the same with
+``FOR UPDATE SKIP LOCKED`` without changing callers.
+
+    StoreError        the store could not do it (disk full, locked, closed): answer 503, retry later
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bridge.alertmanager import Notification
+from bridge.decisions import Policy
+from bridge.events import IncidentEvent
+from bridge.sinks.base import OutboxItem
+from certpager.errors import CertpagerError
+
+
+class StoreError(CertpagerError):
+    """The store failed; the operation did not happen (its transaction was rolled back)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """One inbound webhook as received."""
+
+    source: str  # "alertmanager"
+    body: bytes
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What one committed webhook changed."""
+
+    receipt_id: int
+    new: int  # transitions not seen before
+    duplicates: int
+    stale: int
+    events: tuple[IncidentEvent, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """Outbox gauges at one instant."""
+
+    depth: Mapping[str, int] = field(default_factory=dict)  # sink -> items not yet delivered
+    oldest_created_at: Mapping[str, float] = field(default_factory=dict)  # sink -> oldest item's commit time
+    dead_letters: Mapping[str, int] = field(default_factory=dict)  # sink -> dead letters kept
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    id: int
+    sink: str
+    ordering_key: str
+    error: str
+    status: int
+    attempts: int
+    dead_at: float
+
+
+class Store(Protocol):
+    """The durable store."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    @property
+    def is_open(self) -> bool: ...
+
+    async def ingest(
+        self, receipt: Receipt, notification: Notification, policy: Policy, *, sinks: Sequence[str]
+    ) -> IngestResult:
+        """Record the webhook, decide, and queue one outbox row per event and sink, atomically."""
+        ...
+
+    async def claim(self, sink: str, *, now: float, limit: int, lease: float) -> list[OutboxItem]:
+        """Due head-of-key items of ``sink``, leased until ``now + lease``, oldest due first."""
+        ...
+
+    async def next_due(self, sink: str, *, now: float) -> float | None:
+        """When the earliest unleased item of ``sink`` becomes due (None: nothing queued)."""
+        ...
+
+    async def mark_delivered(self, item_id: int) -> None: ...
+
+    async def retry_at(self, item_id: int, *, at: float, error: str) -> None:
+        """Keep the item at the head of its key; try again no sooner than ``at``."""
+        ...
+
+    async def dead_letter(self, item_id: int, *, error: str, status: int, now: float) -> None:
+        """Move the item to the dead letters; the key's next item may go."""
+        ...
+
+    async def prune(self, *, before: float) -> int:
+        """Drop receipts, resolved occurrences, closed incidents and dead letters older than ``before``."""
+        ...
+
+    def outbox_stats(self) -> OutboxStats:
+        """Gauges for /metrics (synchronous and cheap: called on every scrape)."""
+        ...
+
+    def dead_letters(self, *, limit: int = 100) -> list[DeadLetterRow]:
+        """The newest dead letters (for operators and tests)."""
+        ...

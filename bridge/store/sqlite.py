@@ -1,0 +1,358 @@
+"""The embedded SQLite store: WAL, ``synchronous=FULL`` (every commit is fsync'd), one writer thread.
+
+Throughput with fsync comes from GROUP COMMIT: every write is an operation queued to the single writer
+thread, which takes all operations waiting, runs each in its own SAVEPOINT inside one transaction and
+commits once; the callers' futures are resolved only after that COMMIT returned. One failing operation
+rolls back to its savepoint and fails alone. The file is locked (``flock`` on ``PATH.lock``) so two
+bridges never deliver from the same outbox. Reads for /metrics use a second connection (WAL readers do
+not wait for the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bridge.alertmanager import Notification
+from bridge.decisions import Incident, Occurrence, Policy, State, decide, lookup
+from bridge.sinks.base import OutboxItem
+from bridge.store.base import DeadLetterRow, IngestResult, OutboxStats, Receipt, StoreError
+from bridge.store.migrations import migrate
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_BATCH = 512  # operations per group commit; bounds one transaction's latency
+_CHUNK = 500  # parameters per IN (...) list
+_INCIDENT_COLS = "key, scope, event_class, route, open, trigger, updated_at"
+
+
+@dataclass(slots=True)
+class _Op:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class SqliteStore:
+    """The SQLite store (see module docstring). ``open()`` before use, ``close()`` after."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self.commits = 0  # group commits done (for tests and the benchmark)
+
+    @property
+    def is_open(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    async def open(self) -> None:
+        """Lock the file, apply migrations, release stale leases and start the writer thread."""
+        if self.is_open:
+            return
+        try:
+            await asyncio.to_thread(self._open_sync)
+        except (OSError, sqlite3.Error, RuntimeError) as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        self._thread = threading.Thread(target=self._run, name="certpager-store-writer", daemon=True)
+        self._thread.start()
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError("another bridge process holds it (only one may deliver from an outbox)") from None
+        self._lock_fd = fd
+        self._writer = _connect(self.path)
+        migrate(self._writer)
+        # This process owns the file: leases from a previous (crashed) process are void.
+        self._writer.execute("UPDATE outbox SET lease_until = 0 WHERE lease_until != 0")
+        self._reader = _connect(self.path)
+
+    async def close(self) -> None:
+        """Finish queued operations, stop the writer and unlock the file."""
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                conn.close()
+        self._writer = self._reader = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if not self.is_open:
+            raise StoreError("store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Op(fn, future, loop))
+        return await future
+
+    def _run(self) -> None:
+        while True:
+            op = self._queue.get()
+            if op is None:
+                return
+            batch = [op]
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Op]) -> None:
+        conn = self._writer
+        assert conn is not None
+        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                outcomes.append((op, *_in_savepoint(conn, op.fn)))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            log.error("store commit failed", extra={"kv": {"err": str(exc), "operations": len(batch)}})
+            error: BaseException = StoreError(f"store commit failed: {exc}")
+            outcomes = [(op, None, error) for op in batch]
+        for op, result, failure in outcomes:
+            op.loop.call_soon_threadsafe(_settle, op.future, result, failure)
+
+    # --- inbound -------------------------------------------------------------------------------------
+
+    async def ingest(
+        self, receipt: Receipt, notification: Notification, policy: Policy, *, sinks: Sequence[str]
+    ) -> IngestResult:
+        """Record the webhook, decide and queue the events, in one transaction (see base.Store)."""
+        return await self._submit(lambda conn: _ingest(conn, receipt, notification, policy, sinks))
+
+    # --- outbox --------------------------------------------------------------------------------------
+
+    async def claim(self, sink: str, *, now: float, limit: int, lease: float) -> list[OutboxItem]:
+        """Due head-of-key items, leased (see base.Store)."""
+        return await self._submit(lambda conn: _claim(conn, sink, now, limit, lease))
+
+    async def next_due(self, sink: str, *, now: float) -> float | None:
+        def query(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT MIN(next_attempt_at) FROM outbox WHERE sink = ? AND lease_until <= ?", (sink, now)
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self._submit(query)
+
+    async def mark_delivered(self, item_id: int) -> None:
+        await self._submit(lambda conn: conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,)))
+
+    async def retry_at(self, item_id: int, *, at: float, error: str) -> None:
+        await self._submit(
+            lambda conn: conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, lease_until = 0, last_error = ?"
+                " WHERE id = ?",
+                (at, error, item_id),
+            )
+        )
+
+    async def dead_letter(self, item_id: int, *, error: str, status: int, now: float) -> None:
+        def move(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO dead_letters (id, sink, ordering_key, payload, attempts, created_at, dead_at, status,"
+                " error) SELECT id, sink, ordering_key, payload, attempts + 1, created_at, ?, ?, ? FROM outbox"
+                " WHERE id = ?",
+                (now, status, error, item_id),
+            )
+            conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+
+        await self._submit(move)
+
+    async def prune(self, *, before: float) -> int:
+        return await self._submit(lambda conn: _prune(conn, before))
+
+    # --- reads ---------------------------------------------------------------------------------------
+
+    def outbox_stats(self) -> OutboxStats:
+        """Depth, oldest item and dead letters per sink, from the read connection."""
+        if self._reader is None:
+            return OutboxStats()
+        with self._reader_lock:
+            rows = self._reader.execute("SELECT sink, COUNT(*), MIN(created_at) FROM outbox GROUP BY sink").fetchall()
+            dead = self._reader.execute("SELECT sink, COUNT(*) FROM dead_letters GROUP BY sink").fetchall()
+        return OutboxStats(
+            depth={r[0]: int(r[1]) for r in rows},
+            oldest_created_at={r[0]: float(r[2]) for r in rows},
+            dead_letters={r[0]: int(r[1]) for r in dead},
+        )
+
+    def dead_letters(self, *, limit: int = 100) -> list[DeadLetterRow]:
+        """The newest dead letters first."""
+        if self._reader is None:
+            return []
+        with self._reader_lock:
+            rows = self._reader.execute(
+                "SELECT id, sink, ordering_key, error, status, attempts, dead_at FROM dead_letters"
+                " ORDER BY dead_at DESC, id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [DeadLetterRow(*row) for row in rows]
+
+    def pending(self, sink: str | None = None) -> list[OutboxItem]:
+        """Every queued item in id order (for tests and operators)."""
+        if self._reader is None:
+            return []
+        sql = "SELECT id, sink, ordering_key, payload, attempts, created_at FROM outbox"
+        args: tuple[str, ...] = ()
+        if sink is not None:
+            sql, args = sql + " WHERE sink = ?", (sink,)
+        with self._reader_lock:
+            rows = self._reader.execute(sql + " ORDER BY id", args).fetchall()
+        return [_item(row) for row in rows]
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _in_savepoint(
+    conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]
+) -> tuple[Any, BaseException | None]:
+    conn.execute("SAVEPOINT op")
+    try:
+        result = fn(conn)
+    except Exception as exc:
+        conn.execute("ROLLBACK TO op")
+        conn.execute("RELEASE op")
+        log.error("store operation failed", exc_info=True)
+        return None, exc if isinstance(exc, StoreError) else StoreError(f"store operation failed: {exc}")
+    conn.execute("RELEASE op")
+    return result, None
+
+
+def _chunks(values: Sequence[str]) -> list[Sequence[str]]:
+    return [values[i : i + _CHUNK] for i in range(0, len(values), _CHUNK)]
+
+
+def _load_state(conn: sqlite3.Connection, notification: Notification) -> State:
+    wanted = lookup(notification)
+    occurrences: dict[tuple[str, str], Occurrence] = {}
+    incidents: dict[str, Incident] = {}
+    cols = "fingerprint, starts_at, status, incident_key, scope, updated_at"
+    for part in _chunks(sorted(wanted.fingerprints)):
+        marks = ",".join("?" * len(part))
+        for row in conn.execute(f"SELECT {cols} FROM occurrences WHERE fingerprint IN ({marks})", part):
+            occurrences[(row[0], row[1])] = Occurrence(*row)
+    for part in _chunks(sorted(wanted.scopes)):
+        marks = ",".join("?" * len(part))
+        sql = f"SELECT {cols} FROM occurrences WHERE status = 'firing' AND scope IN ({marks})"
+        for row in conn.execute(sql, part):
+            occurrences[(row[0], row[1])] = Occurrence(*row)
+        sql = f"SELECT {_INCIDENT_COLS} FROM incidents WHERE scope IN ({marks})"
+        for row in conn.execute(sql, part):
+            incidents[row[0]] = Incident(row[0], row[1], row[2], row[3], bool(row[4]), json.loads(row[5]), row[6])
+    return State(occurrences=occurrences, incidents=incidents)
+
+
+def _ingest(
+    conn: sqlite3.Connection, receipt: Receipt, notification: Notification, policy: Policy, sinks: Sequence[str]
+) -> IngestResult:
+    cursor = conn.execute(
+        "INSERT INTO receipts (source, received_at, group_key, body) VALUES (?, ?, ?, ?)",
+        (receipt.source, receipt.received_at, notification.group_key, receipt.body),
+    )
+    receipt_id = int(cursor.lastrowid or 0)
+    decision = decide(_load_state(conn, notification), notification, policy, now=receipt.received_at)
+    conn.executemany(
+        "INSERT OR REPLACE INTO occurrences (fingerprint, starts_at, status, incident_key, scope, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [(o.fingerprint, o.starts_at, o.status, o.incident_key, o.scope, o.updated_at) for o in decision.occurrences],
+    )
+    conn.executemany(
+        "INSERT OR REPLACE INTO incidents (key, scope, event_class, route, open, trigger, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (i.key, i.scope, i.event_class, i.route, int(i.open), json.dumps(i.trigger), i.updated_at)
+            for i in decision.incidents
+        ],
+    )
+    conn.executemany(
+        "INSERT INTO outbox (sink, ordering_key, payload, created_at, next_attempt_at, receipt_id)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (sink, event.key, json.dumps(event.to_json()), receipt.received_at, receipt.received_at, receipt_id)
+            for event in decision.events
+            for sink in sinks
+        ],
+    )
+    return IngestResult(receipt_id, decision.new, decision.duplicates, decision.stale, tuple(decision.events))
+
+
+def _item(row: Sequence[Any]) -> OutboxItem:
+    return OutboxItem(
+        id=int(row[0]), sink=row[1], ordering_key=row[2], payload=json.loads(row[3]), attempts=int(row[4]),
+        created_at=float(row[5]),
+    )
+
+
+def _claim(conn: sqlite3.Connection, sink: str, now: float, limit: int, lease: float) -> list[OutboxItem]:
+    # Head of key = no earlier item of the same key is still queued; a leased head blocks its successors.
+    rows = conn.execute(
+        "SELECT id, sink, ordering_key, payload, attempts, created_at FROM outbox AS o"
+        " WHERE sink = ? AND next_attempt_at <= ? AND lease_until <= ?"
+        " AND NOT EXISTS (SELECT 1 FROM outbox AS p WHERE p.sink = o.sink AND p.ordering_key = o.ordering_key"
+        " AND p.id < o.id) ORDER BY next_attempt_at, id LIMIT ?",
+        (sink, now, now, limit),
+    ).fetchall()
+    conn.executemany("UPDATE outbox SET lease_until = ? WHERE id = ?", [(now + lease, row[0]) for row in rows])
+    return [_item(row) for row in rows]
+
+
+def _prune(conn: sqlite3.Connection, before: float) -> int:
+    removed = 0
+    for sql in (
+        "DELETE FROM receipts WHERE received_at < ?",
+        "DELETE FROM occurrences WHERE status = 'resolved' AND updated_at < ?",
+        "DELETE FROM dead_letters WHERE dead_at < ?",
+        "DELETE FROM incidents WHERE open = 0 AND updated_at < ? AND key NOT IN"
+        " (SELECT incident_key FROM occurrences WHERE status = 'firing')",
+    ):
+        removed += conn.execute(sql, (before,)).rowcount
+    return removed
