@@ -1,20 +1,19 @@
 """The dry-run stand-in for the PagerDuty sink, used when no routing key is configured.
 
-It builds the exact Events v2 body the real sink would send (same :func:`build_body`, routing key shown
+It builds the exact Events v2 body the real sink would send (same :func:`translate`, routing key shown
 as ``<dry-run>``), logs it at info level and keeps the last few in memory for tests and the demo. It
 never touches the network and always answers ``Delivered``, so a newcomer sees alerts become PagerDuty
-events offline.
+events offline; an event the real sink would dead-letter is logged as a warning with the reason.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from typing import Any
 
 from bridge.sinks.base import DeadLetter, Delivered, DeliveryOutcome, OutboxItem
-from bridge.sinks.pagerduty import build_body, check_body, read_event
+from bridge.sinks.pagerduty import encode_body, read_event, translate
 
 DRY_RUN_KEY = "<dry-run>"
 
@@ -32,17 +31,20 @@ class DryRunSink:
         """Log the body PagerDuty would receive for ``item``; always Delivered."""
         event = read_event(item)
         if isinstance(event, DeadLetter):
-            self._log.warning("dry-run: outbox item is not an event", extra={"kv": {"error": event.error}})
-            return Delivered(info=f"dry-run: {event.error}")
-        body = build_body(event, DRY_RUN_KEY)
-        problems = check_body(body)
+            return self._would_not_send(item, event)
+        body = translate(event, DRY_RUN_KEY)
+        if isinstance(body, DeadLetter):
+            return self._would_not_send(item, body)
         self.sent.append(body)
-        kv: dict[str, Any] = {"route": event.route, "body": json.dumps(body, ensure_ascii=False, sort_keys=True)}
-        if problems:
-            # The real sink would dead-letter this; say so, so the demo shows the same verdict.
-            kv["would_reject"] = "; ".join(problems)
+        # The exact bytes the real sink would send, with the routing key replaced.
+        kv = {"item": item.id, "route": event.route, "body": encode_body(body).decode()}
         self._log.info("dry-run: would send PagerDuty event", extra={"kv": kv})
         return Delivered(info="dry-run")
+
+    def _would_not_send(self, item: OutboxItem, reason: DeadLetter) -> Delivered:
+        kv = {"item": item.id, "would_dead_letter": reason.error}
+        self._log.warning("dry-run: the PagerDuty sink would not send this", extra={"kv": kv})
+        return Delivered(info=f"dry-run: {reason.error}")
 
     async def aclose(self) -> None:
         """Nothing to close."""

@@ -51,7 +51,9 @@ EXCERPT = 300  # characters of an unexpected answer kept in the dead letter
 
 def encode_body(body: Mapping[str, Any]) -> bytes:
     """The exact bytes sent (compact JSON, UTF-8)."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    # "replace": a lone surrogate (legal in Python strings, e.g. from a "\ud800" escape in an alert)
+    # becomes "?" instead of an exception that would stall the item forever.
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8", errors="replace")
 
 
 def fit_summary(summary: str) -> str:
@@ -240,6 +242,18 @@ def read_event(item: OutboxItem) -> IncidentEvent | DeadLetter:
         return DeadLetter(error=f"outbox item {item.id} is not a valid IncidentEvent: {type(exc).__name__}: {exc}")
 
 
+def translate(event: IncidentEvent, routing_key: str) -> dict[str, Any] | DeadLetter:
+    """The checked body to send for ``event``, or the dead letter saying why it must not be sent."""
+    try:
+        body = build_body(event, routing_key)
+    except (TypeError, ValueError) as exc:  # wrong types in a stored payload: a bug upstream, not retryable
+        return DeadLetter(error=f"event cannot be translated, not sent: {type(exc).__name__}: {exc}")
+    problems = check_body(body)
+    if problems:
+        return DeadLetter(error="event rejected locally, not sent: " + "; ".join(problems))
+    return body
+
+
 class PagerDutySink:
     """Delivers IncidentEvents to the PagerDuty Events API v2.
 
@@ -280,10 +294,9 @@ class PagerDutySink:
                 error=f"no PagerDuty routing key for route {event.route!r}: set "
                 f"integrations.pagerduty.routing_keys.{event.route} or integrations.pagerduty.routing_key"
             )
-        body = build_body(event, routing_key)
-        problems = check_body(body)
-        if problems:
-            return DeadLetter(error="event rejected locally, not sent: " + "; ".join(problems))
+        body = translate(event, routing_key)
+        if isinstance(body, DeadLetter):
+            return body
         wait = self._limiter.try_acquire(_key_id(routing_key))
         if wait > 0:
             return RetryLater(after=wait, error="rate limit (local)", local=True)

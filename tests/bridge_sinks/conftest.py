@@ -26,7 +26,7 @@ async def fake_pd() -> AsyncIterator[FakePagerDuty]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(0.5)) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0)) as client:
         yield client
 
 

@@ -43,11 +43,19 @@ async def test_keeps_only_the_last_n_and_uses_the_given_logger(caplog):
 async def test_says_what_the_real_sink_would_reject_and_still_delivers(caplog):
     caplog.set_level(logging.INFO, logger="bridge.sinks.dryrun")
     sink = DryRunSink()
-    assert await sink.deliver(item(trigger(summary=""))) == Delivered(info="dry-run")
-    assert caplog.records[-1].kv["would_reject"] == "payload.summary is empty"
+    empty = item(trigger(summary=""))
+    assert await sink.deliver(empty) == Delivered(
+        info="dry-run: event rejected locally, not sent: payload.summary is empty"
+    )
+    assert caplog.records[-1].levelno == logging.WARNING
+    assert caplog.records[-1].kv == {
+        "item": empty.id,
+        "would_dead_letter": "event rejected locally, not sent: payload.summary is empty",
+    }
     bad = item({"action": "explode"})
     outcome = await sink.deliver(bad)
     assert outcome == Delivered(
         info=f"dry-run: outbox item {bad.id} is not a valid IncidentEvent: ValueError: 'explode' is not a valid Action"
     )
     assert caplog.records[-1].levelno == logging.WARNING
+    assert list(sink.sent) == []

@@ -70,6 +70,22 @@ async def test_invalid_outbox_payload_is_a_dead_letter(fake_pd, http):
     assert fake_pd.requests == 0
 
 
+async def test_wrongly_typed_payload_is_a_dead_letter(fake_pd, http):
+    sink = make_sink(http, fake_pd.url)
+    outcome = await sink.deliver(item({**trigger().to_json(), "custom_details": [1, 2]}))
+    assert outcome == DeadLetter(
+        error="event cannot be translated, not sent: TypeError: cannot convert dictionary update sequence "
+        "element #0 to a sequence"
+    )
+    assert fake_pd.requests == 0
+
+
+async def test_lone_surrogate_is_replaced_not_fatal(fake_pd, http):
+    sink = make_sink(http, fake_pd.url)
+    assert isinstance(await sink.deliver(item(trigger(summary="bad \ud800 text"))), Delivered)
+    assert fake_pd.accepted[0].body["payload"]["summary"] == "bad ? text"
+
+
 async def test_locally_invalid_event_is_not_sent(fake_pd, http):
     sink = make_sink(http, fake_pd.url)
     outcome = await sink.deliver(item(trigger(summary="  ", source="")))
