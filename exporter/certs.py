@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
@@ -124,9 +124,21 @@ def _is_self_signed(cert: x509.Certificate) -> bool:
         return False
     try:
         cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature):
+    except InvalidSignature:
         return False
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # cryptography will not check some signatures (SHA-1, MD5): fall back to the key identifiers.
+        return _key_ids_match(cert)
     return True
+
+
+def _key_ids_match(cert: x509.Certificate) -> bool:
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return True  # same subject and issuer name and nothing to tell them apart
+    return aki is None or aki == ski
 
 
 def _names(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[IPAddr, ...]]:
