@@ -48,6 +48,7 @@ REJECTED = [
     ("long routing_key", alert(routing_key="x" * 33), "'routing_key' must be 32 characters"),
     ("no event_action", alert(event_action=_DELETE), "'event_action' must be one of trigger, acknowledge or resolve"),
     ("bad event_action", alert(event_action="open"), "'event_action' must be one of trigger, acknowledge or resolve"),
+    ("dedup_key number", alert(dedup_key=42), "'dedup_key' must be a string"),
     ("dedup_key 256", alert(dedup_key="d" * 256), "'dedup_key' is too long (maximum is 255 characters)"),
     (
         "resolve without dedup_key",

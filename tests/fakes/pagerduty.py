@@ -114,7 +114,9 @@ def check_alert_event(body: dict[str, Any]) -> list[str]:
     if action not in ACTIONS:
         errors.append("'event_action' must be one of trigger, acknowledge or resolve")
     dedup_key = body.get("dedup_key")
-    if dedup_key is not None and (not isinstance(dedup_key, str) or len(dedup_key) > DEDUP_KEY_MAX):
+    if dedup_key is not None and not isinstance(dedup_key, str):
+        errors.append("'dedup_key' must be a string")
+    elif dedup_key is not None and len(dedup_key) > DEDUP_KEY_MAX:
         errors.append(f"'dedup_key' is too long (maximum is {DEDUP_KEY_MAX} characters)")
     if action in ("acknowledge", "resolve") and not dedup_key:
         errors.append("'dedup_key' is required for acknowledge and resolve events")
