@@ -318,7 +318,7 @@ class PagerDutySink:
     def _log(self, item: OutboxItem, event: IncidentEvent, outcome: DeliveryOutcome) -> None:
         kv: dict[str, Any] = {
             "item": item.id,
-            "dedup_key": fit_dedup_key(event.key),
+            "dedup_key": fit_dedup_key(str(event.key)),
             "action": str(event.action),
             "route": event.route,
             "result": type(outcome).__name__,
@@ -326,6 +326,8 @@ class PagerDutySink:
         }
         if isinstance(outcome, Delivered):
             log.debug("pagerduty event delivered", extra={"kv": kv})
+        elif isinstance(outcome, RetryLater) and outcome.local:
+            log.debug("pagerduty event held back by the local rate limit", extra={"kv": {**kv, "after": outcome.after}})
         elif isinstance(outcome, RetryLater):
             log.info("pagerduty event to retry", extra={"kv": {**kv, "error": outcome.error}})
         else:

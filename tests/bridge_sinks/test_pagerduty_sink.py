@@ -77,6 +77,10 @@ async def test_wrongly_typed_payload_is_a_dead_letter(fake_pd, http):
         error="event cannot be translated, not sent: TypeError: cannot convert dictionary update sequence "
         "element #0 to a sequence"
     )
+    key_number = await sink.deliver(item({**trigger().to_json(), "key": 42}))
+    assert key_number == DeadLetter(
+        error="event cannot be translated, not sent: TypeError: object of type 'int' has no len()"
+    )
     assert fake_pd.requests == 0
 
 
