@@ -1,0 +1,56 @@
+"""The rules in rules/ pass Debian's ``promtool check rules`` and every ``promtool test rules`` case."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RULE_FILES = sorted((ROOT / "rules").glob("*.yml"))
+TEST_FILES = sorted((ROOT / "rules" / "tests").glob("*.test.yml"))
+PROMTOOL = shutil.which("promtool")
+
+pytestmark = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool not installed (Debian package prometheus; CI installs it)"
+)
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL is not None
+    return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+
+
+def test_there_are_rules_and_tests() -> None:
+    assert [p.name for p in RULE_FILES] == ["certpager.rules.yml"]
+    assert len(TEST_FILES) >= 4
+
+
+def test_promtool_check_rules() -> None:
+    result = _promtool("check", "rules", *map(str, RULE_FILES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 17 rules found" in result.stdout
+
+
+@pytest.mark.parametrize("test_file", TEST_FILES, ids=lambda p: p.name)
+def test_promtool_test_rules(test_file: Path) -> None:
+    result = _promtool("test", "rules", str(test_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAILED" not in result.stdout + result.stderr
+
+
+def test_every_alert_has_a_test_case() -> None:
+    import yaml
+
+    rules = yaml.safe_load(RULE_FILES[0].read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    tested = {
+        case["alertname"]
+        for f in TEST_FILES
+        for test in yaml.safe_load(f.read_text())["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    assert alerts == tested
