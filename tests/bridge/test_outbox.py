@@ -1,0 +1,175 @@
+"""The outbox worker against a recording sink: order, no overtaking, Retry-After, backoff, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from prometheus_client import CollectorRegistry
+
+from bridge.alertmanager import parse
+from bridge.decisions import Policy
+from bridge.metrics import BridgeMetrics
+from bridge.outbox import OutboxWorker
+from bridge.sinks.base import DeadLetter, RetryLater
+from bridge.store.base import Receipt
+from tests.bridge.conftest import Clock, RecordingSink, alert, body
+
+
+async def until(condition, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def ingest(store, *alerts, now=1_800_000_000.0):
+    raw = body(*alerts)
+    return await store.ingest(Receipt("alertmanager", raw, now), parse(raw), Policy(), sinks=["pagerduty"])
+
+
+@contextlib.asynccontextmanager
+async def running(store, sink, clock, **kw):
+    registry = CollectorRegistry()
+    metrics = BridgeMetrics(registry)
+    worker = OutboxWorker(store, {"pagerduty": sink}, clock=clock, metrics=metrics, **kw)
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker, registry
+    finally:
+        await worker.stop(grace=1.0)
+        await asyncio.wait_for(task, 5)
+
+
+def sample(registry, result):
+    return registry.get_sample_value("certpager_bridge_deliveries_total", {"sink": "pagerduty", "result": result})
+
+
+async def test_resolve_never_overtakes_its_trigger(store, clock):
+    sink = RecordingSink()
+    release = asyncio.Event()
+
+    async def gate(item):
+        if item.payload["action"] == "trigger":
+            await release.wait()
+
+    sink.gate = gate
+    await ingest(store, alert())
+    await ingest(store, alert("resolved"))
+    await ingest(store, alert(certificate="other.example.com"))
+    async with running(store, sink, clock, sweep_interval=0.05) as (_worker, registry):
+        await until(lambda: len(sink.seen) == 2)
+        await asyncio.sleep(0.2)  # several sweeps: the resolve must still wait behind its trigger
+        assert [(i.payload["component"], i.payload["action"]) for i in sink.seen] == [
+            ("api.example.com", "trigger"), ("other.example.com", "trigger")]
+        release.set()
+        await until(lambda: len(sink.seen) == 3 and store.pending() == [])
+        assert sink.seen[2].payload["action"] == "resolve"
+        assert sample(registry, "delivered") == 3
+
+
+async def test_retry_after_is_honoured(store):
+    clock = Clock()
+    sink = RecordingSink(answers=[RetryLater(after=30.0, error="429 rate limited", status=429)])
+    await ingest(store, alert())
+    async with running(store, sink, clock, sweep_interval=0.05) as (worker, registry):
+        await until(lambda: len(sink.seen) == 1 and sample(registry, "retry") == 1)
+        clock.advance(29.0)
+        worker.wake()
+        await asyncio.sleep(0.2)
+        assert len(sink.seen) == 1
+        clock.advance(1.0)
+        worker.wake()
+        await until(lambda: len(sink.seen) == 2 and store.pending() == [])
+        assert sink.seen[1].attempts == 1
+
+
+async def test_backoff_doubles_with_jitter_up_to_the_cap(store):
+    worker = OutboxWorker(store, {}, retry_initial=1.0, retry_max=300.0, jitter=lambda: 1.0)
+    assert [worker.backoff(a) for a in range(11)] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
+    low = OutboxWorker(store, {}, retry_initial=1.0, retry_max=300.0, jitter=lambda: 0.0)
+    assert [low.backoff(a) for a in (0, 3, 50)] == [0.5, 4.0, 150.0]
+
+
+async def test_retry_without_after_uses_backoff(store):
+    clock = Clock()
+    sink = RecordingSink(answers=[RetryLater(after=None, error="503"), RetryLater(after=None, error="timeout")])
+    await ingest(store, alert())
+    async with running(store, sink, clock, sweep_interval=0.05, retry_initial=10.0, jitter=lambda: 1.0) as (w, r):
+        await until(lambda: len(sink.seen) == 1 and sample(r, "retry") == 1)
+        clock.advance(9.9)
+        w.wake()
+        await asyncio.sleep(0.1)
+        assert len(sink.seen) == 1
+        clock.advance(0.1)
+        w.wake()
+        await until(lambda: len(sink.seen) == 2 and sample(r, "retry") == 2)
+        clock.advance(19.9)  # second retry: 20 s
+        w.wake()
+        await asyncio.sleep(0.1)
+        assert len(sink.seen) == 2
+        clock.advance(0.1)
+        w.wake()
+        await until(lambda: store.pending() == [])
+
+
+async def test_dead_letter_is_recorded_and_the_key_moves_on(store, clock):
+    sink = RecordingSink(answers=[DeadLetter(error="400 Event object is invalid: payload.summary", status=400)])
+    await ingest(store, alert())
+    await ingest(store, alert("resolved"))
+    async with running(store, sink, clock) as (_worker, registry):
+        await until(lambda: store.pending() == [])
+        assert sink.actions()[1][1] == "resolve"
+        (dead,) = store.dead_letters()
+        assert (dead.error, dead.status) == ("400 Event object is invalid: payload.summary", 400)
+        assert (sample(registry, "dead_letter"), sample(registry, "delivered")) == (1, 1)
+
+
+async def test_a_raising_sink_is_a_retry(store, clock):
+    class Broken(RecordingSink):
+        async def deliver(self, item):
+            self.seen.append(item)
+            raise RuntimeError("bug")
+
+    sink = Broken()
+    await ingest(store, alert())
+    async with running(store, sink, clock, retry_initial=3600.0) as (_worker, registry):
+        await until(lambda: sample(registry, "retry") == 1)
+        (item,) = store.pending()
+        assert item.attempts == 1
+
+
+async def test_wakes_on_commit_without_waiting_for_the_sweep(store, clock):
+    sink = RecordingSink()
+    async with running(store, sink, clock, sweep_interval=60.0) as (worker, _registry):
+        await asyncio.sleep(0.05)
+        await ingest(store, alert())
+        started = time.monotonic()
+        worker.wake()
+        await until(lambda: len(sink.seen) == 1, timeout=1.0)
+        assert time.monotonic() - started < 1.0
+
+
+async def test_concurrency_is_bounded(store, clock):
+    sink = RecordingSink()
+    release = asyncio.Event()
+    in_flight, peak = 0, 0
+
+    async def gate(item):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await release.wait()
+        in_flight -= 1
+
+    sink.gate = gate
+    for i in range(6):
+        await ingest(store, alert(certificate=f"c{i}.example.com"))
+    async with running(store, sink, clock, max_in_flight=2, sweep_interval=0.05) as (_worker, _registry):
+        await until(lambda: len(sink.seen) == 2)
+        await asyncio.sleep(0.2)
+        assert (len(sink.seen), peak) == (2, 2)
+        release.set()
+        await until(lambda: store.pending() == [])
+        assert (len(sink.seen), peak) == (6, 2)

@@ -1,0 +1,162 @@
+"""The SQLite store: migrations, atomic ingest, group commit, head-of-key claims, leases, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+
+import pytest
+
+from bridge.alertmanager import parse
+from bridge.decisions import Policy
+from bridge.store.base import Receipt, StoreError
+from bridge.store.migrations import LATEST
+from bridge.store.sqlite import SqliteStore
+from tests.bridge.conftest import alert, body
+
+SINKS = ["pagerduty"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplodingPolicy(Policy):
+    """A policy whose severity lookup fails, to break an ingest half-way through its transaction."""
+
+    def severity_for(self, event_class, labels):
+        raise RuntimeError("boom")
+
+
+DEFAULT_POLICY = Policy()
+
+
+async def ingest(store, *alerts, policy=DEFAULT_POLICY, now=100.0, sinks=SINKS):
+    raw = body(*alerts)
+    return await store.ingest(Receipt("alertmanager", raw, now), parse(raw), policy, sinks=sinks)
+
+
+def count(path, table):
+    with sqlite3.connect(path) as conn:
+        return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+async def test_migrates_an_empty_file_and_reopens_idempotently(tmp_path):
+    path = tmp_path / "sub" / "b.db"
+    store = SqliteStore(path)
+    await store.open()
+    await ingest(store, alert())
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST == 1
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    again = SqliteStore(path)
+    await again.open()
+    try:
+        assert [i.payload["action"] for i in again.pending()] == ["trigger"]
+        assert (await ingest(again, alert())).duplicates == 1
+    finally:
+        await again.close()
+
+
+async def test_refuses_a_newer_schema_and_a_second_process(tmp_path):
+    path = tmp_path / "b.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="schema version 99 is newer than this bridge knows"):
+        await SqliteStore(path).open()
+    other = tmp_path / "c.db"
+    first = SqliteStore(other)
+    await first.open()
+    try:
+        with pytest.raises(StoreError, match="another bridge process holds it"):
+            await SqliteStore(other).open()
+    finally:
+        await first.close()
+
+
+async def test_ingest_is_atomic(store):
+    with pytest.raises(StoreError, match="boom"):
+        await ingest(store, alert(), policy=ExplodingPolicy())
+    for table in ("receipts", "occurrences", "incidents", "outbox"):
+        assert count(store.path, table) == 0, table
+    result = await ingest(store, alert())
+    assert (result.new, len(result.events)) == (1, 1)
+    assert [count(store.path, t) for t in ("receipts", "occurrences", "incidents", "outbox")] == [1, 1, 1, 1]
+
+
+async def test_group_commit_batches_concurrent_ingests_and_isolates_a_failure(store):
+    alerts = [alert(certificate=f"c{i}.example.com") for i in range(200)]
+    before = store.commits
+    tasks = [ingest(store, a) for a in alerts]
+    tasks.insert(100, ingest(store, alert(certificate="bad.example.com"), policy=ExplodingPolicy()))
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert len(failures) == 1 and isinstance(failures[0], StoreError)
+    assert store.commits - before < 50  # 201 operations in far fewer fsync'd commits
+    assert len({r.receipt_id for r in results if not isinstance(r, BaseException)}) == 200
+    assert count(store.path, "outbox") == 200
+    assert "bad.example.com" not in {i.payload["component"] for i in store.pending()}
+
+
+async def test_claims_only_the_head_of_each_key_under_a_lease(store):
+    await ingest(store, alert())
+    await ingest(store, alert("resolved"))
+    await ingest(store, alert(certificate="other.example.com"))
+    heads = await store.claim("pagerduty", now=200.0, limit=10, lease=60.0)
+    assert [(i.payload["component"], i.payload["action"]) for i in heads] == [
+        ("api.example.com", "trigger"), ("other.example.com", "trigger")]
+    assert await store.claim("pagerduty", now=200.0, limit=10, lease=60.0) == []  # leased, successors wait
+    await store.mark_delivered(heads[0].id)
+    (resolve,) = await store.claim("pagerduty", now=201.0, limit=10, lease=60.0)
+    assert (resolve.payload["action"], resolve.attempts) == ("resolve", 0)
+    # An expired lease (the delivery never reported back) hands the head out again.
+    (again,) = await store.claim("pagerduty", now=260.5, limit=10, lease=60.0)
+    assert again.id == heads[1].id
+
+
+async def test_retry_keeps_the_head_and_dead_letter_releases_the_key(store):
+    await ingest(store, alert())
+    await ingest(store, alert("resolved"))
+    (trigger,) = await store.claim("pagerduty", now=200.0, limit=10, lease=60.0)
+    await store.retry_at(trigger.id, at=300.0, error="503")
+    assert await store.claim("pagerduty", now=299.0, limit=10, lease=60.0) == []
+    assert await store.next_due("pagerduty", now=299.0) == 100.0  # the waiting resolve's own due time
+    (retried,) = await store.claim("pagerduty", now=300.0, limit=10, lease=60.0)
+    assert (retried.id, retried.attempts) == (trigger.id, 1)
+    await store.dead_letter(retried.id, error="400 Event object is invalid: bad", status=400, now=301.0)
+    (resolve,) = await store.claim("pagerduty", now=301.0, limit=10, lease=60.0)
+    assert resolve.payload["action"] == "resolve"
+    (dead,) = store.dead_letters()
+    assert (dead.id, dead.error, dead.status, dead.attempts) == (trigger.id, "400 Event object is invalid: bad", 400, 2)
+    stats = store.outbox_stats()
+    assert (stats.depth, stats.oldest_created_at, stats.dead_letters) == (
+        {"pagerduty": 1}, {"pagerduty": 100.0}, {"pagerduty": 1})
+
+
+async def test_leases_of_a_crashed_process_are_released_at_open(tmp_path):
+    store = SqliteStore(tmp_path / "b.db")
+    await store.open()
+    await ingest(store, alert())
+    assert len(await store.claim("pagerduty", now=200.0, limit=10, lease=3600.0)) == 1
+    await store.close()
+    store = SqliteStore(tmp_path / "b.db")
+    await store.open()
+    try:
+        assert len(await store.claim("pagerduty", now=201.0, limit=10, lease=60.0)) == 1
+    finally:
+        await store.close()
+
+
+async def test_prune_keeps_what_decisions_still_need(store):
+    await ingest(store, alert(certificate="old.example.com"), now=100.0)
+    await ingest(store, alert("resolved", certificate="old.example.com"), now=101.0)
+    await ingest(store, alert(certificate="live.example.com"), now=102.0)
+    removed = await store.prune(before=1000.0)
+    assert removed == 3 + 1 + 1  # receipts, the resolved occurrence, the closed incident
+    assert count(store.path, "occurrences") == 1
+    assert count(store.path, "incidents") == 1
+
+
+async def test_closed_store_refuses_work(tmp_path):
+    store = SqliteStore(tmp_path / "b.db")
+    with pytest.raises(StoreError, match="store is not open"):
+        await ingest(store, alert())
