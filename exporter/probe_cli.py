@@ -1,0 +1,169 @@
+"""``certpager probe HOST:PORT``: probe one endpoint and print its chain, trust and policy verdicts.
+
+Exit codes (the worst over all addresses probed):
+    0  the chain was read, is trusted, and covers the name (and no configured policy is violated)
+    1  the probe failed: no chain was read (dns, refused, timeout, not_tls, tls_alert, ...)
+    2  usage or config error (argparse's convention)
+    3  a chain was read but is not trusted, or does not cover the name
+    4  trusted and the name matches, but a policy from --config is violated
+With --insecure the trust and name checks are skipped and count as fine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any, TextIO, get_args
+
+from certpager.config import parse_duration
+from certpager.errors import ConfigError
+from exporter import config as exporter_config
+from exporter.config import Module, Policies, StartTLSProtocol, StartTLSSettings, TLSSettings
+from exporter.probes.base import CertificateInfo, ProbeRequest, ProbeResult
+from exporter.probes.tls import TLSProber
+
+EXIT_OK, EXIT_PROBE_FAILED, EXIT_USAGE, EXIT_UNTRUSTED, EXIT_POLICY = 0, 1, 2, 3, 4
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the probe subcommand's arguments."""
+    parser.add_argument("target", metavar="HOST:PORT", help="endpoint to probe ([v6]:port for IPv6)")
+    parser.add_argument("--servername", help="SNI and the name verified (default: HOST)")
+    parser.add_argument("--cafile", help="trust these CA certificates instead of the system store")
+    parser.add_argument("--starttls", choices=get_args(StartTLSProtocol), help="speak this protocol first")
+    parser.add_argument("--timeout", default="10s", help="whole-probe timeout, e.g. 5s (default 10s)")
+    parser.add_argument("--all-ips", action="store_true", help="probe every resolved address")
+    parser.add_argument("--insecure", action="store_true", help="skip the trust and name verdicts")
+    parser.add_argument("--config", help="exporter config: its policies are checked, --module is taken from it")
+    parser.add_argument("--module", default="tls", help="module of --config to start from (default tls)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def build_request(args: argparse.Namespace) -> ProbeRequest:
+    """The ProbeRequest the arguments describe; raises ValueError / ConfigError."""
+    module, policies = Module(), Policies()
+    if args.config:
+        cfg = exporter_config.load(args.config)
+        modules = cfg.all_modules
+        if args.module not in modules:
+            raise ValueError(f"--module {args.module!r} is not in {args.config} (have: {', '.join(modules)})")
+        module, policies = modules[args.module], cfg.policies
+    tls_update: dict[str, Any] = {}
+    if args.servername:
+        tls_update["server_name"] = args.servername
+    if args.cafile:
+        tls_update["ca_file"] = args.cafile
+    if args.insecure:
+        tls_update["insecure_skip_verify"] = True
+    update: dict[str, Any] = {"tls": TLSSettings.model_validate({**module.tls.model_dump(), **tls_update})}
+    if args.starttls:
+        update.update(kind="starttls", starttls=StartTLSSettings(protocol=args.starttls))
+    if args.all_ips:
+        update["probe_all_ips"] = True
+    module = Module.model_validate({**module.model_dump(), **update})
+    timeout = parse_duration(args.timeout)
+    if timeout <= 0:
+        raise ValueError("--timeout must be greater than 0")
+    return ProbeRequest(target=args.target, module=module, timeout=timeout, policies=policies)
+
+
+def exit_code(results: Sequence[ProbeResult]) -> int:
+    """The worst outcome over all results (see the module docstring)."""
+    if any(not r.success for r in results):
+        return EXIT_PROBE_FAILED
+    if any(r.chain_verified is False or r.hostname_verified is False for r in results):
+        return EXIT_UNTRUSTED
+    if any(any(r.policy_violations.values()) for r in results):
+        return EXIT_POLICY
+    return EXIT_OK
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _days_left(not_after: float, now: float) -> str:
+    if not_after >= now:
+        return f"{math.floor((not_after - now) / 86400)} days left"
+    return f"EXPIRED {math.floor((now - not_after) / 86400)} days ago"
+
+
+def _cert_lines(cert: CertificateInfo, now: float) -> list[str]:
+    return [
+        f"  #{cert.index} {cert.position:<12} {cert.subject_cn or '(no CN)'}",
+        f"       issuer      {cert.issuer_cn or '(no CN)'}",
+        f"       not before  {_when(cert.not_before)}",
+        f"       not after   {_when(cert.not_after)}  ({_days_left(cert.not_after, now)})",
+        f"       key         {cert.key_type} {cert.key_bits}   signature {cert.signature_algorithm}",
+        *([f"       sans        {', '.join(cert.sans)}"] if cert.sans else []),
+        f"       serial      {cert.serial}",
+        f"       sha256      {cert.fingerprint_sha256}",
+    ]
+
+
+def _verdict(ok: bool | None, reason: object, detail: str) -> str:
+    if ok is None:
+        return "not checked"
+    return "OK" if ok else f"FAILED: {reason}" + (f" ({detail})" if detail else "")
+
+
+def _result_lines(request: ProbeRequest, result: ProbeResult, now: float) -> list[str]:
+    timings = ", ".join(f"{phase} {seconds * 1000:.1f} ms" for phase, seconds in result.durations.items())
+    lines = [f"address   {result.ip or '(via proxy)'}   {timings}"]
+    if not result.success:
+        return [*lines, f"FAILED    {result.reason}: {result.detail}"]
+    lines += [f"tls       {result.tls_version}   {result.cipher}",
+              f"chain     {len(result.chain)} certificate(s) as sent by the peer:"]
+    for cert in result.chain:
+        lines += _cert_lines(cert, now)
+    name = request.module.tls.server_name or request.target.rsplit(":", 1)[0].strip("[]")
+    anchors = request.module.tls.ca_file or "system store"
+    lines.append(f"trust     {_verdict(result.chain_verified, result.verify_reason, result.detail)}  [{anchors}]")
+    lines.append(f"hostname  {_verdict(result.hostname_verified, 'name not in the leaf SANs', '')}  [{name}]")
+    if result.policy_violations:
+        verdicts = ", ".join(f"{p} {'VIOLATED' if v else 'ok'}" for p, v in result.policy_violations.items())
+        lines.append(f"policies  {verdicts}")
+    return lines
+
+
+def render_text(request: ProbeRequest, results: Sequence[ProbeResult], now: float) -> str:
+    """The report for a person at a terminal."""
+    lines = [f"certpager probe {request.target} (kind {request.module.kind})"]
+    for result in results:
+        lines += ["", *_result_lines(request, result, now)]
+    code = exit_code(results)
+    lines += ["", f"result    {'OK' if code == EXIT_OK else 'NOT OK'} (exit {code})"]
+    return "\n".join(lines) + "\n"
+
+
+def render_json(request: ProbeRequest, results: Sequence[ProbeResult]) -> str:
+    """Machine output: every ProbeResult field, durations keyed by phase name."""
+    out = []
+    for result in results:
+        item = asdict(result)
+        item["durations"] = {str(k): v for k, v in result.durations.items()}
+        item["policy_violations"] = dict(result.policy_violations)
+        item["earliest_expiry"] = result.earliest_expiry
+        out.append(item)
+    doc = {"target": request.target, "kind": request.module.kind, "exit_code": exit_code(results), "results": out}
+    return json.dumps(doc, indent=2, default=str) + "\n"
+
+
+def run(args: argparse.Namespace, *, prober: TLSProber | None = None, out: TextIO | None = None) -> int:
+    """Probe, print, and return the exit code."""
+    out = out or sys.stdout
+    try:
+        request = build_request(args)
+    except (ValueError, ConfigError) as exc:
+        print(f"certpager probe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    results = asyncio.run((prober or TLSProber()).probe(request))
+    out.write(render_json(request, results) if args.json else render_text(request, results, time.time()))
+    return exit_code(results)

@@ -1,0 +1,122 @@
+"""``certpager probe``: report, JSON and exit codes against loopback servers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import socket
+
+from certpager import cli
+from certpager.tlsserver import TLSServer
+from exporter import probe_cli
+from tests.exporter.conftest import LEAF_NOT_AFTER, NOW, ts
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    probe_cli.configure(parser)
+    return parser.parse_args(argv)
+
+
+async def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = await asyncio.to_thread(probe_cli.run, parse(*argv), out=out)
+    return code, out.getvalue()
+
+
+def serve(test_pki, name: str) -> TLSServer:
+    return TLSServer(test_pki.files[name].cert_file, test_pki.files[name].key_file)
+
+
+async def test_trusted_chain_report_and_exit_0(test_pki):
+    async with serve(test_pki, "valid") as server:
+        code, text = await run(server.address, "--cafile", str(test_pki.ca_file), "--servername", "localhost")
+    assert code == 0
+    assert "#0 leaf         localhost" in text
+    assert "#1 intermediate certpager Test Intermediate" in text
+    not_after = probe_cli._when(ts(LEAF_NOT_AFTER))
+    assert f"not after   {not_after}  (59 days left)" in text or f"not after   {not_after}  (60 days left)" in text
+    assert "key         ec 256   signature ecdsa-with-SHA256" in text
+    assert "trust     OK" in text and "hostname  OK  [localhost]" in text
+    assert text.endswith("result    OK (exit 0)\n")
+
+
+async def test_untrusted_chain_exit_3(test_pki):
+    async with serve(test_pki, "expired") as server:
+        code, text = await run(server.address, "--cafile", str(test_pki.ca_file))
+    assert code == probe_cli.EXIT_UNTRUSTED
+    assert "trust     FAILED: expired" in text
+    assert "EXPIRED 2 days ago" in text
+
+
+async def test_wrong_name_exit_3(test_pki):
+    async with serve(test_pki, "valid") as server:
+        code, text = await run(server.address, "--cafile", str(test_pki.ca_file), "--servername", "other.test")
+    assert code == probe_cli.EXIT_UNTRUSTED
+    assert "hostname  FAILED: name not in the leaf SANs  [other.test]" in text
+
+
+async def test_insecure_skips_verdicts(test_pki):
+    async with serve(test_pki, "self_signed") as server:
+        code, text = await run(server.address, "--insecure")
+    assert code == 0
+    assert "trust     not checked" in text
+
+
+async def test_json_output(test_pki):
+    async with serve(test_pki, "valid") as server:
+        code, text = await run(server.address, "--cafile", str(test_pki.ca_file), "--json")
+    doc = json.loads(text)
+    assert (code, doc["exit_code"], doc["target"]) == (0, 0, server.address)
+    (result,) = doc["results"]
+    assert (result["success"], result["chain_verified"], result["hostname_verified"]) == (True, True, True)
+    assert [(c["position"], c["index"]) for c in result["chain"]] == [("leaf", 0), ("intermediate", 1)]
+    assert result["chain"][0]["not_after"] == ts(LEAF_NOT_AFTER)
+    assert result["earliest_expiry"] == ts(LEAF_NOT_AFTER)
+    assert set(result["durations"]) == {"resolve", "connect", "handshake"}
+
+
+async def test_refused_exit_1():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code, text = await run(f"127.0.0.1:{port}", "--timeout", "2s")
+    assert code == probe_cli.EXIT_PROBE_FAILED
+    assert "FAILED    refused: connection refused by 127.0.0.1" in text
+
+
+async def test_policies_from_config_exit_4(test_pki, tmp_path):
+    config = tmp_path / "exporter.yml"
+    config.write_text(f"modules:\n  lab:\n    tls:\n      ca_file: {test_pki.ca_file}\n"
+                      "policies:\n  min_rsa_bits: 4096\n  max_validity_days: 398\n")
+    async with serve(test_pki, "rsa") as server:
+        code, text = await run(server.address, "--config", str(config), "--module", "lab")
+    assert code == probe_cli.EXIT_POLICY
+    assert "policies  min_rsa_bits VIOLATED, max_validity_days ok" in text
+
+
+async def test_bad_config_and_arguments_exit_2(tmp_path, capsys):
+    config = tmp_path / "bad.yml"
+    config.write_text("modules:\n  lab:\n    kind: nonsense\n")
+    code, _ = await run("127.0.0.1:1", "--config", str(config))
+    assert code == probe_cli.EXIT_USAGE
+    assert str(config) in capsys.readouterr().err
+    code, _ = await run("127.0.0.1:1", "--timeout", "soon")
+    assert code == probe_cli.EXIT_USAGE
+    assert "expected a duration" in capsys.readouterr().err
+
+
+async def test_through_the_certpager_command(test_pki, capsys):
+    async with serve(test_pki, "valid") as server:
+        code = await asyncio.to_thread(cli.main, ["probe", server.address, "--cafile", str(test_pki.ca_file)])
+    assert code == 0
+    assert "result    OK (exit 0)" in capsys.readouterr().out
+
+
+def test_days_left_rounding():
+    now = ts(NOW)
+    assert probe_cli._days_left(now + 86400 * 2 - 1, now) == "1 days left"
+    assert probe_cli._days_left(now - 1, now) == "EXPIRED 0 days ago"
+    assert probe_cli._days_left(now - 86400 * 3, now) == "EXPIRED 3 days ago"
