@@ -109,9 +109,14 @@ class Module(StrictModel):
             raise ValueError("kind starttls needs a starttls: {protocol: ...} section")
         if self.kind != "starttls" and self.starttls is not None:
             raise ValueError(f"starttls settings given for kind {self.kind}")
-        if self.timeout <= 0:
-            raise ValueError("timeout must be greater than 0")
         return self
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("expected a duration greater than 0")
+        return value
 
     @field_validator("source_ip_address")
     @classmethod
@@ -270,6 +275,8 @@ class Config(StrictModel):
                 problem = endpoint_problem(target.target)
                 if problem:
                     raise ValueError(f"targets[{i}].target: {problem}")
+            if target.address is not None and (problem := endpoint_problem(target.address)):
+                raise ValueError(f"targets[{i}].address: {problem}")
         return self
 
     def thresholds_for(self, labels: Mapping[str, str], override: ThresholdOverrides | None) -> dict[str, float]:

@@ -70,6 +70,7 @@ class Scheduler:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         on_result: ProbeHook | None = None,
+        timeout_grace: float = TIMEOUT_GRACE,
     ) -> None:
         self._probe = probe
         self._store = store
@@ -79,6 +80,7 @@ class Scheduler:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._on_result = on_result
+        self._grace = timeout_grace
         self._slots: dict[str, _Slot] = {}
         self._heap: list[tuple[float, int, str, int]] = []  # (due, seq, key, generation)
         self._seq = 0
@@ -202,7 +204,7 @@ class Scheduler:
                                labels=target.labels, address=target.address, policies=self.policies)
         started = self._wall()
         try:
-            results = await asyncio.wait_for(self._probe(request), timeout + TIMEOUT_GRACE)
+            results = await asyncio.wait_for(self._probe(request), timeout + self._grace)
         except TimeoutError:
             log.error("probe overran its timeout", extra={"kv": {"target": target.target, "timeout": timeout}})
             return [ProbeResult(success=False, reason=Reason.INTERNAL, detail="probe overran its timeout",

@@ -221,13 +221,14 @@ def test_render_10000_targets_is_fast():
     result = [ok_result(durations={Phase.HANDSHAKE: 0.01})]
     for t in targets:
         store.record(t, result)
-    best = min(_timed(lambda: store.snapshot().render()) for _ in range(3))
+    # CPU time, best of 5: the machine running the tests is shared, wall time is not this code's.
+    best = min(_timed(lambda: store.snapshot().render()) for _ in range(5))
     text = store.snapshot().render()
     assert text.count(b"\ntls_cert_info{") == 30_000
     assert best < 0.1, f"render took {best:.3f}s"
 
 
 def _timed(fn):
-    start = time.perf_counter()
+    start = time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.process_time() - start
