@@ -132,7 +132,7 @@ class Exporter:
             delay = None if due is None else max(0.0, due - self._clock())
             await _sleep_or_event(self._sleep, delay, self._files_changed)
             self._files_changed.clear()
-            changed = await asyncio.to_thread(self.watcher.poll)
+            changed = self.watcher.poll()  # a few stat() calls: cheap enough for the loop
             if changed:
                 self._apply_targets()
 

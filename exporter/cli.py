@@ -71,12 +71,14 @@ def check_config(path: Path, out: TextIO, err: TextIO) -> int:
                                 on_error=messages.append)
     watcher.poll(force=True)
     targets, warnings = resolve_targets(config, watcher.groups())
-    print(_summary(path, config, len(watcher.file_status()), len(targets)), file=out)
     for warning in warnings:
         print(f"WARNING: {warning}", file=err)
     for message in messages:
         print(f"FAILED: {message}", file=err)
-    return 1 if messages else 0
+    if messages:
+        return 1
+    print(_summary(path, config, len(watcher.file_status()), len(targets)), file=out)
+    return 0
 
 
 def _summary(path: Path, config: Config, files: int, targets: int) -> str:
