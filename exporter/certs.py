@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import logging
+import math
 import os
 import ssl
 import threading
@@ -204,13 +205,21 @@ def position_of(index: int, info: CertificateInfo) -> Position:
     return Position.ROOT if info.self_signed and info.is_ca else Position.INTERMEDIATE
 
 
+_positioned: LRU[tuple[bytes, int], CertificateInfo] = LRU(8192)
+
+
 def cert_info(der: bytes, index: int) -> CertificateInfo:
     """CertificateInfo of the certificate at ``index`` of a presented chain (or file)."""
     info = parse(der).info
-    position = position_of(index, info)
-    if info.index == index and info.position == position:
+    if info.index == index:
         return info
-    return replace(info, index=index, position=position)
+    # dataclasses.replace costs tens of microseconds; the same (cert, index) recurs on every probe.
+    key = (der, index)
+    positioned = _positioned.get(key)
+    if positioned is None:
+        positioned = replace(info, index=index, position=position_of(index, info))
+        _positioned.put(key, positioned)
+    return positioned
 
 
 def chain_info(ders: Sequence[bytes]) -> tuple[CertificateInfo, ...]:
@@ -235,12 +244,12 @@ def _wildcard_match(pattern: str, name: str) -> bool:
 
 def match_hostname(parsed: ParsedCert, name: str) -> bool:
     """Does the leaf's SAN cover ``name`` (DNS name, or IP literal against IP SANs only)?"""
-    try:
-        ip = ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        ip = None
-    if ip is not None:
-        return ip in parsed.ip_addresses
+    bare = name.strip("[]")
+    if any(c == ":" for c in bare) or bare.replace(".", "").isdigit():  # cheap pre-check before ipaddress
+        try:
+            return ipaddress.ip_address(bare) in parsed.ip_addresses
+        except ValueError:
+            pass
     wanted = name.rstrip(".").lower()
     for san in parsed.dns_names:
         pattern = san.rstrip(".").lower()
@@ -272,26 +281,39 @@ def _system_bundle() -> Path:
 
 
 class TrustStores:
-    """Trust stores per CA file, rebuilt when the file changes (one stat per lookup)."""
+    """Trust stores per CA file, rebuilt when the file changes (checked at most every ``recheck`` s)."""
 
-    def __init__(self) -> None:
-        self._stores: dict[Path, _LoadedStore] = {}
+    def __init__(self, *, recheck: float = 1.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._stores: dict[Path | None, _LoadedStore] = {}
+        self._checked: dict[Path | None, float] = {}
+        self._loaded: dict[Path, _LoadedStore] = {}
         self._lock = threading.Lock()
+        self._recheck = recheck
+        self._monotonic = monotonic
 
     def get(self, ca_file: Path | None) -> _LoadedStore:
         """The store for ``ca_file`` (None: the system bundle); raises TrustStoreError."""
-        path = _system_bundle() if ca_file is None else ca_file
+        now = self._monotonic()
+        loaded = self._stores.get(ca_file)
+        if loaded is not None and now - self._checked.get(ca_file, -math.inf) < self._recheck:
+            return loaded  # a stat per probe costs more than the rest of verification
+        loaded = self._get(_system_bundle() if ca_file is None else ca_file)
+        self._stores[ca_file] = loaded
+        self._checked[ca_file] = now
+        return loaded
+
+    def _get(self, path: Path) -> _LoadedStore:
         try:
             st = path.stat()
         except OSError as exc:
             raise TrustStoreError(f"{path}: {exc.strerror}") from exc
         token = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
-        loaded = self._stores.get(path)
+        loaded = self._loaded.get(path)
         if loaded is not None and loaded.token == token:
             return loaded
         with self._lock:
             loaded = self._load(path, token)
-            self._stores[path] = loaded
+            self._loaded[path] = loaded
         return loaded
 
     @staticmethod

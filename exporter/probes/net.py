@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -59,11 +58,14 @@ class Endpoint:
 
 def ip_family(host: str) -> int | None:
     """AF_INET / AF_INET6 when ``host`` is an IP literal, else None."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    # inet_pton, not ipaddress: this runs several times per probe and ipaddress is ~20x slower.
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return family
+    return None
 
 
 def parse_endpoint(target: str, default_port: int | None = None) -> Endpoint:

@@ -185,12 +185,16 @@ def test_verdict_cache_hits_within_ttl(test_pki):
 def test_trust_store_reloads_when_the_file_changes(test_pki, tmp_path):
     ca = tmp_path / "ca.crt"
     ca.write_bytes(pki.make_root("Unrelated Root", slot=31).cert_pem)
-    verifier = certs.ChainVerifier()
+    ticks = Clock(0.0)
+    verifier = certs.ChainVerifier(certs.TrustStores(recheck=1.0, monotonic=ticks))
     chain = ders(test_pki.chains["valid"])
     assert verifier.verify(chain, ca).reason is VerifyReason.UNKNOWN_ISSUER
     ca.write_bytes(test_pki.root.cert_pem + test_pki.root.cert_pem)
     stat = ca.stat()
     os.utime(ca, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    ticks.now = 0.5  # within the recheck interval the file is not looked at
+    assert verifier.verify(chain, ca).reason is VerifyReason.UNKNOWN_ISSUER
+    ticks.now = 1.0
     assert verifier.verify(chain, ca).verified is True
 
 

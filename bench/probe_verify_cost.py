@@ -1,0 +1,137 @@
+"""Per-probe client CPU: handshake with verification off + separate verification vs OpenSSL verifying.
+
+Not a test: prints figures. The TLS server runs in a child process so that ``time.process_time()``
+counts the prober's CPU only. Usage: ``.venv/bin/python bench/probe_verify_cost.py [--probes 500]``.
+
+Variants (same loopback server, same RSA-2048 root -> intermediate -> leaf chain):
+  engine        exporter.probes.tls.TLSProber.probe (everything a real probe does, caches warm)
+  off+cached    CERT_NONE handshake, read the chain, certs.ChainVerifier (verdict cache) + hostname
+  off+uncached  the same, but the verdict cache and parse cache are bypassed every probe
+  openssl       CERT_REQUIRED + check_hostname handshake, read get_verified_chain()
+  off-only      CERT_NONE handshake and chain read, no verification (the floor)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from certpager import pki  # noqa: E402
+from certpager.tlsserver import TLSServer  # noqa: E402
+from exporter import certs  # noqa: E402
+from exporter.config import Module, TLSSettings  # noqa: E402
+from exporter.probes.base import ProbeRequest  # noqa: E402
+from exporter.probes.tls import TLSProber, build_context, peer_chain_der  # noqa: E402
+
+
+class _Sink(asyncio.Protocol):
+    pass
+
+
+async def _handshake(port: int, ctx: ssl.SSLContext, sni: str) -> ssl.SSLObject:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    transport, _ = await loop.create_connection(_Sink, sock=sock, ssl=ctx, server_hostname=sni)
+    obj = transport.get_extra_info("ssl_object")
+    transport.abort()
+    return obj
+
+
+def variants(port: int, files: pki.ChainFiles) -> dict[str, Callable[[], Awaitable[object]]]:
+    module = Module(tls=TLSSettings(ca_file=files.ca_file))
+    prober = TLSProber()
+    off = build_context(module.tls)
+    verifier = certs.ChainVerifier()
+    strict = ssl.create_default_context(cafile=str(files.ca_file))
+
+    async def engine() -> object:
+        (result,) = await prober.probe(ProbeRequest(f"localhost:{port}", module, timeout=5, address="127.0.0.1"))
+        assert result.success and result.chain_verified and result.hostname_verified, result
+        return result
+
+    async def off_cached() -> object:
+        ders = peer_chain_der(await _handshake(port, off, "localhost"))
+        certs.chain_info(ders)
+        assert verifier.verify(ders, files.ca_file).verified
+        return certs.match_hostname(certs.parse(ders[0]), "localhost")
+
+    async def off_uncached() -> object:
+        ders = peer_chain_der(await _handshake(port, off, "localhost"))
+        infos = [certs._parse(d) for d in ders]  # bypass the parse cache
+        fresh = certs.ChainVerifier(verifier.stores)  # keeps the loaded store, empty verdict cache
+        assert fresh.verify(ders, files.ca_file).verified
+        return certs.match_hostname(infos[0], "localhost")
+
+    async def openssl() -> object:
+        obj = await _handshake(port, strict, "localhost")
+        chain = obj._sslobj.get_verified_chain()  # type: ignore[attr-defined]
+        return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain]  # type: ignore[attr-defined]
+
+    async def off_only() -> object:
+        return peer_chain_der(await _handshake(port, off, "localhost"))
+
+    return {"engine": engine, "off+cached": off_cached, "off+uncached": off_uncached,
+            "openssl": openssl, "off-only": off_only}
+
+
+async def measure(fn: Callable[[], Awaitable[object]], probes: int, concurrency: int) -> tuple[float, float]:
+    for _ in range(20):  # warm caches and the allocator
+        await fn()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(probes // concurrency):
+        await asyncio.gather(*(fn() for _ in range(concurrency)))
+    n = (probes // concurrency) * concurrency
+    return (time.process_time() - cpu0) / n, (time.perf_counter() - wall0) / n
+
+
+async def serve(directory: Path) -> None:
+    files = pki.ChainFiles(directory / "server.crt", directory / "server.key", directory / "server-ca.crt",
+                           directory / "server-leaf.crt")
+    async with TLSServer(files.cert_file, files.key_file) as server:
+        print(server.port, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
+async def main(args: argparse.Namespace) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="certpager-bench-"))
+    root = pki.make_root(key="rsa2048")
+    chain = pki.build_chain(("localhost",), root=root, intermediate=pki.make_intermediate(root, key="rsa2048"),
+                            key="rsa2048")
+    files = chain.write(directory)
+    child = subprocess.Popen([sys.executable, __file__, "--serve", str(directory)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        print(f"{args.probes} probes per variant, concurrency {args.concurrency}, RSA-2048 chain, "
+              f"{ssl.OPENSSL_VERSION}, Python {sys.version.split()[0]}")
+        print(f"{'variant':<14} {'CPU us/probe':>13} {'probes/CPU-s':>13} {'wall us/probe':>14}")
+        for name, fn in variants(port, files).items():
+            cpu, wall = await measure(fn, args.probes, args.concurrency)
+            print(f"{name:<14} {cpu * 1e6:>13.0f} {1 / cpu:>13.0f} {wall * 1e6:>14.0f}")
+    finally:
+        if child.stdin:
+            child.stdin.close()
+        child.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--probes", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    ns = parser.parse_args()
+    asyncio.run(serve(ns.serve) if ns.serve else main(ns))
