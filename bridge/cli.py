@@ -14,8 +14,9 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -96,7 +97,18 @@ def make_sink(holder: ConfigHolder) -> Sink:
     )
 
 
-async def _serve(loaded: LoadedConfig, listen_address: str | None) -> int:
+async def serve_config(
+    config_file: str | Path, listen_address: str | None = None, *, stop: asyncio.Event | None = None,
+    started: Callable[[int], None] | None = None,
+) -> int:
+    """Run the bridge from ``config_file`` until SIGTERM/SIGINT or ``stop`` (the demo runs it); ConfigError if bad."""
+    return await _serve(load(config_file), listen_address, stop=stop, started=started)
+
+
+async def _serve(
+    loaded: LoadedConfig, listen_address: str | None, *, stop: asyncio.Event | None = None,
+    started: Callable[[int], None] | None = None,
+) -> int:
     holder = ConfigHolder(loaded)
     sink = make_sink(holder)
     store = SqliteStore(loaded.config.store.path)
@@ -105,7 +117,8 @@ async def _serve(loaded: LoadedConfig, listen_address: str | None) -> int:
     if auth.bearer_token is None and auth.bearer_token_file is None and auth.basic_auth is None:
         log.warning("server.auth is not configured: anyone who can reach the bridge can post alerts")
     try:
-        await serve(app, listen_address or loaded.config.server.listen_address, reload=app[RELOAD])
+        await serve(app, listen_address or loaded.config.server.listen_address, reload=app[RELOAD], stop=stop,
+                    started=started)
     finally:
         await sink.aclose()
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -40,10 +41,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"--web.listen-address: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(Path(args.config_file), args.listen_address))
+    return asyncio.run(serve_config(Path(args.config_file), args.listen_address))
 
 
-async def _serve(config_file: Path, address: str) -> int:
+async def serve_config(
+    config_file: Path, address: str, *, stop: asyncio.Event | None = None,
+    started: Callable[[int], None] | None = None,
+) -> int:
+    """Run the exporter from ``config_file`` on ``address`` until SIGTERM/SIGINT or ``stop`` (the demo runs it)."""
     # Imported here so --config.check stays light (no aiohttp app, no probe engine).
     from exporter.app import Exporter
     from exporter.web import create_app
@@ -53,7 +58,7 @@ async def _serve(config_file: Path, address: str) -> int:
     except ConfigError as exc:
         print(f"error loading config: {exc}", file=sys.stderr)
         return 1
-    await serve(create_app(exporter), address, reload=exporter.reload)
+    await serve(create_app(exporter), address, reload=exporter.reload, stop=stop, started=started)
     return 0
 
 
