@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,14 +88,22 @@ def variants(port: int, files: pki.ChainFiles) -> dict[str, Callable[[], Awaitab
             "openssl": openssl, "off-only": off_only}
 
 
-async def measure(fn: Callable[[], Awaitable[object]], probes: int, concurrency: int) -> tuple[float, float]:
-    for _ in range(20):  # warm caches and the allocator
-        await fn()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    for _ in range(probes // concurrency):
-        await asyncio.gather(*(fn() for _ in range(concurrency)))
-    n = (probes // concurrency) * concurrency
-    return (time.process_time() - cpu0) / n, (time.perf_counter() - wall0) / n
+async def measure(
+    fns: dict[str, Callable[[], Awaitable[object]]], probes: int, concurrency: int, rounds: int
+) -> dict[str, list[tuple[float, float]]]:
+    """Per-probe (CPU, wall) seconds of each variant per round; variants interleave so load drifts hit all."""
+    for fn in fns.values():
+        for _ in range(20):  # warm caches and the allocator
+            await fn()
+    per_round = max(concurrency, probes // rounds // concurrency * concurrency)
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            for _ in range(per_round // concurrency):
+                await asyncio.gather(*(fn() for _ in range(concurrency)))
+            samples[name].append(((time.process_time() - cpu0) / per_round, (time.perf_counter() - wall0) / per_round))
+    return samples
 
 
 async def serve(directory: Path) -> None:
@@ -116,12 +125,14 @@ async def main(args: argparse.Namespace) -> None:
     try:
         assert child.stdout is not None
         port = int(child.stdout.readline())
-        print(f"{args.probes} probes per variant, concurrency {args.concurrency}, RSA-2048 chain, "
-              f"{ssl.OPENSSL_VERSION}, Python {sys.version.split()[0]}")
-        print(f"{'variant':<14} {'CPU us/probe':>13} {'probes/CPU-s':>13} {'wall us/probe':>14}")
-        for name, fn in variants(port, files).items():
-            cpu, wall = await measure(fn, args.probes, args.concurrency)
-            print(f"{name:<14} {cpu * 1e6:>13.0f} {1 / cpu:>13.0f} {wall * 1e6:>14.0f}")
+        print(f"{args.probes} probes per variant in {args.rounds} interleaved rounds, concurrency {args.concurrency},"
+              f" RSA-2048 chain, {ssl.OPENSSL_VERSION}, Python {sys.version.split()[0]}")
+        print(f"{'variant':<14} {'CPU us/probe (median round)':>28} {'probes/CPU-s':>13} {'wall us/probe':>14}")
+        samples = await measure(variants(port, files), args.probes, args.concurrency, args.rounds)
+        for name, rows in samples.items():
+            cpu = statistics.median(r[0] for r in rows)
+            wall = statistics.median(r[1] for r in rows)
+            print(f"{name:<14} {cpu * 1e6:>28.0f} {1 / cpu:>13.0f} {wall * 1e6:>14.0f}")
     finally:
         if child.stdin:
             child.stdin.close()
@@ -132,6 +143,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probes", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     ns = parser.parse_args()
     asyncio.run(serve(ns.serve) if ns.serve else main(ns))

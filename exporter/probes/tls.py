@@ -194,6 +194,8 @@ class TLSProber:
             return [self._failed(Reason.INTERNAL, f"internal error: {exc!r}", None, durations, started)]
         attempts = [self._probe_address(request, endpoint, ip, deadline, dict(durations), started)
                     for ip in addresses]
+        if len(attempts) == 1:
+            return [await attempts[0]]  # the common case: no task per probe
         return list(await asyncio.gather(*attempts))
 
     async def _addresses(
