@@ -15,9 +15,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from bridge.events import Severity
 from certpager.config import Duration, StrictModel, load_config, read_secret_file
@@ -34,11 +34,25 @@ AutomationAction = Literal[
 ]
 
 
-def _check_routing_key(value: SecretStr | None) -> SecretStr | None:
+class Section(StrictModel):
+    """A config section; a key left empty in YAML (``auth:`` with everything commented out) means its default."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_default(cls, data: object) -> object:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+def _check_routing_key(value: SecretStr) -> SecretStr:
     # The message never contains the value: the key is a secret even when it is malformed.
-    if value is not None and not ROUTING_KEY_RE.match(value.get_secret_value()):
+    if not ROUTING_KEY_RE.match(value.get_secret_value()):
         raise ValueError(KEY_EXPECTATION)
     return value
+
+
+RoutingKey = Annotated[SecretStr, AfterValidator(_check_routing_key)]
 
 
 def _exclusive(model: object, pairs: tuple[tuple[str, str], ...]) -> None:
@@ -47,7 +61,7 @@ def _exclusive(model: object, pairs: tuple[tuple[str, str], ...]) -> None:
             raise ValueError(f"{direct} and {from_file} are mutually exclusive")
 
 
-class Links(StrictModel):
+class Links(Section):
     """URL templates; ``{{ labels.NAME }}`` / ``{{ annotations.NAME }}`` are replaced (URL-quoted)."""
 
     dashboard: str | None = None
@@ -61,12 +75,12 @@ class Links(StrictModel):
         return value
 
 
-class PagerDutyConfig(StrictModel):
+class PagerDutyConfig(Section):
     """PagerDuty Events API v2 delivery (and, later, REST/webhook settings)."""
 
-    routing_key: SecretStr | None = None
+    routing_key: RoutingKey | None = None
     routing_key_file: Path | None = None
-    routing_keys: dict[str, SecretStr] = Field(default_factory=dict)  # per environment
+    routing_keys: dict[str, RoutingKey] = Field(default_factory=dict)  # per environment
     routing_key_files: dict[str, Path] = Field(default_factory=dict)  # per environment, from files
     severity_mapping: dict[str, Severity] = Field(default_factory=dict)  # alert class -> severity
     default_severity: Severity = Severity.ERROR
@@ -75,21 +89,6 @@ class PagerDutyConfig(StrictModel):
     api_token_file: Path | None = None  # REST API token (later)
     events_url: str = DEFAULT_EVENTS_URL
     rate_limit_per_minute: int = Field(default=120, ge=1, le=100_000)
-
-    @field_validator("routing_key")
-    @classmethod
-    def _key(cls, value: SecretStr | None) -> SecretStr | None:
-        return _check_routing_key(value)
-
-    @field_validator("routing_keys")
-    @classmethod
-    def _keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        for env, key in value.items():
-            try:
-                _check_routing_key(key)
-            except ValueError as exc:
-                raise ValueError(f"routing_keys.{env}: {exc}") from None
-        return value
 
     @field_validator("severity_mapping")
     @classmethod
@@ -115,7 +114,7 @@ class PagerDutyConfig(StrictModel):
         return self
 
 
-class StatuspageConfig(StrictModel):
+class StatuspageConfig(Section):
     """Atlassian Statuspage (validated now, delivered by later work)."""
 
     api_token: SecretStr | None = None
@@ -142,12 +141,12 @@ class StatuspageConfig(StrictModel):
         return self
 
 
-class Integrations(StrictModel):
+class Integrations(Section):
     pagerduty: PagerDutyConfig = PagerDutyConfig()
     statuspage: StatuspageConfig | None = None
 
 
-class Grouping(StrictModel):
+class Grouping(Section):
     """Alert grouping (validated now, applied by later work)."""
 
     type: Literal["intelligent", "none"] = "none"
@@ -156,13 +155,13 @@ class Grouping(StrictModel):
     correlation: list[str] = Field(default_factory=list)  # alert classes
 
 
-class Automation(StrictModel):
+class Automation(Section):
     """Runbook actions for one class (validated now, run by later work)."""
 
     actions: list[AutomationAction] = Field(default_factory=list)
 
 
-class BasicAuth(StrictModel):
+class BasicAuth(Section):
     username: str
     password: SecretStr | None = None
     password_file: Path | None = None
@@ -175,7 +174,7 @@ class BasicAuth(StrictModel):
         return self
 
 
-class Auth(StrictModel):
+class Auth(Section):
     """How Alertmanager authenticates: a bearer token or basic auth (both may be set)."""
 
     bearer_token: SecretStr | None = None
@@ -188,7 +187,7 @@ class Auth(StrictModel):
         return self
 
 
-class Server(StrictModel):
+class Server(Section):
     listen_address: str = DEFAULT_LISTEN_ADDRESS
     auth: Auth = Auth()
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
@@ -202,13 +201,13 @@ class Server(StrictModel):
         return value
 
 
-class Store(StrictModel):
+class Store(Section):
     type: Literal["sqlite"] = "sqlite"  # postgres: later work
     path: Path = Path("certpager-bridge.db")
     retention: Duration = 7 * 86400.0  # how long receipts, resolved occurrences and dead letters are kept
 
 
-class Outbox(StrictModel):
+class Outbox(Section):
     max_in_flight: int = Field(default=16, ge=1, le=1024)  # deliveries at once, across ordering keys
     retry_initial: Duration = 1.0  # first backoff when the sink gives no Retry-After
     retry_max: Duration = 300.0  # backoff cap
@@ -221,7 +220,7 @@ class Outbox(StrictModel):
         return self
 
 
-class BridgeConfig(StrictModel):
+class BridgeConfig(Section):
     """The whole bridge config file."""
 
     integrations: Integrations = Integrations()

@@ -1,0 +1,183 @@
+"""The HTTP surface: auth, size limit, 4xx reasons, 503 on store failure, commit-before-2xx, metrics, reload."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+from prometheus_client import CollectorRegistry
+
+from bridge.app import ALERTMANAGER_PATH, ConfigHolder, create_app
+from bridge.config import load
+from bridge.store.base import StoreError
+from bridge.store.sqlite import SqliteStore
+from tests.bridge.conftest import PAYLOADS, RecordingSink, alert, body
+
+TOKEN = "bridge-token-123"
+
+
+def write_config(tmp_path, extra: str = "") -> ConfigHolder:
+    (tmp_path / "token").write_text(TOKEN)
+    (tmp_path / "password").write_text("pw")
+    path = tmp_path / "bridge.yml"
+    path.write_text(
+        "server:\n  max_body_bytes: 4096\n  auth:\n    bearer_token_file: token\n"
+        "    basic_auth: {username: am, password_file: password}\n" + extra
+    )
+    return ConfigHolder(load(path, env={}), loader=lambda: load(path, env={}))
+
+
+class FailingStore(SqliteStore):
+    """A real store whose ingest fails, as a full disk would make it."""
+
+    async def ingest(self, *args, **kwargs):
+        raise StoreError("store commit failed: database or disk is full")
+
+
+async def make_client(aiohttp_client, tmp_path, *, store=None, extra=""):
+    holder = write_config(tmp_path, extra)
+    sink = RecordingSink()
+    registry = CollectorRegistry()
+    store = store or SqliteStore(tmp_path / "b.db")
+    app = create_app(holder, store=store, sinks={"pagerduty": sink}, registry=registry)
+    client = await aiohttp_client(app)
+    return client, sink, registry, store
+
+
+def bearer(token=TOKEN):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def metric(registry, result):
+    return registry.get_sample_value(
+        "certpager_bridge_webhooks_total", {"source": "alertmanager", "result": result})
+
+
+async def test_accepts_commits_and_delivers(aiohttp_client, tmp_path):
+    client, sink, registry, _store = await make_client(aiohttp_client, tmp_path)
+    resp = await client.post(ALERTMANAGER_PATH, data=(PAYLOADS / "firing.json").read_bytes(), headers=bearer())
+    assert resp.status == 200
+    assert await resp.json() == {
+        "status": "accepted", "receipt": 1, "alerts": 2, "new": 2, "duplicates": 0, "stale": 0, "events": 2}
+    deadline = time.monotonic() + 3
+    while len(sink.seen) < 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert sorted(a for _, a in sink.actions()) == ["trigger", "trigger"]
+    again = await client.post(ALERTMANAGER_PATH, data=(PAYLOADS / "firing.json").read_bytes(), headers=bearer())
+    assert (await again.json())["duplicates"] == 2
+    assert metric(registry, "accepted") == 2
+    assert registry.get_sample_value("certpager_bridge_incidents_total", {
+        "class": "certificate_expired", "environment": "production", "severity": "critical"}) == 1
+
+
+async def test_basic_auth(aiohttp_client, tmp_path):
+    client, *_ = await make_client(aiohttp_client, tmp_path)
+    good = base64.b64encode(b"am:pw").decode()
+    bad = base64.b64encode(b"am:nope").decode()
+    assert (await client.post(ALERTMANAGER_PATH, data=body(alert()), headers={"Authorization": f"Basic {good}"})
+            ).status == 200
+    resp = await client.post(ALERTMANAGER_PATH, data=body(alert()), headers={"Authorization": f"Basic {bad}"})
+    assert resp.status == 401
+    resp = await client.post(ALERTMANAGER_PATH, data=body(alert()), headers={"Authorization": "Basic !!!"})
+    assert resp.status == 401
+
+
+async def test_unauthorized_gets_a_challenge(aiohttp_client, tmp_path):
+    client, sink, registry, _ = await make_client(aiohttp_client, tmp_path)
+    for headers in ({}, bearer("wrong"), {"Authorization": "Token x"}):
+        resp = await client.post(ALERTMANAGER_PATH, data=body(alert()), headers=headers)
+        assert resp.status == 401
+        assert resp.headers.getall("WWW-Authenticate") == ['Bearer realm="certpager"', 'Basic realm="certpager"']
+        assert await resp.json() == {"status": "error", "error": "unauthorized"}
+    assert metric(registry, "unauthorized") == 3
+    assert sink.seen == []
+
+
+async def test_body_over_the_limit_is_413(aiohttp_client, tmp_path):
+    client, _, registry, _ = await make_client(aiohttp_client, tmp_path)
+    big = body(*[alert(certificate=f"c{i}.example.com") for i in range(20)])
+    assert len(big) > 4096
+    resp = await client.post(ALERTMANAGER_PATH, data=big, headers=bearer())
+    assert (resp.status, await resp.json()) == (413, {"status": "error", "error": "body over 4096 bytes"})
+
+    async def chunks():  # no Content-Length: the limit holds while reading
+        for i in range(0, len(big), 1000):
+            yield big[i : i + 1000]
+
+    resp = await client.post(ALERTMANAGER_PATH, data=chunks(), headers=bearer())
+    assert resp.status == 413
+    assert metric(registry, "too_large") == 2
+
+
+async def test_bad_payloads_get_specific_reasons(aiohttp_client, tmp_path):
+    client, _, registry, _ = await make_client(aiohttp_client, tmp_path)
+    cases = [
+        ("garbage-not-json.txt", 400, "body is not JSON: Expecting value: line 1 column 1 (char 0)"),
+        ("garbage-wrong-version.json", 422, "version: unsupported webhook version '3', expected '4'"),
+        ("garbage-missing-alerts.json", 400, "alerts: required field is missing"),
+        ("garbage-bad-labels.json", 400, "alerts[1].labels: expected an object of strings"),
+    ]
+    for name, status, reason in cases:
+        resp = await client.post(ALERTMANAGER_PATH, data=(PAYLOADS / name).read_bytes(), headers=bearer())
+        assert (resp.status, await resp.json()) == (status, {"status": "error", "error": reason}), name
+    assert (metric(registry, "bad_request"), metric(registry, "unprocessable")) == (3, 1)
+
+
+async def test_store_failure_is_503_so_alertmanager_retries(aiohttp_client, tmp_path):
+    client, _sink, registry, _ = await make_client(aiohttp_client, tmp_path, store=FailingStore(tmp_path / "b.db"))
+    resp = await client.post(ALERTMANAGER_PATH, data=body(alert()), headers=bearer())
+    assert (resp.status, await resp.json()) == (503, {"status": "error", "error": "store unavailable, retry"})
+    assert metric(registry, "store_error") == 1
+
+
+async def test_truncated_alerts_are_counted(aiohttp_client, tmp_path):
+    client, _, registry, _ = await make_client(aiohttp_client, tmp_path)
+    resp = await client.post(ALERTMANAGER_PATH, data=(PAYLOADS / "truncated.json").read_bytes(), headers=bearer())
+    assert resp.status == 200
+    assert registry.get_sample_value("certpager_bridge_truncated_alerts_total") == 3
+
+
+async def test_metrics_ready_and_outbox_gauges(aiohttp_client, tmp_path):
+    class Stuck(RecordingSink):
+        async def deliver(self, item):
+            await asyncio.sleep(3600)
+
+    holder = write_config(tmp_path)
+    registry = CollectorRegistry()
+    app = create_app(holder, store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": Stuck()}, registry=registry)
+    client = await aiohttp_client(app)
+    assert (await client.get("/-/ready")).status == 200
+    assert (await client.post(ALERTMANAGER_PATH, data=body(alert()), headers=bearer())).status == 200
+    text = await (await client.get("/metrics")).text()
+    assert 'certpager_bridge_outbox_depth{sink="pagerduty"} 1.0' in text
+    assert 'certpager_bridge_dead_letters{sink="pagerduty"} 0.0' in text
+    assert "certpager_bridge_outbox_oldest_age_seconds" in text
+    assert 'certpager_bridge_build_info{version="0.1.0"} 1.0' in text
+
+
+async def test_reload_rotates_the_token_and_keeps_old_config_on_error(aiohttp_client, tmp_path):
+    client, _, registry, _ = await make_client(aiohttp_client, tmp_path)
+    (tmp_path / "token").write_text("rotated-token")
+    assert (await client.post("/-/reload")).status == 200
+    assert (await client.post(ALERTMANAGER_PATH, data=body(alert()), headers=bearer())).status == 401
+    assert (await client.post(ALERTMANAGER_PATH, data=body(alert()), headers=bearer("rotated-token"))).status == 200
+    (tmp_path / "bridge.yml").write_text("server: {listen_address: nonsense}\n")
+    resp = await client.post("/-/reload")
+    assert resp.status == 500
+    assert "server.listen_address: expected a listen address" in await resp.text()
+    assert "rotated-token" not in await resp.text()
+    assert registry.get_sample_value("certpager_bridge_config_last_reload_successful") == 0
+    assert (await client.post(ALERTMANAGER_PATH, data=body(alert()), headers=bearer("rotated-token"))).status == 200
+
+
+async def test_no_auth_configured_is_open(aiohttp_client, tmp_path):
+    path = tmp_path / "bridge.yml"
+    path.write_text("")
+    app = create_app(load(path, env={}), store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": RecordingSink()})
+    client = await aiohttp_client(app)
+    resp = await client.post(ALERTMANAGER_PATH, data=body(alert()))
+    assert resp.status == 200
+    assert json.loads(await resp.text())["events"] == 1

@@ -1,0 +1,126 @@
+"""Bridge config: one invalid file per error with its exact message, secrets, $VAR, *_file, rotation."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import pytest
+
+from bridge.app import ConfigHolder
+from bridge.config import DEFAULT_EVENTS_URL, load
+from bridge.events import Severity
+from certpager.errors import ConfigError
+
+TESTDATA = Path(__file__).parent / "testdata"
+REPO = Path(__file__).parents[2]
+KEY_A = "A" * 32
+KEY_B = "B" * 32
+KEY_EXPECTED = "expected a 32-character PagerDuty integration key (letters and digits)"
+
+INVALID = {
+    "invalid-unknown-key.yml": "integrations.pagerduty.routing_kye: unknown key",
+    "invalid-routing-key.yml": f"integrations.pagerduty.routing_key: {KEY_EXPECTED}",
+    "invalid-routing-key-per-env.yml": f"integrations.pagerduty.routing_keys.production: {KEY_EXPECTED}",
+    "invalid-bad-key-in-file.yml": f"integrations.pagerduty.routing_key_file: {KEY_EXPECTED}",
+    "invalid-both-key-sources.yml": "integrations.pagerduty: routing_key and routing_key_file are mutually exclusive",
+    "invalid-env-in-both.yml":
+        "integrations.pagerduty: environment 'production' is in both routing_keys and routing_key_files",
+    "invalid-severity.yml": "integrations.pagerduty.severity_mapping.certificate_expired: "
+        "Input should be 'critical', 'error', 'warning' or 'info'",
+    "invalid-class-name.yml": "integrations.pagerduty.severity_mapping: "
+        "'certificate expired' is not an alert class name (letters, digits, underscores)",
+    "invalid-events-url.yml": "integrations.pagerduty.events_url: expected an http:// or https:// base URL",
+    "invalid-statuspage-token.yml": "integrations.statuspage: api_token or api_token_file is required",
+    "invalid-component-map.yml": 'integrations.statuspage.component_map: '
+        'expected a mapping or a JSON object like {"Gateway API": "<component id>"}',
+    "invalid-grouping-type.yml": "grouping.type: Input should be 'intelligent' or 'none'",
+    "invalid-automation-action.yml": "automation.certificate_expired.actions[1]: Input should be 'trigger_renewal', "
+        "'notify_stakeholders', 'create_postmortem', 'retry_renewal' or 'escalate_to_security'",
+    "invalid-listen-address.yml": "server.listen_address: expected a listen address like :9880 or 127.0.0.1:9880",
+    "invalid-basic-auth.yml": "server.auth.basic_auth: password or password_file is required",
+    "invalid-max-body.yml": "server.max_body_bytes: Input should be greater than or equal to 1024",
+    "invalid-store-type.yml": "store.type: Input should be 'sqlite'",
+    "invalid-retry.yml": "outbox: need 0 < retry_initial <= retry_max",
+    "invalid-link-template.yml": "links.dashboard: expected an http:// or https:// URL template",
+    "invalid-unset-variable.yml":
+        "integrations.pagerduty.routing_key: environment variable $CERTPAGER_TEST_UNSET_VARIABLE is not set",
+    "invalid-missing-secret-file.yml": f"server.auth.bearer_token_file: cannot read secret file "
+        f"{TESTDATA / 'does-not-exist.token'}: No such file or directory",
+}
+SECRETS_IN_TESTDATA = ("SECRETVALUE", "SHORTSECRET", "SECRET-in-file")
+
+
+def test_every_invalid_file_has_an_expectation():
+    assert sorted(p.name for p in TESTDATA.glob("invalid-*.yml")) == sorted(INVALID)
+
+
+@pytest.mark.parametrize("name", sorted(INVALID))
+def test_invalid_config_names_file_key_and_expectation(name):
+    path = TESTDATA / name
+    with pytest.raises(ConfigError) as info:
+        load(path, env={})
+    assert str(info.value) == f"{path}: {INVALID[name]}"
+    for secret in SECRETS_IN_TESTDATA:
+        assert secret not in str(info.value)
+
+
+def test_defaults(tmp_path):
+    path = tmp_path / "bridge.yml"
+    path.write_text("")
+    loaded = load(path, env={})
+    pd = loaded.config.integrations.pagerduty
+    assert (pd.events_url, pd.default_severity, pd.rate_limit_per_minute) == (DEFAULT_EVENTS_URL, Severity.ERROR, 120)
+    assert loaded.config.server.listen_address == ":9880"
+    assert loaded.config.store.path == Path("certpager-bridge.db")
+    assert not loaded.secrets.has_pagerduty
+
+
+def test_env_expansion_and_file_secrets(tmp_path):
+    (tmp_path / "staging.key").write_text(KEY_B + "\n")
+    (tmp_path / "token").write_text("s3cret-token\n")
+    path = tmp_path / "bridge.yml"
+    path.write_text(
+        "integrations:\n  pagerduty:\n    routing_key: $PD_KEY\n    routing_key_files: {staging: staging.key}\n"
+        "    events_url: http://127.0.0.1:1/\nserver:\n  auth:\n    bearer_token_file: token\n"
+        "    basic_auth: {username: am, password: '${AM_PASS}$$'}\n"
+    )
+    loaded = load(path, env={"PD_KEY": KEY_A, "AM_PASS": "pw"})
+    secrets = loaded.secrets
+    assert secrets.routing_key_for("production") == KEY_A  # no own key: the default
+    assert secrets.routing_key_for("staging") == KEY_B
+    assert (secrets.bearer_token, secrets.basic_password) == ("s3cret-token", "pw$")
+    assert loaded.config.integrations.pagerduty.events_url == "http://127.0.0.1:1"
+    for text in (repr(loaded), repr(secrets), str(loaded.config)):
+        assert KEY_A not in text and KEY_B not in text and "s3cret" not in text
+
+
+def test_reload_rereads_secret_files_and_keeps_the_old_config_on_error(tmp_path, caplog):
+    key_file = tmp_path / "pd.key"
+    key_file.write_text(KEY_A)
+    path = tmp_path / "bridge.yml"
+    path.write_text("integrations:\n  pagerduty:\n    routing_key_file: pd.key\n")
+    holder = ConfigHolder(load(path, env={}), loader=lambda: load(path, env={}))
+    assert holder.routing_key_for("production") == KEY_A
+    key_file.write_text(KEY_B)  # rotation: same config, new file content
+    holder.reload()
+    assert holder.routing_key_for("production") == KEY_B
+    key_file.write_text("SECRET-but-malformed")
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ConfigError, match=re.escape(f"routing_key_file: {KEY_EXPECTED}")):
+        holder.reload()
+    assert holder.routing_key_for("production") == KEY_B
+    assert "SECRET-but-malformed" not in caplog.text
+
+
+def test_example_config_in_deploy_is_valid():
+    loaded = load(REPO / "deploy" / "bridge" / "certpager-bridge.yml", env={})
+    assert loaded.config.integrations.pagerduty.severity_mapping["certificate_expired"] is Severity.CRITICAL
+    assert not loaded.secrets.has_pagerduty  # ships in dry-run mode
+
+
+def test_empty_sections_mean_defaults(tmp_path):
+    path = tmp_path / "bridge.yml"
+    path.write_text("server:\n  auth:\nstore:\n")
+    assert load(path, env={}).config.server.auth.bearer_token is None
