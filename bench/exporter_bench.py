@@ -1,0 +1,315 @@
+"""certpager exporter vs Debian's prometheus-blackbox-exporter on many loopback TLS endpoints.
+
+Not a test: prints figures. Starts one nginx serving a root -> intermediate -> leaf chain (3 certs
+presented) on N addresses 127.1.x.y:8443, then probes every endpoint once through each exporter at
+the same client concurrency, and prints per exporter: probes per exporter-CPU-second (utime+stime of
+the exporter process from /proc/PID/stat), wall time, peak RSS (VmHWM) and the certpager/blackbox
+ratio. Then a certpager process with the N targets in its config probes them with its own scheduler,
+and /metrics is timed with N targets cached.
+
+Everything is loopback; every process started is stopped. Usage (root, for nginx and apt):
+    .venv/bin/python bench/exporter_bench.py [--targets 10000] [--concurrency 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from certpager import pki  # noqa: E402
+
+PORT = 8443
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+DEADLINE = 900.0  # seconds for the whole bench
+
+
+@dataclass
+class Figures:
+    name: str
+    probes: int
+    ok: int
+    cpu: float
+    wall: float
+    hwm_mib: float
+
+    @property
+    def per_cpu_second(self) -> float:
+        return self.probes / self.cpu if self.cpu else float("inf")
+
+    def line(self) -> str:
+        return (f"{self.name:<22} probes={self.probes} ok={self.ok} wall={self.wall:.1f}s cpu={self.cpu:.2f}s "
+                f"probes/cpu-s={self.per_cpu_second:.0f} peak_rss={self.hwm_mib:.1f}MiB")
+
+
+def addresses(n: int) -> list[str]:
+    return [f"127.1.{i // 250}.{i % 250 + 1}" for i in range(n)]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def ensure_packages() -> None:
+    missing = [pkg for binary, pkg in (("nginx", "nginx"), ("prometheus-blackbox-exporter",
+                                                           "prometheus-blackbox-exporter"))
+               if shutil.which(binary) is None and not Path(f"/usr/sbin/{binary}").exists()]
+    if missing:
+        print(f"installing {' '.join(missing)} (bench only)", flush=True)
+        subprocess.run(["apt-get", "install", "-y", *missing], check=True, timeout=600)
+
+
+def raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < needed:
+        raise SystemExit(f"need {needed} file descriptors, the hard limit is {hard}: use fewer --targets")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_pki(directory: Path) -> tuple[Path, Path]:
+    chain = pki.build_chain(("bench.test",))
+    cert, key = directory / "chain.pem", directory / "leaf.key"
+    cert.write_bytes(chain.chain_pem(root=True))  # leaf, intermediate, root: 3 certificates presented
+    key.write_bytes(chain.leaf.key_pem)
+    return cert, key
+
+
+def nginx_conf(directory: Path, addrs: list[str], cert: Path, key: Path) -> Path:
+    listens = "\n".join(f"    listen {a}:{PORT} ssl;" for a in addrs)
+    conf = directory / "nginx.conf"
+    conf.write_text(f"""
+user root;
+worker_processes 2;
+worker_rlimit_nofile {len(addrs) * 2 + 2048};
+pid {directory}/nginx.pid;
+error_log {directory}/nginx-error.log warn;
+daemon off;
+events {{ worker_connections {len(addrs) + 2048}; accept_mutex off; }}
+http {{
+  access_log off;
+  client_body_temp_path {directory}/body; proxy_temp_path {directory}/proxy;
+  fastcgi_temp_path {directory}/fcgi; uwsgi_temp_path {directory}/uwsgi; scgi_temp_path {directory}/scgi;
+  ssl_session_cache off;
+  ssl_session_tickets off;
+  ssl_protocols TLSv1.2 TLSv1.3;
+  server {{
+{listens}
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    return 200 "ok\\n";
+  }}
+}}
+""")
+    return conf
+
+
+@contextlib.contextmanager
+def process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+async def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 60) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(int(seconds * 10)):
+            if proc.poll() is not None:
+                raise SystemExit(f"{proc.args[0]} exited with {proc.returncode}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+async def wait_tcp(host: str, port: int, seconds: float = 120) -> None:
+    for _ in range(int(seconds * 10)):
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            return
+        await asyncio.sleep(0.1)
+    raise SystemExit(f"{host}:{port} did not come up")
+
+
+async def probe_all(base: str, module: str, targets: list[str], concurrency: int, success_metric: str) -> int:
+    """GET /probe for every target with at most ``concurrency`` requests in flight; returns successes."""
+    ok = 0
+    queue = iter(targets)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def worker() -> None:
+            nonlocal ok
+            for target in queue:
+                async with session.get(f"{base}/probe", params={"module": module, "target": target},
+                                       headers={"X-Prometheus-Scrape-Timeout-Seconds": "10"}) as response:
+                    text = await response.text()
+                ok += any(line.startswith(success_metric) and line.endswith(" 1") for line in text.splitlines())
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return ok
+
+
+async def measure_probe_endpoint(name: str, proc: subprocess.Popen[bytes], base: str, module: str,
+                                 targets: list[str], concurrency: int, success_metric: str) -> Figures:
+    await probe_all(base, module, targets[:concurrency], concurrency, success_metric)  # warm up
+    cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+    ok = await probe_all(base, module, targets, concurrency, success_metric)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
+    return Figures(name, len(targets), ok, cpu, wall, hwm_mib(proc.pid))
+
+
+async def run_blackbox(work: Path, targets: list[str], concurrency: int) -> Figures:
+    conf = work / "blackbox.yml"
+    conf.write_text("modules:\n  tls:\n    prober: tcp\n    timeout: 10s\n    tcp:\n      tls: true\n"
+                    "      tls_config:\n        insecure_skip_verify: true\n")
+    port = free_port()
+    binary = shutil.which("prometheus-blackbox-exporter") or "/usr/bin/prometheus-blackbox-exporter"
+    with process([binary, f"--config.file={conf}", f"--web.listen-address=127.0.0.1:{port}"],
+                 work / "blackbox.log") as proc:
+        await wait_http(f"http://127.0.0.1:{port}/-/healthy", proc)
+        return await measure_probe_endpoint("blackbox /probe", proc, f"http://127.0.0.1:{port}", "tls", targets,
+                                            concurrency, "probe_success")
+
+
+def certpager_argv(conf: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "exporter", f"--config.file={conf}", f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warning"]
+
+
+BENCH_MODULE = "modules:\n  bench:\n    timeout: 10s\n    ip_protocol: ip4\n    tls: {insecure_skip_verify: true}\n"
+
+
+async def run_certpager_probe(work: Path, targets: list[str], concurrency: int) -> Figures:
+    conf = work / "certpager-probe.yml"
+    conf.write_text(BENCH_MODULE)
+    port = free_port()
+    with process(certpager_argv(conf, port), work / "certpager-probe.log") as proc:
+        await wait_http(f"http://127.0.0.1:{port}/-/ready", proc)
+        return await measure_probe_endpoint("certpager /probe", proc, f"http://127.0.0.1:{port}", "bench",
+                                            targets, concurrency, "tls_probe_success")
+
+
+async def scrape(session: aiohttp.ClientSession, url: str) -> tuple[float, bytes]:
+    t0 = time.perf_counter()
+    async with session.get(url) as response:
+        body = await response.read()
+    return time.perf_counter() - t0, body
+
+
+def probes_done(body: bytes) -> int:
+    return int(sum(float(line.rsplit(b" ", 1)[1]) for line in body.splitlines()
+                   if line.startswith(b"certpager_exporter_probes_total{")))
+
+
+async def run_certpager_scheduler(work: Path, targets: list[str], concurrency: int) -> tuple[Figures, list[float], int]:
+    conf = work / "certpager-scheduler.yml"
+    lines = [f"global: {{scrape_interval: 1h, jitter: 0, concurrency: {concurrency}}}", BENCH_MODULE, "targets:"]
+    lines += [f"  - {{target: '{t}', module: bench, labels: {{env: bench}}}}" for t in targets]
+    conf.write_text("\n".join(lines) + "\n")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    with process(certpager_argv(conf, port), work / "certpager-scheduler.log") as proc:
+        await wait_http(f"http://127.0.0.1:{port}/-/ready", proc)
+        cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+            done = 0
+            while done < len(targets) and time.perf_counter() - t0 < 600:
+                await asyncio.sleep(2.0)  # each progress check is a full scrape: keep them rare
+                _, body = await scrape(session, url)
+                done = probes_done(body)
+            wall, cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
+            ok = body.count(b"\ntls_probe_success{") and sum(
+                1 for line in body.splitlines() if line.startswith(b"tls_probe_success{") and line.endswith(b" 1"))
+            times = [(await scrape(session, url))[0] for _ in range(7)]
+        figures = Figures("certpager scheduler", done, int(ok), cpu, wall, hwm_mib(proc.pid))
+        return figures, times, len(body)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    ensure_packages()
+    raise_fd_limit(args.targets * 2 + 4096)
+    targets = [f"{a}:{PORT}" for a in addresses(args.targets)]
+    with tempfile.TemporaryDirectory(prefix="certpager-bench-") as tmp:
+        work = Path(tmp)
+        cert, key = write_pki(work)
+        conf = nginx_conf(work, addresses(args.targets), cert, key)
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        with process([nginx, "-c", str(conf), "-p", str(work)], work / "nginx.log") as proc:
+            last = addresses(args.targets)[-1]
+            await wait_tcp(last, PORT)
+            if proc.poll() is not None:
+                raise SystemExit((work / "nginx.log").read_text())
+            print(f"nginx serving {args.targets} endpoints (3-certificate chain), client concurrency "
+                  f"{args.concurrency}", flush=True)
+            blackbox = await run_blackbox(work, targets, args.concurrency)
+            print(blackbox.line(), flush=True)
+            certpager = await run_certpager_probe(work, targets, args.concurrency)
+            print(certpager.line(), flush=True)
+            ratio = certpager.per_cpu_second / blackbox.per_cpu_second
+            print(f"ratio certpager/blackbox: probes per CPU-second x{ratio:.2f}, "
+                  f"wall x{blackbox.wall / certpager.wall:.2f} faster, peak RSS "
+                  f"{certpager.hwm_mib:.0f} vs {blackbox.hwm_mib:.0f} MiB", flush=True)
+            scheduled, times, size = await run_certpager_scheduler(work, targets, args.concurrency)
+            print(scheduled.line() + "  (CPU includes its progress scrapes)", flush=True)
+            print(f"certpager /metrics with {args.targets} targets cached: {size / 1e6:.1f} MB, "
+                  f"median {statistics.median(times) * 1000:.0f} ms, best {min(times) * 1000:.0f} ms "
+                  f"(client-side, full body)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", type=int, default=10_000)
+    parser.add_argument("--concurrency", type=int, default=256)
+    args = parser.parse_args()
+    if not 1 <= args.targets <= 60_000:
+        raise SystemExit("--targets must be between 1 and 60000")
+    asyncio.run(asyncio.wait_for(main_async(args), DEADLINE))
+
+
+if __name__ == "__main__":
+    main()
