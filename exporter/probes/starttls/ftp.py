@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from exporter.config import StartTLSSettings
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
-from exporter.probes.starttls.wire import Wire, protocol_error, show
+from exporter.probes.starttls.wire import Wire, closes_on_failure, protocol_error, show
 
 _FIRST_LINE = re.compile(rb"^([1-5][0-9]{2})(?:([ -])(.*))?$", re.DOTALL)
 _MAX_PRELIMINARY = 3  # 120 replies tolerated before the 220 greeting
@@ -45,6 +45,7 @@ class FTPNegotiator:
 
     alpn_protocols: Sequence[str] | None = None
 
+    @closes_on_failure
     async def negotiate(
         self,
         reader: asyncio.StreamReader,

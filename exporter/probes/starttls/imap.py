@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from exporter.config import StartTLSSettings
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
-from exporter.probes.starttls.wire import Wire, protocol_error, show
+from exporter.probes.starttls.wire import Wire, closes_on_failure, protocol_error, show
 
 _LITERAL = re.compile(rb"\{[0-9]+\+?\}$")
 
@@ -70,6 +70,7 @@ class IMAPNegotiator:
 
     alpn_protocols: Sequence[str] | None = None
 
+    @closes_on_failure
     async def negotiate(
         self,
         reader: asyncio.StreamReader,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from exporter.config import StartTLSSettings
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
-from exporter.probes.starttls.wire import Wire, protocol_error, show
+from exporter.probes.starttls.wire import Wire, closes_on_failure, protocol_error, show
 
 STARTTLS_OID = b"1.3.6.1.4.1.1466.20037"
 _MESSAGE_ID = 1
@@ -97,6 +97,7 @@ class LDAPNegotiator:
 
     alpn_protocols: Sequence[str] | None = None
 
+    @closes_on_failure
     async def negotiate(
         self,
         reader: asyncio.StreamReader,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from exporter.config import StartTLSSettings
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
-from exporter.probes.starttls.wire import Wire, protocol_error, show
+from exporter.probes.starttls.wire import Wire, closes_on_failure, protocol_error, show
 
 CLIENT_LONG_PASSWORD = 0x00000001  # MariaDB reads it as CLIENT_MYSQL; mirror what the server sets
 CLIENT_PROTOCOL_41 = 0x00000200
@@ -83,6 +83,7 @@ class MySQLNegotiator:
 
     alpn_protocols: Sequence[str] | None = None
 
+    @closes_on_failure
     async def negotiate(
         self,
         reader: asyncio.StreamReader,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from exporter.config import StartTLSSettings
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
-from exporter.probes.starttls.wire import Wire, protocol_error, show
+from exporter.probes.starttls.wire import Wire, closes_on_failure, protocol_error, show
 
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
@@ -28,6 +28,7 @@ class PostgresNegotiator:
 
     alpn_protocols: Sequence[str] | None = ("postgresql",)
 
+    @closes_on_failure
     async def negotiate(
         self,
         reader: asyncio.StreamReader,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from exporter.config import StartTLSSettings
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
-from exporter.probes.starttls.wire import Wire, protocol_error, show
+from exporter.probes.starttls.wire import Wire, closes_on_failure, protocol_error, show
 
 # Reply-line = Reply-code ("-" / SP) [ textstring ], or the bare code (RFC 5321 section 4.2).
 _REPLY_LINE = re.compile(rb"^([2-5][0-9]{2})(?:([ -])(.*))?$", re.DOTALL)
@@ -63,6 +63,7 @@ class SMTPNegotiator:
     verb: str = "EHLO"
     alpn_protocols: Sequence[str] | None = None
 
+    @closes_on_failure
     async def negotiate(
         self,
         reader: asyncio.StreamReader,

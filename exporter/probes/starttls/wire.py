@@ -11,6 +11,9 @@ pipeline reports as ``connection_closed`` (the peer hung up; it did not speak an
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
@@ -18,6 +21,28 @@ from exporter.probes.starttls.base import StartTLSError
 MAX_LINE = 4096  # bytes per text line; RFC 5321 allows 512 per reply line, IMAP servers send more
 MAX_TOTAL = 64 * 1024  # bytes per dialogue; a real greeting + capabilities is a few hundred
 _CHUNK = 4096
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[None]])
+
+
+def closes_on_failure(negotiate: F) -> F:
+    """Decorate ``negotiate`` to abort the connection when the dialogue fails or is cancelled.
+
+    The connection cannot be used after a failed dialogue, and closing it right here leaves no
+    half-open transport behind for the garbage collector to find.
+    """
+
+    @functools.wraps(negotiate)
+    async def wrapper(self: object, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      *args: Any, **kwargs: Any) -> None:
+        try:
+            await negotiate(self, reader, writer, *args, **kwargs)
+        except BaseException:
+            writer.transport.abort()
+            raise
+
+    return cast(F, wrapper)
 
 
 def protocol_error(detail: str) -> StartTLSError:

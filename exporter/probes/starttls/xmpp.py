@@ -20,7 +20,7 @@ from xml.sax.saxutils import quoteattr
 from exporter.config import StartTLSSettings
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
-from exporter.probes.starttls.wire import Wire, protocol_error
+from exporter.probes.starttls.wire import Wire, closes_on_failure, protocol_error
 
 STREAMS_NS = "http://etherx.jabber.org/streams"
 TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
@@ -106,6 +106,7 @@ class XMPPNegotiator:
             f"to={quoteattr(domain)} version='1.0'>"
         ).encode()
 
+    @closes_on_failure
     async def negotiate(
         self,
         reader: asyncio.StreamReader,

@@ -257,8 +257,8 @@ def xmpp_header(namespace: str, domain: str = "localhost") -> bytes:
             f'to="{domain}" version=\'1.0\'>').encode()
 
 
-def xmpp(scenario: str, namespace: str = "jabber:client") -> list[Step]:
-    header = Expect(xmpp_header(namespace))
+def xmpp(scenario: str, namespace: str = "jabber:client", domain: str = "localhost") -> list[Step]:
+    header = Expect(xmpp_header(namespace, domain))
     server = (f"<?xml version='1.0'?><stream:stream xmlns='{namespace}' xmlns:stream='{STREAMS_NS}' "
               f"id='abc' from='localhost' version='1.0' xml:lang='en'>").encode()
     tls_feature = f"<starttls xmlns='{TLS_NS}'><required/></starttls>".encode()
