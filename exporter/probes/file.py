@@ -13,7 +13,7 @@ Positions in a file (unlike a TLS peer, a file has no "first is the leaf" rule):
 is the ``leaf``, a self-signed CA the ``root``, any other CA an ``intermediate``; ``index`` is the order
 in the file. Trust and hostname are not checked (None). Parsed files are cached by
 (path, mtime, ctime, size, inode, password), so an unchanged file is read from disk but not re-parsed.
-See docs/exporter-config.md (module kind ``file``).
+See docs/starttls.md, section "Certificate files".
 """
 
 from __future__ import annotations
