@@ -200,12 +200,12 @@ def parse_bytes(data: bytes, password: Callable[[], bytes | None]) -> Parsed:
 
 def expand(target: str) -> tuple[list[Path], bool]:
     """The files a target names, sorted, and whether the target named one file explicitly."""
+    # os.path.isfile, not Path.is_file: it answers False instead of raising for an unreadable entry.
     if _GLOB_MAGIC.search(target):
-        found = (Path(p) for p in glob.iglob(target, recursive=True))
-        return sorted(p for p in found if p.is_file()), False
+        return sorted(Path(p) for p in glob.iglob(target, recursive=True) if os.path.isfile(p)), False
     path = Path(target)
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.is_file()), False
+        return sorted(p for p in path.iterdir() if not p.name.startswith(".") and os.path.isfile(p)), False
     return [path], True
 
 
@@ -225,13 +225,16 @@ def _read(path: Path) -> bytes:
     except OSError as exc:
         raise _problem_for(exc, path) from exc
     with open(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise FileProblem(Reason.FILE_READ, f"{path}: not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise FileProblem(Reason.FILE_READ, f"{path}: larger than {MAX_FILE_BYTES} bytes")
         try:
             data = handle.read(MAX_FILE_BYTES + 1)
         except OSError as exc:
             raise _problem_for(exc, path) from exc
-    if len(data) > MAX_FILE_BYTES:
+    if len(data) > MAX_FILE_BYTES:  # it grew while being read
         raise FileProblem(Reason.FILE_READ, f"{path}: larger than {MAX_FILE_BYTES} bytes")
     return data
 

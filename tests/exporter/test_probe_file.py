@@ -118,6 +118,13 @@ async def test_pkcs12_wrong_or_missing_password(password, detail, tmp_path, chai
     assert result.chain == ()
 
 
+async def test_pkcs12_unreadable_password_file(tmp_path, chain, prober):
+    write_p12(tmp_path / "store.p12", chain, b"s3cret")
+    (tmp_path / "pw").mkdir()  # a directory where the password file should be
+    [result] = await prober.probe(request(tmp_path / "store.p12", tmp_path / "pw"))
+    assert (result.reason, result.detail) == (Reason.BAD_PASSPHRASE, f"password file {tmp_path / 'pw'}: Is a directory")
+
+
 async def test_pkcs12_password_file_change_is_seen(tmp_path, chain, prober):
     write_p12(tmp_path / "store.p12", chain, b"s3cret")
     pw = tmp_path / "pw"
@@ -224,6 +231,14 @@ async def test_a_fifo_is_refused_without_blocking(tmp_path, prober):
     os.mkfifo(tmp_path / "pipe")
     [result] = await prober.probe(request(tmp_path / "pipe"))
     assert (result.reason, result.detail) == (Reason.FILE_READ, f"{tmp_path / 'pipe'}: not a regular file")
+
+
+async def test_an_oversized_file_is_not_read(tmp_path, prober):
+    big = tmp_path / "big.pem"
+    with big.open("wb") as handle:
+        handle.truncate(16 * 1024 * 1024 + 1)  # sparse: costs no disk
+    [result] = await prober.probe(request(big))
+    assert (result.reason, result.detail) == (Reason.FILE_READ, f"{big}: larger than 16777216 bytes")
 
 
 async def test_through_the_probe_registry_with_policies(tmp_path, chain):
