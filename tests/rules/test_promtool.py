@@ -54,3 +54,31 @@ def test_every_alert_has_a_test_case() -> None:
         if case.get("exp_alerts")
     }
     assert alerts == tested
+
+
+def _alert_rules() -> list[dict[str, object]]:
+    import yaml
+
+    rules = yaml.safe_load(RULE_FILES[0].read_text())
+    return [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+
+
+def test_every_class_has_a_runbook_section() -> None:
+    runbooks = (ROOT / "docs" / "runbooks.md").read_text()
+    headings = {line[3:].strip() for line in runbooks.splitlines() if line.startswith("## ")}
+    for rule in _alert_rules():
+        labels = rule["labels"]
+        assert isinstance(labels, dict)
+        assert labels["class"] in headings
+        annotations = rule["annotations"]
+        assert isinstance(annotations, dict)
+        assert str(annotations["runbook_url"]).endswith(f"#{labels['class']}")
+
+
+def test_docs_alert_table_matches_the_rules() -> None:
+    docs = (ROOT / "docs" / "rules.md").read_text()
+    for rule in _alert_rules():
+        labels = rule["labels"]
+        assert isinstance(labels, dict)
+        row = f"| `{rule['alert']}` | `{labels['class']}` | {labels['severity']} | {rule['for']} |"
+        assert row in docs
