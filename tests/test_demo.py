@@ -1,0 +1,238 @@
+"""``certpager demo``: the README's run command, end to end on loopback.
+
+The end-to-end test runs the real command in a subprocess with Prometheus and Alertmanager (skipped, with
+the reason, when they are not installed; CI installs them) and follows an expired certificate from its
+TLS endpoint to the dry-run PagerDuty event the bridge logs. The in-process test runs without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import io
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.cli import synthetic_payload
+from bridge.keys import incident_key
+from certpager import demo
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = [spec.name for spec in demo.LEAVES]
+CHAIN_VERIFIED = {"valid": 1, "expiring-20d": 1, "expiring-5d": 1, "expired": 0, "untrusted": 0, "wrong-hostname": 1}
+HOSTNAME_VERIFIED = {"valid": 1, "expiring-20d": 1, "expiring-5d": 1, "expired": 1, "untrusted": 1,
+                     "wrong-hostname": 0}
+VERIFY_REASONS = {"expired": "expired", "untrusted": "self_signed"}
+DAYS_LEFT = {"valid": 400, "expiring-20d": 20, "expiring-5d": 5, "expired": -1, "untrusted": 60, "wrong-hostname": 60}
+DRY_RUN_LINE = re.compile(r'msg="dry-run: would send PagerDuty event" .*body=("(?:[^"\\]|\\.)*")')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def leaf_not_after(data_dir: Path, name: str) -> float:
+    cert = x509.load_pem_x509_certificate((data_dir / "pki" / f"{name}-leaf.crt").read_bytes())
+    return cert.not_valid_after_utc.timestamp()
+
+
+def exporter_samples(body: str) -> dict[str, dict[tuple[str, str], float]]:
+    """service -> {(metric, position-or-reason): value} for the demo's targets."""
+    found: dict[str, dict[tuple[str, str], float]] = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            if s.labels.get("environment") == "demo":
+                detail = s.labels.get("position") or s.labels.get("reason") or ""
+                found.setdefault(s.labels["service"], {})[(s.name, detail)] = s.value
+    return found
+
+
+def check_exporter_metrics(samples: dict[str, dict[tuple[str, str], float]], data_dir: Path) -> None:
+    assert sorted(samples) == sorted(NAMES)
+    now = time.time()
+    for name in NAMES:
+        got = samples[name]
+        assert got[("tls_probe_success", "")] == 1, name
+        assert got[("tls_chain_verified", "")] == CHAIN_VERIFIED[name], name
+        assert got[("tls_hostname_verified", "")] == HOSTNAME_VERIFIED[name], name
+        not_after = got[("tls_cert_not_after_timestamp_seconds", "leaf")]
+        assert not_after == leaf_not_after(data_dir, name), name
+        assert abs((not_after - now) / 86400 - DAYS_LEFT[name]) < 0.01, name  # generated relative to now
+        reasons = {detail for metric, detail in got if metric == "tls_verify_error_info"}
+        assert reasons == ({VERIFY_REASONS[name]} if name in VERIFY_REASONS else set()), name
+
+
+def dry_run_events(log_text: str) -> list[dict]:
+    return [json.loads(json.loads(m.group(1))) for m in DRY_RUN_LINE.finditer(log_text)]
+
+
+def poll(check, *, timeout: float, interval: float = 0.5):
+    """Call ``check`` until it returns something truthy or ``timeout`` passes (then return its last answer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
+
+
+def processes_in_group(pgid: int) -> dict[int, str]:
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            fields = text[text.rindex(")") + 2:].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found[int(stat.parent.name)] = text[text.index("(") + 1:text.rindex(")")]
+    return found
+
+
+@pytest.fixture
+def demo_process(tmp_path):
+    """``certpager demo`` in its own process group; whatever happens, nothing of it outlives the test."""
+    ports = {name: free_port() for name in ("exporter", "bridge", "prometheus", "alertmanager")}
+    data_dir = tmp_path / "demo-data"
+    argv = [sys.executable, "-m", "certpager", "demo", "--data-dir", str(data_dir), "--duration", "85"]
+    argv += [f"--{name}-address=127.0.0.1:{port}" for name, port in ports.items()]
+    with (tmp_path / "stdout").open("wb") as out, (tmp_path / "stderr").open("wb") as err:
+        proc = subprocess.Popen(argv, cwd=tmp_path, stdout=out, stderr=err, start_new_session=True)
+    try:
+        yield proc, ports, data_dir, tmp_path / "stderr"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # children left behind by a failed test
+
+
+@pytest.mark.skipif(demo.find_binaries() is None,
+                    reason="prometheus and prometheus-alertmanager are not on PATH (CI installs them)")
+@pytest.mark.timeout(110)
+def test_demo_alerts_flow_from_endpoint_to_dry_run_pagerduty_event(demo_process):
+    proc, ports, data_dir, stderr = demo_process
+    started = time.monotonic()
+    exporter = f"http://127.0.0.1:{ports['exporter']}/metrics"
+
+    def demo_targets_probed():
+        assert proc.poll() is None, stderr.read_text()
+        with contextlib.suppress(httpx.HTTPError):
+            samples = exporter_samples(httpx.get(exporter, timeout=5).text)
+            if all(("tls_probe_success", "") in samples.get(name, {}) for name in NAMES):
+                return samples
+        return None
+
+    samples = poll(demo_targets_probed, timeout=30)
+    assert samples, f"the exporter never showed all demo targets; log:\n{stderr.read_text()}"
+    check_exporter_metrics(samples, data_dir)
+
+    expected_key = incident_key("certificate_expired", "expired.certpager.test", "demo")
+
+    def expired_trigger():
+        assert proc.poll() is None, stderr.read_text()
+        return [e for e in dry_run_events(stderr.read_text()) if e["dedup_key"] == expected_key]
+
+    events = poll(expired_trigger, timeout=85 - (time.monotonic() - started))
+    assert events, f"no dry-run event for the expired certificate; log:\n{stderr.read_text()}"
+    assert len(events) == 1  # one page, not two
+    event = events[0]
+    assert event["event_action"] == "trigger"
+    assert event["routing_key"] == "<dry-run>"
+    assert event["payload"]["severity"] == "critical"
+    assert event["payload"]["class"] == "certificate_expired"
+    assert event["payload"]["component"] == "expired.certpager.test"
+    assert event["payload"]["group"] == "demo"
+    expired_at = dt.datetime.fromtimestamp(leaf_not_after(data_dir, "expired"), dt.UTC)
+    assert event["payload"]["custom_details"]["expired_date"] == expired_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    bridge = httpx.get(f"http://127.0.0.1:{ports['bridge']}/metrics", timeout=5).text
+    assert 'certpager_bridge_incidents_total{class="certificate_expired",environment="demo",severity="critical"} 1.0' \
+        in bridge
+    assert time.monotonic() - started < 90
+
+    children = processes_in_group(proc.pid)
+    children.pop(proc.pid)
+    assert sorted(children.values()) == sorted(["prometheus", "prometheus-aler"])  # comm is cut at 15 chars
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=25) == 0
+    assert processes_in_group(proc.pid) == {}  # Prometheus and Alertmanager were stopped and reaped
+    log_text = stderr.read_text()
+    assert 'msg="demo stopped"' in log_text
+    assert log_text.count('msg="child stopped"') == 2
+
+
+async def test_demo_in_process_without_prometheus(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    samples: dict = {}
+    exporter_port, bridge_port = free_port(), free_port()
+    options = demo.Options(tmp_path / "data", f"127.0.0.1:{exporter_port}", f"127.0.0.1:{bridge_port}",
+                           "127.0.0.1:1", "127.0.0.1:1", prometheus=False)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep.txt").write_text("not the demo's")  # the demo only removes its own files
+    stop, out = asyncio.Event(), io.StringIO()
+    task = asyncio.create_task(demo.run_demo(options, stop=stop, out=out))
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            for _ in range(100):  # up to ~10 s for start-up and the first probes
+                await asyncio.sleep(0.1)
+                assert not task.done(), task.exception()
+                with contextlib.suppress(httpx.HTTPError):
+                    samples = exporter_samples((await client.get(f"http://127.0.0.1:{exporter_port}/metrics")).text)
+                    if all(("tls_probe_success", "") in samples.get(name, {}) for name in NAMES):
+                        break
+            check_exporter_metrics(samples, options.data_dir)
+            assert f"http://127.0.0.1:{exporter_port}/metrics" in out.getvalue()
+            token = (options.data_dir / "bridge.token").read_text().strip()
+            payload = synthetic_payload(alert_class="certificate_expired", certificate="example.com",
+                                        environment="demo", severity="", resolve=False, now=dt.datetime.now(dt.UTC))
+            url = f"http://127.0.0.1:{bridge_port}/api/v1/alerts/alertmanager"
+            assert (await client.post(url, json=payload)).status_code == 401
+            answer = await client.post(url, json=payload, headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 200, answer.text
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                events = [json.loads(r.kv["body"]) for r in caplog.records if r.name == "bridge.dryrun"]
+                if events:
+                    break
+        assert [e["dedup_key"] for e in events] == [incident_key("certificate_expired", "example.com", "demo")]
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 15) == 0
+    assert (tmp_path / "data" / "keep.txt").read_text() == "not the demo's"
+
+
+def test_alerting_configs_follow_deploy_with_demo_timings(tmp_path):
+    options = demo.Options(tmp_path, "127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003", "127.0.0.1:1004")
+    token = tmp_path / "bridge.token"
+    prom_file, am_file = demo.write_alerting_configs(options, token)
+    prom = demo._read_yaml(prom_file)
+    assert prom["global"]["scrape_interval"] == prom["global"]["evaluation_interval"] == "5s"
+    assert {job["job_name"]: job["static_configs"] for job in prom["scrape_configs"]} == {
+        "certpager": [{"targets": ["127.0.0.1:1001"]}], "certpager-bridge": [{"targets": ["127.0.0.1:1002"]}]}
+    assert prom["alerting"]["alertmanagers"] == [{"static_configs": [{"targets": ["127.0.0.1:1004"]}]}]
+    shipped = sorted(p.name for p in (ROOT / "rules").glob("*.rules.yml"))
+    assert [Path(p).name for p in prom["rule_files"]] == shipped
+    fors = {r["alert"]: r["for"] for f in prom["rule_files"] for g in demo._read_yaml(Path(f))["groups"]
+            for r in g["rules"] if "alert" in r}
+    assert fors and set(fors.values()) == {"10s"}
+    am = demo._read_yaml(am_file)
+    assert am["route"]["group_wait"] == "2s" and am["route"]["group_interval"] == "10s"
+    assert {r.get("group_wait") for r in am["route"].get("routes", [])} <= {"2s", None}
+    hooks = [h for r in am["receivers"] for h in r.get("webhook_configs", [])]
+    assert hooks and all(h["url"] == "http://127.0.0.1:1002/api/v1/alerts/alertmanager" for h in hooks)
+    assert all(h["http_config"]["authorization"]["credentials_file"] == str(token) for h in hooks)
