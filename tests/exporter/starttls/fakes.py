@@ -170,6 +170,8 @@ def imap(scenario: str) -> list[Step]:
         "bye": [Send(b"* BYE too many connections\r\n")],
         "wrong_tag": [greeting, Expect(b"a1 CAPABILITY\r\n"), Send(b"a9 OK\r\n")],
         "literal": [greeting, Expect(b"a1 CAPABILITY\r\n"), Send(b"* CAPABILITY {5}\r\n")],
+        "garbage": [Send(b"+OK POP3 server ready\r\n")],
+        "stall": [greeting, Expect(b"a1 CAPABILITY\r\n"), Send(b"* CAPABILITY IMAP4rev1 STARTTLS\r\n"), Stall()],
     }
     return scripts[scenario]
 
@@ -183,6 +185,7 @@ def pop3(scenario: str) -> list[Step]:
         "refused": [greeting, *capa, Expect(b"STLS\r\n"), Send(b"-ERR TLS not available\r\n")],
         "not_advertised": [greeting, Expect(b"CAPA\r\n"), Send(b"+OK\r\nTOP\r\nUSER\r\n.\r\n")],
         "no_capa": [greeting, Expect(b"CAPA\r\n"), Send(b"-ERR unknown command\r\n")],
+        "stall": [greeting, Expect(b"CAPA\r\n"), Send(b"+OK\r\nSTLS\r\n"), Stall()],  # list never ends
         "err_greeting": [Send(b"-ERR go away\r\n")],
         "garbage": [Send(b"220 smtp.example.test ESMTP\r\n")],
     }
@@ -210,6 +213,7 @@ def ldap(scenario: str) -> list[Step]:
         "disconnect_notice": [request, Send(ldap_response(52, message_id=0))],
         "garbage": [request, Send(b"HTTP/1.0 400 Bad Request\r\n\r\n")],
         "huge": [request, Send(b"\x30\x84\x7f\xff\xff\xff")],
+        "stall": [request, Send(b"\x30\x0c\x02\x01"), Stall()],  # half a message
     }
     return scripts[scenario]
 
@@ -222,6 +226,7 @@ def postgres(scenario: str) -> list[Step]:
         "error": [Expect(SSL_REQUEST), Send(b"EFATAL unsupported frontend protocol\x00")],
         "garbage": [Expect(SSL_REQUEST), Send(b"X")],
         "injection": [Expect(SSL_REQUEST), Send(b"SR\x00\x00\x00\x08\x00\x00\x00\x00"), Stall()],
+        "stall": [Expect(SSL_REQUEST), Stall()],
     }
     return scripts[scenario]
 
@@ -245,6 +250,7 @@ def mysql(scenario: str) -> list[Step]:
         "v9": [Send(b"\x08\x00\x00\x00\x093.22\x00\x01\x02")],
         "garbage": [Send(b"220 smtp.example.test ESMTP\r\n")],
         "huge": [Send(b"\xff\xff\xff\x00")],
+        "stall": [Stall()],
     }
     return scripts[scenario]
 

@@ -92,6 +92,7 @@ REFUSALS = [
     ("imap", fakes.imap("bye"), REFUSED, "server greets with BYE"),
     ("imap", fakes.imap("wrong_tag"), PROTOCOL, "expected the completion of a1"),
     ("imap", fakes.imap("literal"), PROTOCOL, "unexpected literal"),
+    ("imap", fakes.imap("garbage"), PROTOCOL, "not an IMAP greeting: '+OK POP3 server ready'"),
     ("pop3", fakes.pop3("refused"), REFUSED, "STLS answered -ERR: 'TLS not available'"),
     ("pop3", fakes.pop3("not_advertised"), UNSUPPORTED, "STLS not among the capabilities"),
     ("pop3", fakes.pop3("no_capa"), UNSUPPORTED, "CAPA answered -ERR"),
@@ -133,6 +134,8 @@ async def test_refusal_paths(protocol, script, reason, detail, server_tls, dialo
 
 @pytest.mark.parametrize(("protocol", "script"), [
     ("smtp", fakes.smtp("stall")), ("ftp", fakes.ftp("stall")), ("xmpp", fakes.xmpp("stall")),
+    ("imap", fakes.imap("stall")), ("pop3", fakes.pop3("stall")), ("ldap", fakes.ldap("stall")),
+    ("postgres", fakes.postgres("stall")), ("mysql", fakes.mysql("stall")),
 ])
 async def test_a_stalled_peer_is_left_to_the_timeout(protocol, script, server_tls, dialogue):
     async with fakes.serve(script, server_tls) as fake:
