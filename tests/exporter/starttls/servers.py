@@ -2,7 +2,7 @@
 
 Each :class:`Daemon` runs one foreground process in its own process group, waits (bounded) until
 its port accepts connections, and is stopped with SIGTERM then SIGKILL, always. PostgreSQL refuses
-to run as root, so it runs as the ``postgres`` system user from a directory it owns.
+to run as root, so (as root) it runs as the ``postgres`` system user from a directory it owns.
 """
 
 from __future__ import annotations
@@ -98,24 +98,28 @@ def postgres_bin() -> Path | None:
     return candidates[-1].parent if candidates else None
 
 
+# PostgreSQL refuses to run as root: as root, run it as the postgres system user; else as ourselves.
+PG_USER = "postgres" if os.geteuid() == 0 else None
+
+
 def postgres_cluster(base: Path, bin_dir: Path) -> Path:
-    """initdb once (as postgres); the returned data directory is copied per server."""
-    data = workdir(base, "pg-template", "postgres") / "data"
+    """initdb once; the returned data directory is copied per server."""
+    data = workdir(base, "pg-template", PG_USER) / "data"
     subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync",
-                    "-E", "UTF8"], user="postgres", check=True, capture_output=True, timeout=60)
+                    "-E", "UTF8"], user=PG_USER, check=True, capture_output=True, timeout=60)
     return data
 
 
 def postgres(base: Path, bin_dir: Path, template: Path, name: str, cert: Path, key: Path, *, ssl: bool) -> Daemon:
-    directory = workdir(base, name, "postgres")
+    directory = workdir(base, name, PG_USER)
     subprocess.run(["cp", "-a", str(template), str(directory / "data")], check=True, timeout=30)
-    cert, key = install_cert(directory, cert, key, "postgres")
+    cert, key = install_cert(directory, cert, key, PG_USER)
     port = free_port()
     argv = [str(bin_dir / "postgres"), "-D", str(directory / "data"), "-p", str(port), "-k", str(directory),
             "-c", "listen_addresses=127.0.0.1", "-c", f"ssl={'on' if ssl else 'off'}",
             "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}", "-c", "shared_buffers=8MB",
             "-c", "fsync=off", "-c", "max_connections=10"]
-    return Daemon(name, argv, [port], directory / "server.log", user="postgres")
+    return Daemon(name, argv, [port], directory / "server.log", user=PG_USER)
 
 
 def mariadb(base: Path, cert: Path, key: Path) -> Daemon:
