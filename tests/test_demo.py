@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.cli import synthetic_payload
 from bridge.keys import incident_key
-from certpager import demo
+from certpager import demo, demo_alerting
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = [spec.name for spec in demo.LEAVES]
@@ -122,7 +122,7 @@ def demo_process(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)  # children left behind by a failed test
 
 
-@pytest.mark.skipif(demo.find_binaries() is None,
+@pytest.mark.skipif(demo_alerting.find_binaries() is None,
                     reason="prometheus and prometheus-alertmanager are not on PATH (CI installs them)")
 @pytest.mark.timeout(110)
 def test_demo_alerts_flow_from_endpoint_to_dry_run_pagerduty_event(demo_process):
@@ -180,8 +180,8 @@ async def test_demo_in_process_without_prometheus(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     samples: dict = {}
     exporter_port, bridge_port = free_port(), free_port()
-    options = demo.Options(tmp_path / "data", f"127.0.0.1:{exporter_port}", f"127.0.0.1:{bridge_port}",
-                           "127.0.0.1:1", "127.0.0.1:1", prometheus=False)
+    addresses = demo.Addresses(f"127.0.0.1:{exporter_port}", f"127.0.0.1:{bridge_port}", "127.0.0.1:1", "127.0.0.1:1")
+    options = demo.Options(tmp_path / "data", addresses, prometheus=False)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "keep.txt").write_text("not the demo's")  # the demo only removes its own files
     stop, out = asyncio.Event(), io.StringIO()
@@ -217,20 +217,20 @@ async def test_demo_in_process_without_prometheus(tmp_path, caplog):
 
 
 def test_alerting_configs_follow_deploy_with_demo_timings(tmp_path):
-    options = demo.Options(tmp_path, "127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003", "127.0.0.1:1004")
+    addresses = demo_alerting.Addresses("127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003", "127.0.0.1:1004")
     token = tmp_path / "bridge.token"
-    prom_file, am_file = demo.write_alerting_configs(options, token)
-    prom = demo._read_yaml(prom_file)
+    prom_file, am_file = demo_alerting.write_alerting_configs(tmp_path, addresses, token)
+    prom = demo_alerting.read_yaml(prom_file)
     assert prom["global"]["scrape_interval"] == prom["global"]["evaluation_interval"] == "5s"
     assert {job["job_name"]: job["static_configs"] for job in prom["scrape_configs"]} == {
         "certpager": [{"targets": ["127.0.0.1:1001"]}], "certpager-bridge": [{"targets": ["127.0.0.1:1002"]}]}
     assert prom["alerting"]["alertmanagers"] == [{"static_configs": [{"targets": ["127.0.0.1:1004"]}]}]
     shipped = sorted(p.name for p in (ROOT / "rules").glob("*.rules.yml"))
     assert [Path(p).name for p in prom["rule_files"]] == shipped
-    fors = {r["alert"]: r["for"] for f in prom["rule_files"] for g in demo._read_yaml(Path(f))["groups"]
+    fors = {r["alert"]: r["for"] for f in prom["rule_files"] for g in demo_alerting.read_yaml(Path(f))["groups"]
             for r in g["rules"] if "alert" in r}
     assert fors and set(fors.values()) == {"10s"}
-    am = demo._read_yaml(am_file)
+    am = demo_alerting.read_yaml(am_file)
     assert am["route"]["group_wait"] == "2s" and am["route"]["group_interval"] == "10s"
     assert {r.get("group_wait") for r in am["route"].get("routes", [])} <= {"2s", None}
     hooks = [h for r in am["receivers"] for h in r.get("webhook_configs", [])]
