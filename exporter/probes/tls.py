@@ -116,6 +116,9 @@ class _Attempt:
     durations: dict[Phase, float] = field(default_factory=dict)
     sock: socket.socket | None = None
     transport: asyncio.BaseTransport | None = None
+    # Held until close(): a StreamWriter collected while its transport is open warns (ResourceWarning),
+    # and the failure path drops the frames that reference it before the ``finally`` runs.
+    writer: asyncio.StreamWriter | None = None
 
     def close(self) -> None:
         if isinstance(self.transport, asyncio.WriteTransport):
@@ -256,7 +259,7 @@ class TLSProber:
     ) -> ssl.SSLObject:
         assert request.module.starttls is not None and attempt.sock is not None
         reader, writer = await asyncio.open_connection(sock=attempt.sock)
-        attempt.transport = writer.transport
+        attempt.writer, attempt.transport = writer, writer.transport
         async with _phase(Phase.STARTTLS, deadline, attempt.durations):
             await negotiator.negotiate(reader, writer, request.module.starttls, endpoint.host)
         async with _phase(Phase.HANDSHAKE, deadline, attempt.durations):

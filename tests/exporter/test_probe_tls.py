@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -339,3 +340,123 @@ async def test_starttls_protocol_without_negotiator_is_unsupported(prober, monke
 async def test_registry():
     assert PROBES["tls"] is tls.probe and get_probe("starttls") is tls.probe
     assert set(PROBES) == {"tls", "starttls", "file"}
+
+
+# --- the STARTTLS pipeline (dialogues themselves are tested with the negotiators) -------------
+
+
+class LineNegotiator:
+    """A toy dialogue: send ``UPGRADE``, expect ``OK``; anything else is a refusal."""
+
+    def __init__(self, alpn=None) -> None:
+        self.alpn_protocols = alpn
+        self.hosts: list[str] = []
+
+    async def negotiate(self, reader, writer, settings, host):
+        from exporter.probes.starttls.base import StartTLSError
+
+        self.hosts.append(host)
+        writer.write(b"UPGRADE\r\n")
+        await writer.drain()
+        line = await reader.readline()
+        if line != b"OK\r\n":
+            raise StartTLSError(Reason.STARTTLS_REFUSED, f"server said {line!r}")
+
+
+class UpgradingServer:
+    """Plaintext ``UPGRADE``/``OK`` then TLS on the same connection (``answer`` b"" stalls).
+
+    A blocking server in a thread: asyncio's server-side start_tls loses the SSL object when the
+    client aborts right after the handshake (as the probe does), and the test needs the chosen ALPN.
+    """
+
+    def __init__(self, test_pki: ProbePKI, answer: bytes = b"OK\r\n", alpn=()) -> None:
+        from certpager.tlsserver import server_context
+
+        files = test_pki.files["valid"]
+        self.context = server_context(files.cert_file, files.key_file, alpn=alpn)
+        self.answer = answer
+        self.alpn_selected: list[str | None] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(5)
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve_one, daemon=True)
+
+    async def __aenter__(self):
+        self._thread.start()
+        return self
+
+    async def __aexit__(self, *exc):
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join, 10)
+        self._listener.close()
+
+    def _serve_one(self) -> None:
+        try:
+            conn, _ = self._listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(5)
+            try:
+                conn.recv(64)
+                if not self.answer:
+                    conn.recv(64)  # stall: returns when the client leaves (or after 5 s)
+                    return
+                conn.sendall(self.answer)
+                if self.answer == b"OK\r\n":
+                    with self.context.wrap_socket(conn, server_side=True) as tls_conn:
+                        self.alpn_selected.append(tls_conn.selected_alpn_protocol())
+            except OSError:
+                pass
+
+
+def _starttls_module(trusting: Module) -> Module:
+    return Module(kind="starttls", starttls=StartTLSSettings(protocol="smtp"), tls=trusting.tls)
+
+
+async def test_starttls_pipeline_reads_the_chain(prober, monkeypatch, test_pki, trusting):
+    from exporter.probes import starttls
+
+    negotiator = LineNegotiator(alpn=["postgresql"])
+    monkeypatch.setattr(starttls, "NEGOTIATORS", {"smtp": negotiator})
+    async with UpgradingServer(test_pki, alpn=["postgresql"]) as server:
+        result = await probe_one(prober, server.address, _starttls_module(trusting))
+    assert (result.success, result.chain_verified, result.chain[0].not_after) == (True, True, ts(LEAF_NOT_AFTER))
+    assert set(result.durations) == {Phase.RESOLVE, Phase.CONNECT, Phase.STARTTLS, Phase.HANDSHAKE}
+    assert negotiator.hosts == ["127.0.0.1"]
+    assert server.alpn_selected == ["postgresql"]  # the negotiator's ALPN reached the handshake
+
+
+async def test_starttls_refusal_is_the_negotiators_reason(prober, monkeypatch, test_pki, trusting):
+    from exporter.probes import starttls
+
+    monkeypatch.setattr(starttls, "NEGOTIATORS", {"smtp": LineNegotiator()})
+    async with UpgradingServer(test_pki, answer=b"NO\r\n") as server:
+        result = await probe_one(prober, server.address, _starttls_module(trusting))
+    assert (result.success, result.reason, result.detail) == (False, Reason.STARTTLS_REFUSED, "server said b'NO\\r\\n'")
+
+
+async def test_starttls_stall_is_starttls_timeout_and_leaks_nothing(prober, monkeypatch, test_pki, trusting):
+    from exporter.probes import starttls
+
+    monkeypatch.setattr(starttls, "NEGOTIATORS", {"smtp": LineNegotiator()})
+    async with UpgradingServer(test_pki, answer=b"") as server:
+        before = open_fds()
+        result = await probe_one(prober, server.address, _starttls_module(trusting), timeout=0.3)
+        assert (result.success, result.reason) == (False, Reason.STARTTLS_TIMEOUT)
+        for _ in range(100):
+            if open_fds() == before:
+                break
+            await asyncio.sleep(0.02)
+        assert open_fds() == before
+
+
+async def test_starttls_peer_closing_is_connection_closed(prober, monkeypatch, trusting):
+    from exporter.probes import starttls
+
+    monkeypatch.setattr(starttls, "NEGOTIATORS", {"smtp": LineNegotiator()})
+    async with MisbehavingPeer("close") as peer:
+        result = await probe_one(prober, peer.address, _starttls_module(trusting))
+    assert (result.success, result.reason) == (False, Reason.CONNECTION_CLOSED)
