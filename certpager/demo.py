@@ -20,6 +20,7 @@ import logging
 import secrets
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ ENVIRONMENT = "demo"
 DOMAIN = "certpager.test"  # reserved TLD: the demo names never resolve anywhere
 # What the demo owns inside --data-dir and removes at every start (nothing else is touched).
 OWNED = ("pki", "prometheus", "alertmanager", "exporter.yml", "bridge.yml", "bridge.token",
-         "bridge.db", "bridge.db-wal", "bridge.db-shm")
+         "bridge.db", "bridge.db-wal", "bridge.db-shm", "bridge.db.lock")
 
 LeafKind = Literal["chain", "self_signed", "wrong_name"]
 
@@ -146,6 +147,27 @@ def run(args: argparse.Namespace) -> int:
     except DemoError as exc:
         print(f"certpager demo: {exc}", file=sys.stderr)
         return 1
+
+
+def check_ports_free(options: Options, *, alerting: bool) -> None:
+    """DemoError naming the flag when a port is taken, before anything in the data dir is touched.
+
+    A second demo on the same data dir would otherwise regenerate the running one's files first.
+    """
+    a = options.addresses
+    flags = {"exporter": a.exporter, "bridge": a.bridge}
+    if alerting:
+        flags |= {"prometheus": a.prometheus, "alertmanager": a.alertmanager}
+    for name, address in flags.items():
+        host, port = split_listen_address(address)
+        family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+            try:
+                sock.bind((host or "", port))
+            except OSError as exc:
+                raise DemoError(f"the {name} cannot listen on {address}: {exc.strerror or exc} "
+                                f"(another demo running? pick another port with --{name}-address)") from exc
 
 
 # --- files --------------------------------------------------------------------------------------------
@@ -324,6 +346,8 @@ async def run_demo(options: Options, *, stop: asyncio.Event | None = None, out: 
 
 async def _run(options: Options, stop: asyncio.Event, out: TextIO, serve_exporter: ServeFn,
                serve_bridge: ServeFn) -> int:
+    binaries = find_binaries() if options.prometheus else None
+    check_ports_free(options, alerting=binaries is not None)
     prepare_data_dir(options.data_dir)
     leaves = await asyncio.to_thread(generate_pki, options.data_dir / "pki")
     token_file = options.data_dir / "bridge.token"
@@ -347,7 +371,6 @@ async def _run(options: Options, stop: asyncio.Event, out: TextIO, serve_exporte
                                                 options.addresses.exporter, stop=stop))
             services.append(await start_service("bridge", serve_bridge, bridge_yml, options.addresses.bridge,
                                                 stop=stop))
-            binaries = find_binaries() if options.prometheus else None
             if binaries is not None:
                 children = await start_alerting(options.data_dir, options.addresses, binaries, token_file)
             out.write(banner(options, leaves, endpoints, alerting=binaries is not None))

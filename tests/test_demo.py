@@ -236,3 +236,17 @@ def test_alerting_configs_follow_deploy_with_demo_timings(tmp_path):
     hooks = [h for r in am["receivers"] for h in r.get("webhook_configs", [])]
     assert hooks and all(h["url"] == "http://127.0.0.1:1002/api/v1/alerts/alertmanager" for h in hooks)
     assert all(h["http_config"]["authorization"]["credentials_file"] == str(token) for h in hooks)
+
+
+async def test_demo_refuses_a_taken_port_before_touching_the_data_dir(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        addresses = demo.Addresses(f"127.0.0.1:{free_port()}", f"127.0.0.1:{port}", "127.0.0.1:1", "127.0.0.1:1")
+        options = demo.Options(tmp_path / "data", addresses, prometheus=False)
+        with pytest.raises(demo.DemoError) as caught:
+            await demo.run_demo(options, stop=asyncio.Event(), out=io.StringIO())
+    assert str(caught.value).startswith(f"the bridge cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert "--bridge-address" in str(caught.value)
+    assert not (tmp_path / "data").exists()
