@@ -1,10 +1,13 @@
 """Pure certificate helpers: DER -> CertificateInfo, trust verification, hostname matching.
 
 The same chain is seen on every probe of a target, so three things are cached:
-- parsed certificates, by DER bytes (bounded LRU);
+- parsed certificates, by DER bytes;
 - trust stores, per ``ca_file`` (or the system store), reloaded when the file's mtime/size changes;
-- trust verdicts, by (chain DERs, store version), until the next notBefore/notAfter boundary of the
-  chain or ``VERDICT_TTL`` seconds, whichever comes first (a verdict only changes with time at those).
+- trust verdicts, by (chain fingerprints, store version), until the next notBefore/notAfter boundary
+  of the chain or ``VERDICT_TTL`` seconds, whichever comes first (a verdict only changes with time
+  at those).
+The first and last are :class:`AgingCache`: they hold the working set (every certificate probed in
+the last hour) however many targets there are, and forget rotated-away certificates.
 
 Trust and hostname are separate verdicts: trust is checked with ``cryptography.x509.verification``
 (Web PKI rules, serverAuth EKU) against the leaf's *own* first SAN, so a wrong name never shows up as
@@ -75,6 +78,40 @@ class LRU(Generic[K, V]):
         return len(self._data)
 
 
+class AgingCache(Generic[K, V]):
+    """Forgets entries unused for ``max_idle`` to 2 x ``max_idle`` seconds; holds at most 2 x ``maxsize``.
+
+    Two generations instead of an LRU: probes visit targets round-robin, which makes an LRU smaller
+    than the working set miss every time, and a long-running exporter must drop certificates that
+    were rotated away. A get costs one or two dict lookups.
+    """
+
+    def __init__(self, maxsize: int, max_idle: float = 3600.0, *, monotonic: Callable[[], float] = time.monotonic):
+        self.maxsize = maxsize
+        self.max_idle = max_idle
+        self._monotonic = monotonic
+        self._young: dict[K, V] = {}
+        self._old: dict[K, V] = {}
+        self._rotated = monotonic()
+
+    def get(self, key: K) -> V | None:
+        value = self._young.get(key)
+        if value is None:
+            value = self._old.get(key)
+            if value is not None:
+                self._young[key] = value  # still in use: survives the next rotation
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        if len(self._young) >= self.maxsize or self._monotonic() - self._rotated >= self.max_idle:
+            self._old, self._young = self._young, {}
+            self._rotated = self._monotonic()
+        self._young[key] = value
+
+    def __len__(self) -> int:
+        return len(self._young.keys() | self._old.keys())
+
+
 class CertificateParseError(ValueError):
     """The DER bytes are not a certificate ``cryptography`` can read."""
 
@@ -88,7 +125,9 @@ class ParsedCert:
     ip_addresses: tuple[IPAddr, ...]
 
 
-_parsed: LRU[bytes, ParsedCert] = LRU(8192)
+PARSE_CACHE_SIZE = 50_000  # certificates per generation; far above 10,000 targets' working set
+VERDICT_CACHE_SIZE = 50_000
+_parsed: AgingCache[bytes, ParsedCert] = AgingCache(PARSE_CACHE_SIZE)
 
 
 def _cn(name: x509.Name) -> str:
@@ -205,7 +244,7 @@ def position_of(index: int, info: CertificateInfo) -> Position:
     return Position.ROOT if info.self_signed and info.is_ca else Position.INTERMEDIATE
 
 
-_positioned: LRU[tuple[bytes, int], CertificateInfo] = LRU(8192)
+_positioned: AgingCache[tuple[bytes, int], CertificateInfo] = AgingCache(PARSE_CACHE_SIZE)
 
 
 def cert_info(der: bytes, index: int) -> CertificateInfo:
@@ -366,11 +405,11 @@ class ChainVerifier:
         stores: TrustStores | None = None,
         *,
         clock: Callable[[], float] = time.time,
-        cache_size: int = 16384,
+        cache_size: int = VERDICT_CACHE_SIZE,
     ) -> None:
         self.stores = stores or TrustStores()
         self._clock = clock
-        self._cache: LRU[tuple[object, ...], tuple[Verdict, float]] = LRU(cache_size)
+        self._cache: AgingCache[tuple[object, ...], tuple[Verdict, float]] = AgingCache(cache_size)
 
     def verify(self, ders: Sequence[bytes], ca_file: Path | None) -> Verdict:
         """Is there a path from the leaf (``ders[0]``) through the presented certs to a trust anchor?"""
@@ -379,7 +418,8 @@ class ChainVerifier:
             store = self.stores.get(ca_file)
         except TrustStoreError as exc:
             return Verdict(False, VerifyReason.INVALID, f"trust store: {exc}")
-        key = (tuple(ders), store.token)
+        # Fingerprints, not DER: they are already held by the parse cache (no second copy of each DER).
+        key = (tuple(parse(der).info.fingerprint_sha256 for der in ders), store.token)
         cached = self._cache.get(key)
         if cached is not None and now < cached[1]:
             return cached[0]

@@ -82,6 +82,26 @@ def test_lru_is_bounded():
     assert (lru.get(2), lru.get(1), lru.get(3), len(lru)) == (None, 1, 3, 2)
 
 
+def test_aging_cache_keeps_the_working_set_and_forgets_the_rest():
+    ticks = [0.0]
+    cache: certs.AgingCache[str, int] = certs.AgingCache(100, max_idle=60, monotonic=lambda: ticks[0])
+    cache.put("rotated-away", 1)
+    cache.put("in-use", 2)
+    ticks[0] = 61
+    cache.put("new", 3)  # rotation: the first two are now the old generation
+    assert cache.get("in-use") == 2  # promoted back into the young generation
+    ticks[0] = 122
+    cache.put("newer", 4)  # second rotation: unused "rotated-away" is gone
+    assert (cache.get("rotated-away"), cache.get("in-use"), cache.get("new"), cache.get("newer")) == (None, 2, 3, 4)
+
+
+def test_aging_cache_is_bounded_by_size():
+    cache: certs.AgingCache[int, int] = certs.AgingCache(3, max_idle=1e9, monotonic=lambda: 0.0)
+    for i in range(10):
+        cache.put(i, i)
+    assert len(cache) <= 6 and cache.get(9) == 9 and cache.get(0) is None
+
+
 @pytest.mark.parametrize(
     ("sans", "name", "expected"),
     [
