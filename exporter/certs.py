@@ -290,6 +290,11 @@ def match_hostname(parsed: ParsedCert, name: str) -> bool:
         except ValueError:
             pass
     wanted = name.rstrip(".").lower()
+    if not wanted.isascii():
+        try:
+            wanted = wanted.encode("idna").decode("ascii")  # SANs hold A-labels (xn--...)
+        except UnicodeError:
+            return False
     for san in parsed.dns_names:
         pattern = san.rstrip(".").lower()
         if pattern == wanted or _wildcard_match(pattern, wanted):

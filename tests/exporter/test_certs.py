@@ -120,6 +120,7 @@ def test_aging_cache_is_bounded_by_size():
         (("127.0.0.1",), "127.0.0.2", False),
         (("127.0.0.1.nip.test",), "127.0.0.1", False),
         (("*.example.com",), "127.0.0.1", False),
+        (("xn--bcher-kva.example",), "bücher.example", True),
     ],
 )
 def test_match_hostname(sans, name, expected):

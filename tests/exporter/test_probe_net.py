@@ -238,3 +238,38 @@ async def test_proxy_auth_file_missing_is_proxy_reason(prober, trusting, tmp_pat
         (result,) = await prober.probe(ProbeRequest("service.test:443", module, timeout=5))
     assert (result.success, result.reason) == (False, Reason.PROXY)
     assert "auth_file" in result.detail
+
+
+async def test_address_override_by_name_is_resolved_but_sni_stays(prober, resolver, test_pki, trusting):
+    files = test_pki.files["service"]
+    async with TLSServer(files.cert_file, files.key_file) as server:
+        (result,) = await prober.probe(
+            ProbeRequest(f"service.test:{server.port}", trusting, timeout=5, address="v4only.test"))
+    assert (result.success, result.ip, result.hostname_verified) == (True, "127.0.0.1", True)
+    assert resolver.calls == ["v4only.test"]
+    assert server.server_names == ["service.test"]
+
+
+async def test_slow_resolver_is_resolve_timeout(trusting):
+    from exporter.probes.tls import TLSProber
+
+    async def stuck(host, port):
+        await asyncio.sleep(30)
+        return []
+
+    (result,) = await TLSProber(resolver=stuck).probe(ProbeRequest("slow.test:443", trusting, timeout=0.2))
+    assert (result.success, result.reason) == (False, Reason.RESOLVE_TIMEOUT)
+    assert 0.15 <= result.durations[Phase.RESOLVE] < 1.0
+
+
+async def test_all_ips_share_one_deadline(prober, trusting):
+    from certpager.tlsserver import MisbehavingPeer
+
+    module = trusting.model_copy(update={"probe_all_ips": True})
+    async with MisbehavingPeer("stall", host=("127.0.0.1", "::1")) as peer:
+        started = asyncio.get_running_loop().time()
+        results = await prober.probe(ProbeRequest(f"dual.test:{peer.port}", module, timeout=0.5))
+        elapsed = asyncio.get_running_loop().time() - started
+    assert [(r.ip, r.reason) for r in results] == [("::1", Reason.HANDSHAKE_TIMEOUT),
+                                                   ("127.0.0.1", Reason.HANDSHAKE_TIMEOUT)]
+    assert elapsed < 0.9  # concurrently, within the one timeout (not 2 x 0.5 s)
