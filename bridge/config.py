@@ -88,7 +88,7 @@ class PagerDutyConfig(Section):
     webhook_secret_file: Path | None = None  # Webhooks v3 signature secrets (later)
     api_token_file: Path | None = None  # REST API token (later)
     events_url: str = DEFAULT_EVENTS_URL
-    rate_limit_per_minute: int = Field(default=120, ge=1, le=100_000)
+    rate_limit_per_minute: int = Field(default=120, ge=1, le=1_000_000)
 
     @field_validator("severity_mapping")
     @classmethod

@@ -31,6 +31,7 @@ from bridge.keys import LADDER, Subject, class_title, subject_of
 
 _TEMPLATE_RE = re.compile(r"\{\{\s*(labels|annotations)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _SEVERITIES = {s.value: s for s in Severity}
+_EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(IncidentEvent))
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,7 @@ def decide(state: State, notification: Notification, policy: Policy, *, now: flo
     incidents = dict(state.incidents)
     decision = Decision()
     touched: set[str] = set()
+    fresh: dict[str, IncidentEvent] = {}  # triggers built by this call, so they are not decoded again
     for alert in notification.alerts:
         subject = subject_of(alert.labels, alert.fingerprint)
         verdict = occurrences.classify(alert)
@@ -140,11 +142,15 @@ def decide(state: State, notification: Notification, policy: Policy, *, now: flo
         touched.add(subject.scope)
         occurrences.record(alert, subject, now)
         if alert.status == "firing":
-            trigger = build_trigger(alert, subject, notification, policy)
+            trigger = fresh[subject.key] = build_trigger(alert, subject, notification, policy)
             incidents[subject.key] = _with_trigger(incidents.get(subject.key), trigger, subject, now)
     firing = occurrences.firing_by_scope()
+    by_scope: dict[str, list[str]] = {}
+    for key, incident in incidents.items():
+        if incident.scope in touched:
+            by_scope.setdefault(incident.scope, []).append(key)
     for scope in sorted(touched):
-        _reconcile(scope, firing.get(scope, set()), incidents, policy, decision, now)
+        _reconcile(by_scope.get(scope, []), firing.get(scope, set()), incidents, policy, decision, fresh, now)
     decision.occurrences = [o for k, o in occurrences.rows.items() if state.occurrences.get(k) != o]
     decision.incidents = [i for k, i in incidents.items() if state.incidents.get(k) != i]
     return decision
@@ -199,15 +205,21 @@ def _with_trigger(current: Incident | None, trigger: IncidentEvent, subject: Sub
         event_class=subject.event_class,
         route=subject.route,
         open=current.open if current else False,
-        trigger=trigger.to_json(),
+        trigger=event_json(trigger),
         updated_at=now,
     )
 
 
 def _reconcile(
-    scope: str, firing: set[str], incidents: dict[str, Incident], policy: Policy, decision: Decision, now: float
+    keys: list[str],
+    firing: set[str],
+    incidents: dict[str, Incident],
+    policy: Policy,
+    decision: Decision,
+    fresh: Mapping[str, IncidentEvent],
+    now: float,
 ) -> None:
-    in_scope = [i for i in incidents.values() if i.scope == scope]
+    in_scope = [incidents[k] for k in keys]
     rank = {name: n for n, name in enumerate(policy.ladder)}
     laddered = [i for i in in_scope if i.key in firing and i.event_class in rank]
     live = max(laddered, key=lambda i: rank[i.event_class], default=None)
@@ -219,8 +231,10 @@ def _reconcile(
             continue
         opening = incident.key in wanted
         note = _note(incident, opening, live, incident.key in firing, in_scope, rank)
-        decision.events.append(_event(incident, opening, note))
-        incidents[incident.key] = dataclasses.replace(incident, open=opening, updated_at=now)
+        decision.events.append(_event(incident, opening, note, fresh.get(incident.key)))
+        incidents[incident.key] = Incident(
+            incident.key, incident.scope, incident.event_class, incident.route, opening, incident.trigger, now
+        )
 
 
 def _triggers_first(in_scope: Iterable[Incident], wanted: set[str]) -> list[Incident]:
@@ -245,21 +259,30 @@ def _note(
     return "resolved in Alertmanager"
 
 
-def _event(incident: Incident, opening: bool, note: str) -> IncidentEvent:
-    trigger = IncidentEvent.from_json(incident.trigger)
+def _event(incident: Incident, opening: bool, note: str, fresh: IncidentEvent | None) -> IncidentEvent:
     if opening:
-        return dataclasses.replace(trigger, note=note)
+        trigger = fresh or IncidentEvent.from_json(incident.trigger)
+        return dataclasses.replace(trigger, note=note) if note else trigger
+    stored = incident.trigger
     return IncidentEvent(
         action=Action.RESOLVE,
         key=incident.key,
         route=incident.route,
-        summary=trigger.summary,
-        severity=trigger.severity,
-        component=trigger.component,
-        group=trigger.group,
-        event_class=trigger.event_class,
+        summary=stored.get("summary", ""),
+        severity=Severity(stored.get("severity", Severity.ERROR)),
+        component=stored.get("component", ""),
+        group=stored.get("group", ""),
+        event_class=incident.event_class,
         note=note,
     )
+
+
+def event_json(event: IncidentEvent) -> dict[str, Any]:
+    """``event.to_json()`` without ``dataclasses.asdict``'s deep copies (it dominated ingest profiles)."""
+    data = {name: getattr(event, name) for name in _EVENT_FIELDS}
+    data["links"] = [{"href": link.href, "text": link.text} for link in event.links]
+    data["custom_details"] = dict(event.custom_details)
+    return data
 
 
 def build_trigger(alert: Alert, subject: Subject, notification: Notification, policy: Policy) -> IncidentEvent:

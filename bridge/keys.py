@@ -10,6 +10,7 @@ mean one of them never pages. Keys are at most 255 characters (PagerDuty's dedup
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Mapping
@@ -54,6 +55,7 @@ class Subject:
     event_class: str
     certificate: str
     environment: str  # "" when the alert has no environment label
+    key: str = ""  # the incident key; filled in by subject_of
 
     @property
     def scope(self) -> str:
@@ -65,10 +67,6 @@ class Subject:
         """Which routing key / page the incident goes to."""
         return self.environment or DEFAULT_ROUTE
 
-    @property
-    def key(self) -> str:
-        return incident_key(self.event_class, self.certificate, self.environment)
-
 
 def _first(labels: Mapping[str, str], names: tuple[str, ...]) -> str:
     return next((labels[n] for n in names if labels.get(n)), "")
@@ -76,11 +74,10 @@ def _first(labels: Mapping[str, str], names: tuple[str, ...]) -> str:
 
 def subject_of(labels: Mapping[str, str], fingerprint: str) -> Subject:
     """The subject of an alert; with no certificate-like label the alert is its own subject."""
-    return Subject(
-        event_class=_first(labels, CLASS_LABELS) or "unknown",
-        certificate=_first(labels, CERTIFICATE_LABELS) or f"alert-{fingerprint}",
-        environment=labels.get("environment", ""),
-    )
+    event_class = _first(labels, CLASS_LABELS) or "unknown"
+    certificate = _first(labels, CERTIFICATE_LABELS) or f"alert-{fingerprint}"
+    environment = labels.get("environment", "")
+    return Subject(event_class, certificate, environment, incident_key(event_class, certificate, environment))
 
 
 def slug(text: str) -> str:
@@ -88,6 +85,7 @@ def slug(text: str) -> str:
     return _NON_SLUG.sub("-", text.lower()).strip("-")
 
 
+@functools.lru_cache(maxsize=65536)  # pure and hot: every alert of every webhook asks
 def incident_key(event_class: str, certificate: str, environment: str) -> str:
     """The stable incident key (PagerDuty dedup_key) for a subject."""
     digest = hashlib.sha256(f"{event_class}\x00{certificate}\x00{environment}".encode()).hexdigest()[:HASH_CHARS]

@@ -45,6 +45,7 @@ class OutboxWorker:
         lease: float = 300.0,
         retention: float | None = None,
         jitter: Callable[[], float] = random.random,
+        coalesce: float = 0.005,
     ) -> None:
         self._store = store
         self._sinks = dict(sinks)
@@ -57,6 +58,7 @@ class OutboxWorker:
         self._lease = lease
         self._retention = retention
         self._jitter = jitter
+        self._coalesce = coalesce
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_retry: float | None = None
@@ -91,6 +93,8 @@ class OutboxWorker:
                 await self._maybe_prune()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._timeout())
+                    # A burst of commits becomes one claim instead of one per webhook.
+                    await asyncio.sleep(self._coalesce)
         finally:
             self._running = False
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import sqlite3
 
 MIGRATIONS: tuple[str, ...] = (
-    # 1: receipts, occurrences, incidents, outbox, dead letters.
+    # 1: receipts, occurrences, incidents, outbox, dead letters. Every index costs a B-tree write per
+    # ingest (the hot path), so only lookups the hot path makes are indexed; the hourly prune scans.
     """
     CREATE TABLE receipts (
         id INTEGER PRIMARY KEY,
@@ -18,7 +19,6 @@ MIGRATIONS: tuple[str, ...] = (
         group_key TEXT NOT NULL,
         body BLOB NOT NULL
     );
-    CREATE INDEX receipts_received_at ON receipts(received_at);
     CREATE TABLE occurrences (
         fingerprint TEXT NOT NULL,
         starts_at TEXT NOT NULL,
@@ -29,7 +29,6 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (fingerprint, starts_at)
     ) WITHOUT ROWID;
     CREATE INDEX occurrences_firing_scope ON occurrences(scope) WHERE status = 'firing';
-    CREATE INDEX occurrences_updated_at ON occurrences(updated_at);
     CREATE TABLE incidents (
         key TEXT PRIMARY KEY,
         scope TEXT NOT NULL,

@@ -19,13 +19,13 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from bridge.alertmanager import Notification
-from bridge.decisions import Incident, Occurrence, Policy, State, decide, lookup
+from bridge.decisions import Incident, Occurrence, Policy, State, decide, event_json, lookup
 from bridge.sinks.base import OutboxItem
 from bridge.store.base import DeadLetterRow, IngestResult, OutboxStats, Receipt, StoreError
 from bridge.store.migrations import migrate
@@ -49,6 +49,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the hot B-tree pages stay in memory
     return conn
 
 
@@ -150,8 +151,13 @@ class SqliteStore:
             log.error("store commit failed", extra={"kv": {"err": str(exc), "operations": len(batch)}})
             error: BaseException = StoreError(f"store commit failed: {exc}")
             outcomes = [(op, None, error) for op in batch]
+        # One wake-up per event loop per batch, not one per operation.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
         for op, result, failure in outcomes:
-            op.loop.call_soon_threadsafe(_settle, op.future, result, failure)
+            by_loop.setdefault(op.loop, []).append((op.future, result, failure))
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle_all, settled)
 
     # --- inbound -------------------------------------------------------------------------------------
 
@@ -243,13 +249,14 @@ class SqliteStore:
         return [_item(row) for row in rows]
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+def _settle_all(settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in settled:
+        if future.cancelled():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 def _in_savepoint(
@@ -301,26 +308,34 @@ def _ingest(
     receipt_id = int(cursor.lastrowid or 0)
     decision = decide(_load_state(conn, notification), notification, policy, now=receipt.received_at)
     conn.executemany(
-        "INSERT OR REPLACE INTO occurrences (fingerprint, starts_at, status, incident_key, scope, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO occurrences (fingerprint, starts_at, status, incident_key, scope, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint, starts_at) DO UPDATE SET status = excluded.status,"
+        " incident_key = excluded.incident_key, scope = excluded.scope, updated_at = excluded.updated_at",
         [(o.fingerprint, o.starts_at, o.status, o.incident_key, o.scope, o.updated_at) for o in decision.occurrences],
     )
+    encoded: dict[str, tuple[Mapping[str, Any], str]] = {}  # key -> (trigger, its JSON): encode once
+    rows = []
+    for i in decision.incidents:
+        encoded[i.key] = (i.trigger, json.dumps(i.trigger))
+        rows.append((i.key, i.scope, i.event_class, i.route, int(i.open), encoded[i.key][1], i.updated_at))
     conn.executemany(
-        "INSERT OR REPLACE INTO incidents (key, scope, event_class, route, open, trigger, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            (i.key, i.scope, i.event_class, i.route, int(i.open), json.dumps(i.trigger), i.updated_at)
-            for i in decision.incidents
-        ],
+        "INSERT INTO incidents (key, scope, event_class, route, open, trigger, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET scope = excluded.scope,"
+        " event_class = excluded.event_class, route = excluded.route, open = excluded.open,"
+        " trigger = excluded.trigger, updated_at = excluded.updated_at",
+        rows,
     )
+    outbox: list[tuple[str, str, str, float, float, int]] = []
+    for event in decision.events:
+        data = event_json(event)
+        trigger, text = encoded.get(event.key, (None, ""))
+        payload = text if data == trigger else json.dumps(data)
+        row = (event.key, payload, receipt.received_at, receipt.received_at, receipt_id)
+        outbox.extend((sink, *row) for sink in sinks)
     conn.executemany(
         "INSERT INTO outbox (sink, ordering_key, payload, created_at, next_attempt_at, receipt_id)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (sink, event.key, json.dumps(event.to_json()), receipt.received_at, receipt.received_at, receipt_id)
-            for event in decision.events
-            for sink in sinks
-        ],
+        outbox,
     )
     return IngestResult(receipt_id, decision.new, decision.duplicates, decision.stale, tuple(decision.events))
 

@@ -141,13 +141,16 @@ async def test_truncated_alerts_are_counted(aiohttp_client, tmp_path):
 
 
 async def test_metrics_ready_and_outbox_gauges(aiohttp_client, tmp_path):
-    class Stuck(RecordingSink):
-        async def deliver(self, item):
-            await asyncio.sleep(3600)
+    release = asyncio.Event()
+    stuck = RecordingSink()
 
+    async def gate(item):
+        await release.wait()
+
+    stuck.gate = gate
     holder = write_config(tmp_path)
     registry = CollectorRegistry()
-    app = create_app(holder, store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": Stuck()}, registry=registry)
+    app = create_app(holder, store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": stuck}, registry=registry)
     client = await aiohttp_client(app)
     assert (await client.get("/-/ready")).status == 200
     assert (await client.post(ALERTMANAGER_PATH, data=body(alert()), headers=bearer())).status == 200
@@ -156,6 +159,7 @@ async def test_metrics_ready_and_outbox_gauges(aiohttp_client, tmp_path):
     assert 'certpager_bridge_dead_letters{sink="pagerduty"} 0.0' in text
     assert "certpager_bridge_outbox_oldest_age_seconds" in text
     assert 'certpager_bridge_build_info{version="0.1.0"} 1.0' in text
+    release.set()
 
 
 async def test_reload_rotates_the_token_and_keeps_old_config_on_error(aiohttp_client, tmp_path):

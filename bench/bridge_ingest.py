@@ -1,0 +1,232 @@
+"""Benchmark the bridge's durable ingest and outbox drain on this machine (loopback only; not a test).
+
+Runs the real ``certpager bridge`` and the fake PagerDuty (tests/fakes/pagerduty.py) as subprocesses, with
+the SQLite store on the local disk (WAL, synchronous=FULL: every commit is fsync'd), and prints:
+
+1. ingest at saturation: alert transitions/s answered 200 by ``POST /api/v1/alerts/alertmanager``, with
+   1 and 10 alerts per webhook (Alertmanager groups), many concurrent senders;
+2. answer latency p50/p99 at a fixed, open-loop 500 transitions/s (1 and 10 alerts per webhook);
+3. outbox drain rate into the fake PagerDuty, the rate limiter off (limit 1,000,000/min) and on (120/min).
+
+Usage: ``.venv/bin/python -m bench.bridge_ingest [--seconds 8]``. Every phase is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+ROUTING_KEY = "B" * 32
+PATH = "/api/v1/alerts/alertmanager"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    proc: asyncio.subprocess.Process
+    url: str
+
+
+@contextlib.asynccontextmanager
+async def fake_pagerduty(workdir: Path) -> AsyncIterator[Proc]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.fakes.pagerduty", "--port", "0", "--rate-limit", "1000000000",
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=(workdir / "fake.log").open("ab"),
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode().strip()
+        yield Proc(proc, line.removeprefix("listening on "))
+    finally:
+        await stop(proc)
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def bridge(workdir: Path, events_url: str, *, rate_limit: int, db: str) -> AsyncIterator[Proc]:
+    port = free_port()
+    config = workdir / f"{db}.yml"
+    config.write_text(
+        f"integrations:\n  pagerduty:\n    routing_key: {ROUTING_KEY}\n    events_url: {events_url}\n"
+        f"    rate_limit_per_minute: {rate_limit}\n"
+        f"server:\n  listen_address: 127.0.0.1:{port}\n  max_body_bytes: 16777216\n"
+        f"store:\n  path: {workdir / (db + '.db')}\n"
+        "outbox:\n  max_in_flight: 32\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "certpager", "bridge", "--config.file", str(config), "--log.level", "warning",
+        cwd=REPO, stderr=(workdir / "bridge.log").open("ab"), env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            await wait_ready(url)
+        except RuntimeError:
+            print((workdir / "bridge.log").read_text()[-3000:], file=sys.stderr)
+            raise
+        yield Proc(proc, url)
+    finally:
+        await stop(proc)
+
+
+async def wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 20
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url + "/-/ready") as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"bridge at {url} not ready")
+
+
+class Payloads:
+    """Webhooks whose alerts are all new occurrences (every one is a transition that queues an event)."""
+
+    def __init__(self, per_webhook: int, tag: str) -> None:
+        self.per_webhook = per_webhook
+        self.tag = tag
+        self.n = 0
+
+    def next(self) -> bytes:
+        alerts = []
+        for _ in range(self.per_webhook):
+            self.n += 1
+            cert = f"{self.tag}-{self.n}.example.com"
+            alerts.append({
+                "status": "firing",
+                "labels": {"alertname": "CertificateExpired", "class": "certificate_expired", "certificate": cert,
+                           "environment": "production", "issuer": "R11", "target": f"{cert}:443"},
+                "annotations": {"summary": f"{cert} expired", "expires_at": "2026-11-20T00:00:00Z"},
+                "startsAt": "2026-11-20T10:00:00.000000Z", "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://prometheus.example/graph", "fingerprint": f"{self.n:016x}",
+            })
+        return json.dumps({
+            "version": "4", "groupKey": "{}:{alertname=\"CertificateExpired\"}", "truncatedAlerts": 0,
+            "status": "firing", "receiver": "certpager", "groupLabels": {}, "commonLabels": {},
+            "commonAnnotations": {}, "externalURL": "http://alertmanager.example:9093", "alerts": alerts,
+        }).encode()
+
+
+async def send(session: aiohttp.ClientSession, url: str, data: bytes) -> float:
+    started = time.perf_counter()
+    async with session.post(url + PATH, data=data) as resp:
+        await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"webhook answered {resp.status}")
+    return time.perf_counter() - started
+
+
+async def saturate(url: str, per_webhook: int, seconds: float, senders: int = 32) -> float:
+    """Closed loop, ``senders`` at once: transitions/s committed and answered."""
+    payloads = Payloads(per_webhook, f"sat{per_webhook}")
+    done = 0
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=senders)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def sender() -> None:
+            nonlocal done
+            while time.perf_counter() < deadline:
+                await send(session, url, payloads.next())
+                done += per_webhook
+
+        started = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(senders)))
+        return done / (time.perf_counter() - started)
+
+
+async def paced(url: str, per_webhook: int, rate: float, seconds: float) -> tuple[float, float, float]:
+    """Open loop at ``rate`` transitions/s: (p50, p99, max) answer latency in ms."""
+    payloads = Payloads(per_webhook, f"lat{per_webhook}")
+    interval = per_webhook / rate
+    latencies: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
+        tasks = []
+        start = time.perf_counter()
+        for i in range(int(seconds / interval)):
+            delay = start + i * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(send(session, url, payloads.next())))
+        latencies = list(await asyncio.gather(*tasks))
+    cuts = statistics.quantiles(latencies, n=100)
+    return cuts[49] * 1000, cuts[98] * 1000, max(latencies) * 1000
+
+
+async def accepted(fake_url: str) -> int:
+    async with aiohttp.ClientSession() as session, session.get(fake_url + "/_fake/state") as resp:
+        return len((await resp.json())["accepted"])
+
+
+async def drain(workdir: Path, fake_url: str, *, rate_limit: int, events: int, window: float) -> tuple[int, float]:
+    """Queue ``events`` triggers, then count how many reach the fake within ``window`` s: (count, seconds)."""
+    base = await accepted(fake_url)
+    async with bridge(workdir, fake_url, rate_limit=rate_limit, db=f"drain{rate_limit}") as b:
+        payloads = Payloads(50, f"drain{rate_limit}")
+        async with aiohttp.ClientSession() as session:
+            started = time.perf_counter()
+            for _ in range(events // 50):
+                await send(session, b.url, payloads.next())
+            deadline = started + window
+            count = 0
+            while time.perf_counter() < deadline:
+                count = await accepted(fake_url) - base
+                if count >= events:
+                    break
+                await asyncio.sleep(0.05)
+            return count, time.perf_counter() - started
+
+
+async def main(seconds: float) -> None:
+    with tempfile.TemporaryDirectory(prefix="certpager-bench-", dir=REPO) as tmp:
+        workdir = Path(tmp)
+        print(f"cpus={os.cpu_count()} store={workdir} (WAL, synchronous=FULL)")
+        async with fake_pagerduty(workdir) as fake:
+            async with bridge(workdir, fake.url, rate_limit=120, db="ingest") as b:
+                for per in (1, 10):
+                    rate = await saturate(b.url, per, seconds)
+                    print(f"ingest saturation   alerts/webhook={per:<3} {rate:8.0f} transitions/s")
+                for per in (1, 10):
+                    p50, p99, worst = await paced(b.url, per, 500.0, seconds)
+                    print(f"latency @500 tr/s   alerts/webhook={per:<3} p50={p50:6.1f} ms  p99={p99:6.1f} ms"
+                          f"  max={worst:6.1f} ms")
+            count, took = await drain(workdir, fake.url, rate_limit=1_000_000, events=2000, window=60)
+            print(f"drain limiter off   {count} events in {took:5.2f} s = {count / took:6.0f} events/s")
+            count, took = await drain(workdir, fake.url, rate_limit=120, events=300, window=10)
+            print(f"drain limiter on    {count} events in {took:5.2f} s (limit 120/min per routing key)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each ingest phase")
+    asyncio.run(main(parser.parse_args().seconds))
