@@ -346,7 +346,7 @@ async def run_demo(options: Options, *, stop: asyncio.Event | None = None, out: 
 
 async def _run(options: Options, stop: asyncio.Event, out: TextIO, serve_exporter: ServeFn,
                serve_bridge: ServeFn) -> int:
-    binaries = find_binaries() if options.prometheus else None
+    binaries = _alerting_binaries(options)
     check_ports_free(options, alerting=binaries is not None)
     prepare_data_dir(options.data_dir)
     leaves = await asyncio.to_thread(generate_pki, options.data_dir / "pki")
@@ -384,6 +384,16 @@ async def _run(options: Options, stop: asyncio.Event, out: TextIO, serve_exporte
             await stop_services(services, stop)
     log.info("demo stopped")
     return 0
+
+
+def _alerting_binaries(options: Options) -> tuple[str, str] | None:
+    """Prometheus and Alertmanager to start, or None: not wanted, not installed, or no deploy/ to configure them."""
+    binaries = find_binaries() if options.prometheus else None
+    if binaries is not None and not all((REPO_ROOT / d).is_dir() for d in ("deploy", "rules")):
+        log.warning("deploy/ and rules/ are not next to the package (not a checkout): Prometheus and Alertmanager "
+                    "are not started", extra={"kv": {"looked_in": str(REPO_ROOT)}})
+        return None
+    return binaries
 
 
 async def _wait_until_stopped(stop: asyncio.Event, services: list[asyncio.Task[int]]) -> None:
