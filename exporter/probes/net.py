@@ -142,6 +142,9 @@ async def connect(ip: str, port: int, source_ip: str | None) -> socket.socket:
     except ConnectionRefusedError as exc:
         sock.close()
         raise PhaseFailure(Reason.REFUSED, f"connection refused by {ip} port {port}") from exc
+    except TimeoutError as exc:  # the kernel gave up (ETIMEDOUT); our own deadline surfaces outside
+        sock.close()
+        raise PhaseFailure(Reason.CONNECT_TIMEOUT, f"connection to {ip} port {port} timed out") from exc
     except OSError as exc:
         sock.close()
         raise PhaseFailure(Reason.UNREACHABLE, f"cannot connect to {ip} port {port}: {exc}") from exc

@@ -14,13 +14,12 @@ See docs/probing.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import ssl
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,8 +118,24 @@ class _Attempt:
     # Held until close(): a StreamWriter collected while its transport is open warns (ResourceWarning),
     # and the failure path drops the frames that reference it before the ``finally`` runs.
     writer: asyncio.StreamWriter | None = None
+    phase: Phase | None = None  # the phase running now (a timeout is reported against it)
+    _began: float = 0.0
+
+    def enter(self, phase: Phase) -> None:
+        """Start timing ``phase`` (ending the previous one)."""
+        now = asyncio.get_running_loop().time()
+        if self.phase is not None:
+            self.durations[self.phase] = now - self._began
+        self.phase, self._began = phase, now
+
+    def finish(self) -> None:
+        """Record the running phase's duration; no phase runs afterwards."""
+        if self.phase is not None:
+            self.durations[self.phase] = asyncio.get_running_loop().time() - self._began
+            self.phase = None
 
     def close(self) -> None:
+        self.finish()
         if isinstance(self.transport, asyncio.WriteTransport):
             self.transport.abort()
         if self.sock is not None:
@@ -209,8 +224,15 @@ class TLSProber:
         host = request.address or endpoint.host
         if request.address is not None and request.address.startswith("[") and request.address.endswith("]"):
             host = request.address[1:-1]
-        async with _phase(Phase.RESOLVE, deadline, durations):
-            return await net.resolve(host, endpoint.port, request.module, self.resolver)
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await net.resolve(host, endpoint.port, request.module, self.resolver)
+        except TimeoutError as exc:
+            raise net.PhaseFailure(Reason.RESOLVE_TIMEOUT, "resolve timed out") from exc
+        finally:
+            durations[Phase.RESOLVE] = loop.time() - begin
 
     def _failed(
         self, reason: Reason, detail: str, ip: str | None, durations: dict[Phase, float], started: float
@@ -224,11 +246,19 @@ class TLSProber:
     ) -> ProbeResult:
         attempt = _Attempt(durations)
         try:
-            ssl_object = await self._handshake(request, endpoint, ip, deadline, attempt)
+            # One timeout for the whole attempt (cheaper than one per phase); the phase running when it
+            # fires names the reason.
+            async with asyncio.timeout_at(deadline):
+                ssl_object = await self._handshake(request, endpoint, ip, deadline, attempt)
+            attempt.finish()  # verification is not part of the handshake's time
             return self._read(request, endpoint, ip, ssl_object, durations, started)
-        except net.PhaseFailure as exc:
-            return self._failed(exc.reason, exc.detail, ip, durations, started)
+        except TimeoutError:
+            phase = attempt.phase or Phase.HANDSHAKE
+            return self._failed(_TIMEOUT_REASON[phase], f"{phase} timed out", ip, durations, started)
         except Exception as exc:
+            failure = _phase_failure(attempt.phase, exc)
+            if isinstance(failure, net.PhaseFailure):
+                return self._failed(failure.reason, failure.detail, ip, durations, started)
             log.exception("probe failed unexpectedly", extra={"kv": {"target": request.target, "ip": ip}})
             return self._failed(Reason.INTERNAL, f"internal error: {exc!r}", ip, durations, started)
         finally:
@@ -241,15 +271,15 @@ class TLSProber:
         negotiator = self._starttls_negotiator(module)
         alpn = tuple(negotiator.alpn_protocols or ()) if negotiator is not None else ()
         context = self.contexts.get(module.tls, alpn)
-        async with _phase(Phase.CONNECT, deadline, attempt.durations):
-            attempt.sock = await self._connect(module, endpoint, ip)
+        attempt.enter(Phase.CONNECT)
+        attempt.sock = await self._connect(module, endpoint, ip)
         sni = _sni(module, endpoint)
         if negotiator is None:
-            async with _phase(Phase.HANDSHAKE, deadline, attempt.durations):
-                transport, _ = await asyncio.get_running_loop().create_connection(
-                    _Sink, sock=attempt.sock, ssl=context, server_hostname=sni or "",  # "": no SNI
-                    ssl_handshake_timeout=_remaining(deadline) + 5)  # our own timeout fires first
-                attempt.transport = transport
+            attempt.enter(Phase.HANDSHAKE)
+            transport, _ = await asyncio.get_running_loop().create_connection(
+                _Sink, sock=attempt.sock, ssl=context, server_hostname=sni or "",  # "": no SNI
+                ssl_handshake_timeout=_remaining(deadline) + 5)  # our own timeout fires first
+            attempt.transport = transport
             return _ssl_object(transport)
         return await self._starttls(request, endpoint, negotiator, context, sni, deadline, attempt)
 
@@ -260,11 +290,11 @@ class TLSProber:
         assert request.module.starttls is not None and attempt.sock is not None
         reader, writer = await asyncio.open_connection(sock=attempt.sock)
         attempt.writer, attempt.transport = writer, writer.transport
-        async with _phase(Phase.STARTTLS, deadline, attempt.durations):
-            await negotiator.negotiate(reader, writer, request.module.starttls, endpoint.host)
-        async with _phase(Phase.HANDSHAKE, deadline, attempt.durations):
-            await writer.start_tls(context, server_hostname=sni, ssl_handshake_timeout=_remaining(deadline) + 5)
-            attempt.transport = writer.transport
+        attempt.enter(Phase.STARTTLS)
+        await negotiator.negotiate(reader, writer, request.module.starttls, endpoint.host)
+        attempt.enter(Phase.HANDSHAKE)
+        await writer.start_tls(context, server_hostname=sni, ssl_handshake_timeout=_remaining(deadline) + 5)
+        attempt.transport = writer.transport
         return _ssl_object(writer.transport)
 
     @staticmethod
@@ -344,29 +374,12 @@ def _ssl_object(transport: asyncio.BaseTransport) -> ssl.SSLObject:
     return ssl_object
 
 
-@contextlib.asynccontextmanager
-async def _phase(phase: Phase, deadline: float, durations: dict[Phase, float]) -> AsyncIterator[None]:
-    """Time one phase, bound it by the deadline, and map its errors to a PhaseFailure."""
-    loop = asyncio.get_running_loop()
-    begin = loop.time()
-    try:
-        if deadline - begin <= 0:
-            raise TimeoutError
-        async with asyncio.timeout_at(deadline):
-            yield
-    except TimeoutError as exc:
-        raise net.PhaseFailure(_TIMEOUT_REASON[phase], f"{phase} timed out") from exc
-    except net.PhaseFailure:
-        raise
-    except Exception as exc:
-        raise _phase_failure(phase, exc) from exc
-    finally:
-        durations[phase] = loop.time() - begin
-
-
-def _phase_failure(phase: Phase, exc: Exception) -> Exception:
+def _phase_failure(phase: Phase | None, exc: Exception) -> Exception:
+    """Map an exception raised in ``phase`` to a PhaseFailure, or return it unchanged (a bug)."""
     from exporter.probes.starttls.base import StartTLSError
 
+    if isinstance(exc, net.PhaseFailure):
+        return exc
     if isinstance(exc, StartTLSError):
         return net.PhaseFailure(exc.reason, exc.detail)
     if phase is Phase.HANDSHAKE:
