@@ -215,6 +215,12 @@ async def test_demo_in_process_without_prometheus(tmp_path, caplog):
         stop.set()
         assert await asyncio.wait_for(task, 15) == 0
     assert (tmp_path / "data" / "keep.txt").read_text() == "not the demo's"
+    endpoints = [t["target"] for t in demo_alerting.read_yaml(options.data_dir / "exporter.yml")["targets"]]
+    assert len(endpoints) == len(NAMES)
+    for address in [*endpoints, addresses.exporter, addresses.bridge]:  # every listener is closed
+        host, port = address.rsplit(":", 1)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, int(port)), timeout=2).close()
 
 
 def test_alerting_configs_follow_deploy_with_demo_timings(tmp_path):
