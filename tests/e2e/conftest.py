@@ -43,6 +43,8 @@ PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager")
 FOR = "2s"  # every rule's for: in the e2e copy of the rules
 WINDOW = "4s"  # every smoothing window in the e2e copy of the rules
+CONFIGURED = ("expired", "soon", "fine")  # endpoints in the exporter's config; "probed" is scraped via /probe
+PROBE_LABELS = {"environment": "e2e-probe", "service": "svc-probed", "owner": "team-e2e"}
 
 
 @dataclass
@@ -89,12 +91,15 @@ class Stack:
 
 
 def make_chains(intermediate: pki.Issued, root: pki.Issued) -> dict[str, pki.Chain]:
-    """One expired leaf, one with 5 days left, one with 400 days left; distinct CNs; IP SAN 127.0.0.1."""
+    """Leaves: expired, 5 days left, 400 days left (exporter config), 60 days left (the /probe job's file_sd).
+
+    Distinct CNs, IP SAN 127.0.0.1, one intermediate."""
     now = pki.utcnow()
     validity = {
         "expired": (now - dt.timedelta(days=91), now - dt.timedelta(days=1)),
         "soon": (now - dt.timedelta(days=1), now + dt.timedelta(days=5)),
         "fine": (now - dt.timedelta(days=1), now + dt.timedelta(days=400)),
+        "probed": (now - dt.timedelta(days=1), now + dt.timedelta(days=60)),  # only in the /probe job
     }
     return {
         name: pki.Chain(
@@ -108,7 +113,7 @@ def make_chains(intermediate: pki.Issued, root: pki.Issued) -> dict[str, pki.Cha
 def exporter_config(endpoints: dict[str, Endpoint], ca_file: Path) -> str:
     targets = "".join(
         f"  - target: {e.server.address}\n    labels: {{environment: e2e, service: svc-{e.name}}}\n"
-        for e in endpoints.values()
+        for e in endpoints.values() if e.name in CONFIGURED
     )
     return (
         "global: {scrape_interval: 1s, jitter: 0, retry_backoff: 1s}\n"
@@ -159,9 +164,12 @@ def _start_programs(
     render_alertmanager(ROOT / "deploy/alertmanager/alertmanager.yml", workdir / "alertmanager.yml",
                         url=f"http://127.0.0.1:{receiver.port}{WEBHOOK_PATH}", token_file=token_file)
     render_rules(ROOT / "rules/certpager.rules.yml", workdir / "certpager.rules.yml", for_=FOR, window=WINDOW)
+    (workdir / "targets.json").write_text(json.dumps(
+        [{"targets": [endpoints["probed"].server.address], "labels": PROBE_LABELS}]
+    ))
     render_prometheus(ROOT / "deploy/prometheus/prometheus.yml", workdir / "prometheus.yml",
                       exporter=exporter_address, alertmanager=f"127.0.0.1:{am_port}",
-                      rule_file=workdir / "certpager.rules.yml")
+                      rule_file=workdir / "certpager.rules.yml", targets_file=workdir / "targets.json")
     programs = [
         cleanup.enter_context(running("alertmanager", [
             str(ALERTMANAGER), f"--config.file={workdir / 'alertmanager.yml'}",
@@ -194,7 +202,7 @@ def _wait_ready(st: Stack) -> None:
         wait_until("prometheus ready", lambda: up(f"{st.prometheus_url}/-/ready"), timeout=20)
         wait_until("exporter probed all endpoints", lambda: (
             (body := http_get(f"http://{st.exporter_address}/metrics")) is not None
-            and body.count(b"tls_probe_success{") == len(st.endpoints)
+            and body.count(b"tls_probe_success{") == len(CONFIGURED)
         ), timeout=20)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{st.logs()}") from None

@@ -164,13 +164,21 @@ def render_rules(source: Path, dest: Path, *, for_: str, window: str) -> None:
     dest.write_text(text)
 
 
-def render_prometheus(source: Path, dest: Path, *, exporter: str, alertmanager: str, rule_file: Path) -> None:
-    """deploy/prometheus/prometheus.yml with 1s intervals, only the background-mode exporter job."""
+def render_prometheus(
+    source: Path, dest: Path, *, exporter: str, alertmanager: str, rule_file: Path, targets_file: Path
+) -> None:
+    """deploy/prometheus/prometheus.yml with 1s intervals and its two exporter jobs pointed at the test's
+    exporter: background /metrics, and /probe with file_sd from ``targets_file`` (relabelling unchanged)."""
     config = yaml.safe_load(source.read_text())
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
-    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "certpager"]
-    job["static_configs"] = [{"targets": [exporter]}]
-    config["scrape_configs"] = [job]
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    background, probe = jobs["certpager"], jobs["certpager-probe"]
+    background["static_configs"] = [{"targets": [exporter]}]
+    probe.update(scrape_interval="1s", scrape_timeout="1s")
+    probe["file_sd_configs"] = [{"files": [str(targets_file)], "refresh_interval": "1s"}]
+    (last,) = [r for r in probe["relabel_configs"] if r.get("target_label") == "__address__"]
+    last["replacement"] = exporter
+    config["scrape_configs"] = [background, probe]
     config["rule_files"] = [str(rule_file)]
     config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [alertmanager]}]}]
     dest.write_text(yaml.safe_dump(config, sort_keys=False))

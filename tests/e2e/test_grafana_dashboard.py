@@ -63,9 +63,12 @@ def test_every_expression_runs_against_prometheus(stack: Stack) -> None:
         answer = stack.query(expr)
         assert answer["status"] == "success", (expr, answer)
 
-    rows = stack.query(substitute(
-        next(e for e in expressions(load()) if e.startswith("certpager:cert_days_left{"))
-    ))["data"]["result"]
-    seen = {(r["metric"]["target"], r["metric"]["position"]) for r in rows}
-    targets = {e.server.address for e in stack.endpoints.values()}
-    assert seen == {(t, p) for t in targets for p in ("leaf", "intermediate")}
+    table = substitute(next(e for e in expressions(load()) if e.startswith("certpager:cert_days_left{")))
+    targets = {e.server.address for e in stack.endpoints.values()}  # background and /probe jobs
+    expected = {(t, p) for t in targets for p in ("leaf", "intermediate")}
+
+    def seen() -> set[tuple[str, str]]:
+        rows = stack.query(table)["data"]["result"]
+        return {(r["metric"]["target"], r["metric"]["position"]) for r in rows}
+
+    wait_until("every endpoint's chain in the expiring table", lambda: seen() == expected, timeout=20)
