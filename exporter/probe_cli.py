@@ -116,7 +116,8 @@ def _verdict(ok: bool | None, reason: object, detail: str) -> str:
 
 def _result_lines(request: ProbeRequest, result: ProbeResult, now: float) -> list[str]:
     timings = ", ".join(f"{phase} {seconds * 1000:.1f} ms" for phase, seconds in result.durations.items())
-    lines = [f"address   {result.ip or '(via proxy)'}   {timings}"]
+    address = result.ip or ("(via proxy)" if request.module.proxy is not None else "-")
+    lines = [f"address   {address}   {timings}"]
     if not result.success:
         return [*lines, f"FAILED    {result.reason}: {result.detail}"]
     lines += [f"tls       {result.tls_version}   {result.cipher}",

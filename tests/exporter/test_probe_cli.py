@@ -85,6 +85,7 @@ async def test_refused_exit_1():
     code, text = await run(f"127.0.0.1:{port}", "--timeout", "2s")
     assert code == probe_cli.EXIT_PROBE_FAILED
     assert "FAILED    refused: connection refused by 127.0.0.1" in text
+    assert "address   127.0.0.1   resolve" in text
 
 
 async def test_policies_from_config_exit_4(test_pki, tmp_path):
@@ -113,6 +114,16 @@ async def test_through_the_certpager_command(test_pki, capsys):
         code = await asyncio.to_thread(cli.main, ["probe", server.address, "--cafile", str(test_pki.ca_file)])
     assert code == 0
     assert "result    OK (exit 0)" in capsys.readouterr().out
+
+
+def test_failed_resolution_shows_no_address():
+    from exporter.probes.base import ProbeResult, Reason
+
+    request = probe_cli.build_request(parse("gone.invalid:443"))
+    result = ProbeResult(success=False, reason=Reason.DNS, detail="cannot resolve")
+    text = probe_cli.render_text(request, [result], ts(NOW))
+    assert "address   -   \nFAILED    dns: cannot resolve\n" in text
+    assert text.endswith("result    NOT OK (exit 1)\n")
 
 
 def test_days_left_rounding():
