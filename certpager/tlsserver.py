@@ -20,7 +20,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
+
+from certpager.pki import ChainFiles
 
 _VERSIONS = {"TLS1.0": ssl.TLSVersion.TLSv1, "TLS1.1": ssl.TLSVersion.TLSv1_1,
              "TLS1.2": ssl.TLSVersion.TLSv1_2, "TLS1.3": ssl.TLSVersion.TLSv1_3}
@@ -151,6 +153,11 @@ class TLSServer(_Listener):
 
     def _record_sni(self, _obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
         self.server_names.append(name)
+
+    @classmethod
+    def for_files(cls, files: ChainFiles, *, intermediates: bool = True, **kw: Any) -> TLSServer:
+        """Serve ``Chain.write`` output; ``intermediates=False`` serves the leaf alone (a broken server)."""
+        return cls(files.cert_file if intermediates else files.leaf_only_file, files.key_file, **kw)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peercert")

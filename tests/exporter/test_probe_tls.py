@@ -119,8 +119,7 @@ async def test_wrong_hostname_is_trusted_but_not_verified(prober, test_pki, trus
 
 
 async def test_missing_intermediate_is_unknown_issuer(prober, test_pki, trusting):
-    files = test_pki.files["valid"]
-    async with TLSServer(files.leaf_only_file, files.key_file) as server:
+    async with TLSServer.for_files(test_pki.files["valid"], intermediates=False) as server:
         result = await probe_one(prober, server.address, trusting)
     assert len(result.chain) == 1
     assert (result.chain_verified, result.verify_reason) == (False, VerifyReason.UNKNOWN_ISSUER)
