@@ -1,0 +1,84 @@
+"""`certpager bridge`: --config.check, and test-alert through the real endpoint (as a subprocess)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+from bridge.app import create_app
+from bridge.cli import synthetic_payload
+from bridge.config import load
+from bridge.store.sqlite import SqliteStore
+from certpager.cli import main
+from tests.bridge.conftest import RecordingSink
+
+REPO = Path(__file__).parents[2]
+
+
+def test_config_check_valid_and_invalid(tmp_path, capsys):
+    good = tmp_path / "good.yml"
+    good.write_text("store: {path: x.db}\n")
+    assert main(["bridge", "--config.file", str(good), "--config.check"]) == 0
+    assert capsys.readouterr().out == f"{good}: config is valid; delivery: dry-run (no routing key)\n"
+    bad = tmp_path / "bad.yml"
+    bad.write_text("store: {kind: sqlite}\n")
+    assert main(["bridge", "--config.file", str(bad), "--config.check"]) == 1
+    assert capsys.readouterr().err == f"{bad}: store.kind: unknown key\n"
+
+
+def test_synthetic_payload_is_a_v4_webhook():
+    from datetime import UTC, datetime
+
+    data = synthetic_payload(alert_class="certificate_expired", certificate="example.com", environment="",
+                             severity="", resolve=False, now=datetime(2026, 11, 22, 12, 0, tzinfo=UTC))
+    (alert,) = data["alerts"]
+    assert (data["version"], data["status"], alert["status"]) == ("4", "firing", "firing")
+    assert alert["labels"] == {"alertname": "CertpagerTestAlert", "class": "certificate_expired",
+                               "certificate": "example.com", "test": "true"}
+    assert alert["startsAt"] == "2026-11-22T12:00:00.000000Z"
+
+
+async def run_cli(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "certpager", "bridge", *args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    return proc.returncode, out.decode()
+
+
+async def test_test_alert_fires_and_resolves_through_the_endpoint(aiohttp_server, tmp_path):
+    (tmp_path / "token").write_text("tok")
+    config = tmp_path / "bridge.yml"
+    config.write_text("server:\n  auth: {bearer_token_file: token}\n")
+    sink = RecordingSink()
+    app = create_app(load(config, env={}), store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": sink})
+    server = await aiohttp_server(app)
+    url = f"http://127.0.0.1:{server.port}"
+    base = ("test-alert", "--class", "certificate_expired", "--certificate", "example.com",
+            "--environment", "production", "--url", url)
+    code, out = await run_cli(*base)
+    assert (code, out.strip().splitlines()[-1]) == (1, '401 {"error": "unauthorized", "status": "error"}')
+    code, out = await run_cli(*base, "--config.file", str(config))
+    assert code == 0, out
+    assert out.strip().splitlines()[-1] == (
+        '200 {"alerts": 1, "duplicates": 0, "events": 1, "new": 1, "receipt": 1, "stale": 0, "status": "accepted"}')
+    code, out = await run_cli(*base, "--resolve", "--config.file", str(config))
+    assert code == 0, out
+    deadline = time.monotonic() + 5
+    while len(sink.seen) < 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    (k1, a1), (k2, a2) = sink.actions()
+    assert (a1, a2) == ("trigger", "resolve") and k1 == k2
+    assert k1.startswith("cert-example-com-production-expired-")
+    assert sink.seen[0].payload["summary"] == "ERROR: Certificate Expired - example.com (production)"
+
+
+async def test_test_alert_reports_an_unreachable_bridge():
+    code, out = await run_cli("test-alert", "--url", "http://127.0.0.1:9", "--timeout", "2")
+    assert code == 1
+    assert out.startswith("cannot reach the bridge at http://127.0.0.1:9/api/v1/alerts/alertmanager: ")
