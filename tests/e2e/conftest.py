@@ -43,7 +43,7 @@ PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager")
 FOR = "2s"  # every rule's for: in the e2e copy of the rules
 WINDOW = "4s"  # every smoothing window in the e2e copy of the rules
-CONFIGURED = ("expired", "soon", "fine")  # endpoints in the exporter's config; "probed" is scraped via /probe
+CONFIGURED = ("expired", "soon", "fine", "selfsigned")  # in the exporter's config; "probed" only via /probe
 PROBE_LABELS = {"environment": "e2e-probe", "service": "svc-probed", "owner": "team-e2e"}
 
 
@@ -61,6 +61,7 @@ class Stack:
     endpoints: dict[str, Endpoint]
     intermediate: pki.Issued
     exporter_address: str
+    down_address: str  # a configured target nobody listens on
     prometheus_url: str
     alertmanager_url: str
     workdir: Path
@@ -91,7 +92,7 @@ class Stack:
 
 
 def make_chains(intermediate: pki.Issued, root: pki.Issued) -> dict[str, pki.Chain]:
-    """Leaves: expired, 5 days left, 400 days left (exporter config), 60 days left (the /probe job's file_sd).
+    """Leaves: expired, 5 days left, 400 days left, self-signed (exporter config); 60 days left (file_sd).
 
     Distinct CNs, IP SAN 127.0.0.1, one intermediate."""
     now = pki.utcnow()
@@ -101,19 +102,25 @@ def make_chains(intermediate: pki.Issued, root: pki.Issued) -> dict[str, pki.Cha
         "fine": (now - dt.timedelta(days=1), now + dt.timedelta(days=400)),
         "probed": (now - dt.timedelta(days=1), now + dt.timedelta(days=60)),  # only in the /probe job
     }
-    return {
+    chains = {
         name: pki.Chain(
             leaf=pki.make_leaf(intermediate, (f"{name}.certpager.test", "127.0.0.1"), not_before=nb, not_after=na),
             intermediates=(intermediate,), root=root,
         )
         for name, (nb, na) in validity.items()
     }
+    # Valid dates, but self-signed: clients reject it (verify_failed, reason self_signed).
+    chains["selfsigned"] = pki.self_signed_chain(("selfsigned.certpager.test", "127.0.0.1"),
+                                                 not_after=now + dt.timedelta(days=200))
+    return chains
 
 
-def exporter_config(endpoints: dict[str, Endpoint], ca_file: Path) -> str:
+def exporter_config(endpoints: dict[str, Endpoint], ca_file: Path, down_address: str) -> str:
+    """The configured endpoints, plus ``down_address`` (nothing listens there: probe_failed, refused)."""
+    addresses = [(e.name, e.server.address) for e in endpoints.values() if e.name in CONFIGURED]
     targets = "".join(
-        f"  - target: {e.server.address}\n    labels: {{environment: e2e, service: svc-{e.name}}}\n"
-        for e in endpoints.values() if e.name in CONFIGURED
+        f"  - target: {address}\n    labels: {{environment: e2e, service: svc-{name}}}\n"
+        for name, address in [*addresses, ("down", down_address)]
     )
     return (
         "global: {scrape_interval: 1s, jitter: 0, retry_backoff: 1s}\n"
@@ -156,9 +163,9 @@ def _start_programs(
     loop: LoopThread, intermediate: pki.Issued, any_chain: pki.Chain,
 ) -> Stack:
     ca_file = any_chain.write(workdir / "pki", "ca").ca_file
-    exporter_port, prom_port, am_port = free_port(), free_port(), free_port()
-    exporter_address = f"127.0.0.1:{exporter_port}"
-    (workdir / "exporter.yml").write_text(exporter_config(endpoints, ca_file))
+    exporter_port, prom_port, am_port, down_port = free_port(), free_port(), free_port(), free_port()
+    exporter_address, down_address = f"127.0.0.1:{exporter_port}", f"127.0.0.1:{down_port}"
+    (workdir / "exporter.yml").write_text(exporter_config(endpoints, ca_file, down_address))
     token_file = workdir / "bridge.token"
     token_file.write_text(receiver.token + "\n")
     render_alertmanager(ROOT / "deploy/alertmanager/alertmanager.yml", workdir / "alertmanager.yml",
@@ -185,7 +192,8 @@ def _start_programs(
             f"--storage.tsdb.path={workdir / 'prom-data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
         ], workdir)),
     ]
-    st = Stack(loop, receiver, endpoints, intermediate, exporter_address, f"http://127.0.0.1:{prom_port}",
+    st = Stack(loop, receiver, endpoints, intermediate, exporter_address, down_address,
+               f"http://127.0.0.1:{prom_port}",
                f"http://127.0.0.1:{am_port}", workdir, programs)
     _wait_ready(st)
     return st
@@ -202,7 +210,7 @@ def _wait_ready(st: Stack) -> None:
         wait_until("prometheus ready", lambda: up(f"{st.prometheus_url}/-/ready"), timeout=20)
         wait_until("exporter probed all endpoints", lambda: (
             (body := http_get(f"http://{st.exporter_address}/metrics")) is not None
-            and body.count(b"tls_probe_success{") == len(CONFIGURED)
+            and body.count(b"tls_probe_success{") == len(CONFIGURED) + 1
         ), timeout=20)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{st.logs()}") from None

@@ -1,7 +1,8 @@
 """End to end through the real programs: which alerts reach the webhook, with which labels, and the resolve.
 
-Endpoints: ``expired`` (expired a day ago), ``soon`` (5 days left), ``fine`` (400 days left), all behind one
-intermediate. The rules run with for: 2s and a 4s smoothing window (harness.render_rules).
+Endpoints: ``expired`` (expired a day ago), ``soon`` (5 days left), ``fine`` (400 days left) behind one
+intermediate, ``selfsigned`` (untrusted), and a configured port nobody listens on. The rules run with
+for: 2s and a 4s smoothing window (harness.render_rules).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def expected_alerts(stack: Stack) -> dict[Key, tuple[dict[str, str], dict[str, s
                             "a third of its validity has been left for over a day.",
              "runbook_url": "docs/runbooks.md#renewal_failed", "expires_at": exp_at},
         ),
+        **target_level_alerts(stack),
         ("CertificateExpiring7Days", soon.server.address): (
             leaf_labels(stack, "soon", "CertificateExpiring7Days", "certificate_expiring_7_days", "error"),
             {"summary": f"Certificate soon.certpager.test expires on {soon_at[:10]} (7-day threshold)",
@@ -83,17 +85,45 @@ def expected_alerts(stack: Stack) -> dict[Key, tuple[dict[str, str], dict[str, s
     }
 
 
+def target_level_alerts(stack: Stack) -> dict[Key, tuple[dict[str, str], dict[str, str]]]:
+    """verify_failed for the self-signed endpoint, probe_failed for the port nobody listens on."""
+    selfsigned, down = stack.endpoints["selfsigned"], stack.down_address
+    address, cn = selfsigned.server.address, "selfsigned.certpager.test"
+    common = {"environment": "e2e", "instance": stack.exporter_address, "job": "certpager"}
+    return {
+        ("CertificateVerifyFailed", address): (
+            {"alertname": "CertificateVerifyFailed", "class": "verify_failed", "severity": "critical",
+             "certificate": cn, "issuer": cn, "target": address, "service": "svc-selfsigned",
+             "reason": "self_signed", **common},
+            {"summary": f"Certificate {cn} on {address} does not verify (self_signed)",
+             "description": f"Clients connecting to {address} reject its certificate: self_signed. "
+                            f"Run `certpager probe {address}` to see the chain as presented.",
+             "runbook_url": "docs/runbooks.md#verify_failed",
+             "expires_at": rfc3339(selfsigned.chain.leaf.not_after)},
+        ),
+        ("CertificateProbeFailed", down): (
+            {"alertname": "CertificateProbeFailed", "class": "probe_failed", "severity": "warning",
+             "certificate": down, "issuer": "unknown", "target": down, "service": "svc-down",
+             "reason": "refused", **common},
+            {"summary": f"Cannot probe {down} (refused)",
+             "description": f"Every probe of {down} for 10 minutes failed with refused; its certificate cannot "
+                            f"be checked. Run `certpager probe {down}` from the exporter's host.",
+             "runbook_url": "docs/runbooks.md#probe_failed", "expires_at": ""},
+        ),
+    }
+
+
 def test_alerts_reach_the_webhook_and_a_renewed_certificate_resolves(stack: Stack) -> None:
     started = time.monotonic()
     expected = expected_alerts(stack)
     try:
-        firing = wait_until("the three alerts at the receiver", lambda: in_state(stack, expected, "firing"), 40)
+        firing = wait_until("the five alerts at the receiver", lambda: in_state(stack, expected, "firing"), 40)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; received {sorted(latest(stack))}\n{stack.logs()}") from None
     first_page = time.monotonic() - started
 
     # Exactly these, nothing else: no 30-day alert beside the 7-day one, no verify_failed(expired) beside
-    # certificate_expired, nothing for the healthy endpoint.
+    # certificate_expired, nothing for the healthy endpoints.
     assert set(firing) == set(expected)
     assert firing_in_prometheus(stack) == set(expected)
     for key, (labels, notes) in expected.items():
@@ -121,10 +151,10 @@ def test_alerts_reach_the_webhook_and_a_renewed_certificate_resolves(stack: Stac
         assert resolved[key]["fingerprint"] == alert["fingerprint"]
         assert resolved[key]["startsAt"] == alert["startsAt"]
         assert resolved[key]["endsAt"] > resolved[key]["startsAt"]
-    soon_key = ("CertificateExpiring7Days", stack.endpoints["soon"].server.address)
-    assert resolved[soon_key]["status"] == "firing"
+    still = set(expected) - set(old)
+    assert {k for k in still if resolved[k]["status"] == "firing"} == still
     assert set(resolved) == set(expected)  # the renewed certificate raised nothing new
-    assert firing_in_prometheus(stack) == {soon_key}
+    assert firing_in_prometheus(stack) == still
     _check_notifications(stack)
     print(f"e2e: first notification after {first_page:.1f}s, resolve {resolve_delay:.1f}s after the renewal")
 
