@@ -43,7 +43,7 @@ PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager")
 FOR = "2s"  # every rule's for: in the e2e copy of the rules
 WINDOW = "4s"  # every smoothing window in the e2e copy of the rules
-CONFIGURED = ("expired", "soon", "fine", "selfsigned")  # in the exporter's config; "probed" only via /probe
+CONFIGURED = ("expired", "soon", "fine", "selfsigned", "weak")  # in the exporter's config; "probed" only via /probe
 PROBE_LABELS = {"environment": "e2e-probe", "service": "svc-probed", "owner": "team-e2e"}
 
 
@@ -92,7 +92,7 @@ class Stack:
 
 
 def make_chains(intermediate: pki.Issued, root: pki.Issued) -> dict[str, pki.Chain]:
-    """Leaves: expired, 5 days left, 400 days left, self-signed (exporter config); 60 days left (file_sd).
+    """Leaves: expired, 5 days left, 400 days left, RSA-1024, self-signed (exporter config); 60 days (file_sd).
 
     Distinct CNs, IP SAN 127.0.0.1, one intermediate."""
     now = pki.utcnow()
@@ -109,6 +109,12 @@ def make_chains(intermediate: pki.Issued, root: pki.Issued) -> dict[str, pki.Cha
         )
         for name, (nb, na) in validity.items()
     }
+    # Trusted, but a 1024-bit RSA key: policy min_rsa_bits (policy_violation).
+    chains["weak"] = pki.Chain(
+        leaf=pki.make_leaf(intermediate, ("weak.certpager.test", "127.0.0.1"), key="rsa1024",
+                           not_after=now + dt.timedelta(days=300)),
+        intermediates=(intermediate,), root=root,
+    )
     # Valid dates, but self-signed: clients reject it (verify_failed, reason self_signed).
     chains["selfsigned"] = pki.self_signed_chain(("selfsigned.certpager.test", "127.0.0.1"),
                                                  not_after=now + dt.timedelta(days=200))
@@ -124,6 +130,7 @@ def exporter_config(endpoints: dict[str, Endpoint], ca_file: Path, down_address:
     )
     return (
         "global: {scrape_interval: 1s, jitter: 0, retry_backoff: 1s}\n"
+        "policies: {min_rsa_bits: 2048}\n"
         f"modules:\n  tls: {{kind: tls, timeout: 2s, tls: {{ca_file: {ca_file}}}}}\n"
         f"targets:\n{targets}"
     )

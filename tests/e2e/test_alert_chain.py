@@ -1,7 +1,8 @@
 """End to end through the real programs: which alerts reach the webhook, with which labels, and the resolve.
 
 Endpoints: ``expired`` (expired a day ago), ``soon`` (5 days left), ``fine`` (400 days left) behind one
-intermediate, ``selfsigned`` (untrusted), and a configured port nobody listens on. The rules run with
+intermediate, ``weak`` (RSA-1024 under policy min_rsa_bits), ``selfsigned`` (untrusted), and a configured port
+nobody listens on. The rules run with
 for: 2s and a 4s smoothing window (harness.render_rules).
 """
 
@@ -86,8 +87,8 @@ def expected_alerts(stack: Stack) -> dict[Key, tuple[dict[str, str], dict[str, s
 
 
 def target_level_alerts(stack: Stack) -> dict[Key, tuple[dict[str, str], dict[str, str]]]:
-    """verify_failed for the self-signed endpoint, probe_failed for the port nobody listens on."""
-    selfsigned, down = stack.endpoints["selfsigned"], stack.down_address
+    """verify_failed (self-signed endpoint), probe_failed (port nobody listens on), policy_violation (RSA-1024)."""
+    selfsigned, down, weak = stack.endpoints["selfsigned"], stack.down_address, stack.endpoints["weak"]
     address, cn = selfsigned.server.address, "selfsigned.certpager.test"
     common = {"environment": "e2e", "instance": stack.exporter_address, "job": "certpager"}
     return {
@@ -110,6 +111,15 @@ def target_level_alerts(stack: Stack) -> dict[Key, tuple[dict[str, str], dict[st
                             f"be checked. Run `certpager probe {down}` from the exporter's host.",
              "runbook_url": "docs/runbooks.md#probe_failed", "expires_at": ""},
         ),
+        ("CertificatePolicyViolation", weak.server.address): (
+            {"alertname": "CertificatePolicyViolation", "class": "policy_violation", "severity": "error",
+             "certificate": "weak.certpager.test", "issuer": ISSUER, "target": weak.server.address,
+             "service": "svc-weak", "policy": "min_rsa_bits", **common},
+            {"summary": f"Certificate weak.certpager.test on {weak.server.address} violates policy min_rsa_bits",
+             "description": f"{weak.server.address} fails the configured policy min_rsa_bits (see the exporter's "
+                            f"policies: section and `certpager probe {weak.server.address}` for the measured value).",
+             "runbook_url": "docs/runbooks.md#policy_violation", "expires_at": rfc3339(weak.chain.leaf.not_after)},
+        ),
     }
 
 
@@ -117,7 +127,7 @@ def test_alerts_reach_the_webhook_and_a_renewed_certificate_resolves(stack: Stac
     started = time.monotonic()
     expected = expected_alerts(stack)
     try:
-        firing = wait_until("the five alerts at the receiver", lambda: in_state(stack, expected, "firing"), 40)
+        firing = wait_until("the six alerts at the receiver", lambda: in_state(stack, expected, "firing"), 40)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; received {sorted(latest(stack))}\n{stack.logs()}") from None
     first_page = time.monotonic() - started
