@@ -60,6 +60,8 @@ class Stack:
     receiver: Receiver
     endpoints: dict[str, Endpoint]
     intermediate: pki.Issued
+    renewed: pki.Chain  # the expired endpoint's renewed certificate, already on disk ...
+    renewed_file: Path  # ... in this file, a file target of the exporter
     exporter_address: str
     down_address: str  # a configured target nobody listens on
     prometheus_url: str
@@ -121,8 +123,9 @@ def make_chains(intermediate: pki.Issued, root: pki.Issued) -> dict[str, pki.Cha
     return chains
 
 
-def exporter_config(endpoints: dict[str, Endpoint], ca_file: Path, down_address: str) -> str:
-    """The configured endpoints, plus ``down_address`` (nothing listens there: probe_failed, refused)."""
+def exporter_config(endpoints: dict[str, Endpoint], ca_file: Path, down_address: str, renewed_file: Path) -> str:
+    """The configured endpoints; ``down_address`` (nothing listens there: probe_failed, refused); and
+    ``renewed_file`` as a file target with the expired endpoint's labels (a renewal not yet deployed)."""
     addresses = [(e.name, e.server.address) for e in endpoints.values() if e.name in CONFIGURED]
     targets = "".join(
         f"  - target: {address}\n    labels: {{environment: e2e, service: svc-{name}}}\n"
@@ -131,8 +134,9 @@ def exporter_config(endpoints: dict[str, Endpoint], ca_file: Path, down_address:
     return (
         "global: {scrape_interval: 1s, jitter: 0, retry_backoff: 1s}\n"
         "policies: {min_rsa_bits: 2048}\n"
-        f"modules:\n  tls: {{kind: tls, timeout: 2s, tls: {{ca_file: {ca_file}}}}}\n"
+        f"modules:\n  tls: {{kind: tls, timeout: 2s, tls: {{ca_file: {ca_file}}}}}\n  files: {{kind: file}}\n"
         f"targets:\n{targets}"
+        f"  - target: {renewed_file}\n    module: files\n    labels: {{environment: e2e, service: svc-expired}}\n"
     )
 
 
@@ -157,7 +161,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             endpoints[name] = Endpoint(name, chain, server)
         loop.run(receiver.start())
         cleanup.callback(lambda: loop.run(receiver.stop()))
-        st = _start_programs(cleanup, workdir, endpoints, receiver, loop, intermediate, chains["fine"])
+        st = _start_programs(cleanup, workdir, endpoints, receiver, loop, intermediate, chains["fine"],
+                         renewed_chain(intermediate, root))
         yield st
 
 
@@ -165,14 +170,23 @@ def _stop_server(loop: LoopThread, server: TLSServer) -> None:
     loop.run(server.__aexit__(None, None, None))
 
 
+def renewed_chain(intermediate: pki.Issued, root: pki.Issued) -> pki.Chain:
+    """What renewing the expired endpoint's certificate yields: the same name, 89 days left."""
+    now = pki.utcnow()
+    leaf = pki.make_leaf(intermediate, ("expired.certpager.test", "127.0.0.1"),
+                         not_before=now - dt.timedelta(days=1), not_after=now + dt.timedelta(days=89))
+    return pki.Chain(leaf=leaf, intermediates=(intermediate,), root=root)
+
+
 def _start_programs(
     cleanup: contextlib.ExitStack, workdir: Path, endpoints: dict[str, Endpoint], receiver: Receiver,
-    loop: LoopThread, intermediate: pki.Issued, any_chain: pki.Chain,
+    loop: LoopThread, intermediate: pki.Issued, any_chain: pki.Chain, renewed: pki.Chain,
 ) -> Stack:
     ca_file = any_chain.write(workdir / "pki", "ca").ca_file
+    renewed_file = renewed.write(workdir / "renewed", "expired").cert_file
     exporter_port, prom_port, am_port, down_port = free_port(), free_port(), free_port(), free_port()
     exporter_address, down_address = f"127.0.0.1:{exporter_port}", f"127.0.0.1:{down_port}"
-    (workdir / "exporter.yml").write_text(exporter_config(endpoints, ca_file, down_address))
+    (workdir / "exporter.yml").write_text(exporter_config(endpoints, ca_file, down_address, renewed_file))
     token_file = workdir / "bridge.token"
     token_file.write_text(receiver.token + "\n")
     render_alertmanager(ROOT / "deploy/alertmanager/alertmanager.yml", workdir / "alertmanager.yml",
@@ -199,7 +213,7 @@ def _start_programs(
             f"--storage.tsdb.path={workdir / 'prom-data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
         ], workdir)),
     ]
-    st = Stack(loop, receiver, endpoints, intermediate, exporter_address, down_address,
+    st = Stack(loop, receiver, endpoints, intermediate, renewed, renewed_file, exporter_address, down_address,
                f"http://127.0.0.1:{prom_port}",
                f"http://127.0.0.1:{am_port}", workdir, programs)
     _wait_ready(st)
@@ -217,7 +231,7 @@ def _wait_ready(st: Stack) -> None:
         wait_until("prometheus ready", lambda: up(f"{st.prometheus_url}/-/ready"), timeout=20)
         wait_until("exporter probed all endpoints", lambda: (
             (body := http_get(f"http://{st.exporter_address}/metrics")) is not None
-            and body.count(b"tls_probe_success{") == len(CONFIGURED) + 1
+            and body.count(b"tls_probe_success{") == len(CONFIGURED) + 2
         ), timeout=20)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{st.logs()}") from None

@@ -1,9 +1,8 @@
 """End to end through the real programs: which alerts reach the webhook, with which labels, and the resolve.
 
-Endpoints: ``expired`` (expired a day ago), ``soon`` (5 days left), ``fine`` (400 days left) behind one
-intermediate, ``weak`` (RSA-1024 under policy min_rsa_bits), ``selfsigned`` (untrusted), and a configured port
-nobody listens on. The rules run with
-for: 2s and a 4s smoothing window (harness.render_rules).
+Endpoints: ``expired`` (expired a day ago; its renewal sits in a file target, not deployed), ``soon`` (5 days
+left), ``fine`` (400 days left), ``weak`` (RSA-1024 under policy min_rsa_bits), ``selfsigned`` (untrusted), and a
+configured port nobody listens on. The rules run with for: 2s and a 4s smoothing window (harness.render_rules).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from certpager import pki
 from tests.e2e.conftest import Stack
 from tests.e2e.harness import wait_until
 
@@ -75,6 +73,19 @@ def expected_alerts(stack: Stack) -> dict[Key, tuple[dict[str, str], dict[str, s
              "runbook_url": "docs/runbooks.md#renewal_failed", "expires_at": exp_at},
         ),
         **target_level_alerts(stack),
+        ("CertificateDeploymentFailed", expired.server.address): (
+            {"alertname": "CertificateDeploymentFailed", "class": "deployment_failed", "severity": "error",
+             "certificate": "expired.certpager.test", "issuer": ISSUER, "target": expired.server.address,
+             "environment": "e2e", "service": "svc-expired", "instance": stack.exporter_address,
+             "job": "certpager", "position": "leaf", "index": "0", "subject_cn": "expired.certpager.test",
+             "issuer_cn": ISSUER, "serial": exp_serial},
+            {"summary": f"Certificate expired.certpager.test was renewed but {expired.server.address} still serves "
+                        "the old one",
+             "description": f"{expired.server.address} presents a certificate expiring at {exp_at} while a renewed "
+                            "certificate named expired.certpager.test exists (cert-manager or a certificate file): "
+                            "reload or redeploy the endpoint.",
+             "runbook_url": "docs/runbooks.md#deployment_failed", "expires_at": exp_at},
+        ),
         ("CertificateExpiring7Days", soon.server.address): (
             leaf_labels(stack, "soon", "CertificateExpiring7Days", "certificate_expiring_7_days", "error"),
             {"summary": f"Certificate soon.certpager.test expires on {soon_at[:10]} (7-day threshold)",
@@ -127,7 +138,7 @@ def test_alerts_reach_the_webhook_and_a_renewed_certificate_resolves(stack: Stac
     started = time.monotonic()
     expected = expected_alerts(stack)
     try:
-        firing = wait_until("the six alerts at the receiver", lambda: in_state(stack, expected, "firing"), 40)
+        firing = wait_until("the seven alerts at the receiver", lambda: in_state(stack, expected, "firing"), 40)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; received {sorted(latest(stack))}\n{stack.logs()}") from None
     first_page = time.monotonic() - started
@@ -142,15 +153,11 @@ def test_alerts_reach_the_webhook_and_a_renewed_certificate_resolves(stack: Stac
         assert firing[key]["endsAt"] == "0001-01-01T00:00:00Z"
     _check_notifications(stack)
 
-    # Renew the expired endpoint's certificate: its two alerts resolve (send_resolved), the other stays.
-    now = pki.utcnow()
-    renewed = pki.Chain(
-        leaf=pki.make_leaf(stack.intermediate, ("expired.certpager.test", "127.0.0.1"),
-                           not_before=now - dt.timedelta(days=1), not_after=now + dt.timedelta(days=89)),
-        intermediates=(stack.intermediate,), root=stack.endpoints["fine"].chain.root,
-    )
+    # Deploy the renewed certificate (the one already on disk): the endpoint's three alerts resolve
+    # (send_resolved), the others stay.
     old = {k: firing[k] for k in expected if k[1] == stack.endpoints["expired"].server.address}
-    stack.swap_certificate("expired", renewed)
+    assert len(old) == 3
+    stack.swap_certificate("expired", stack.renewed)
     swapped = time.monotonic()
     resolved = wait_until("resolved notifications for the renewed certificate",
                           lambda: in_state(stack, old, "resolved"), 40)

@@ -64,11 +64,11 @@ def test_every_expression_runs_against_prometheus(stack: Stack) -> None:
         assert answer["status"] == "success", (expr, answer)
 
     table = substitute(next(e for e in expressions(load()) if e.startswith("certpager:cert_days_left{")))
-    expected = {  # background and /probe jobs; the self-signed endpoint presents only its leaf
+    expected = {  # both jobs and the file target; the self-signed endpoint presents only its leaf
         (e.server.address, position)
         for e in stack.endpoints.values()
         for position in ("leaf", "intermediate")[: 1 + len(e.chain.intermediates)]
-    }
+    } | {(str(stack.renewed_file), "leaf"), (str(stack.renewed_file), "intermediate")}
 
     def seen() -> set[tuple[str, str]]:
         rows = stack.query(table)["data"]["result"]
