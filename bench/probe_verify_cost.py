@@ -1,7 +1,12 @@
 """Per-probe client CPU: handshake with verification off + separate verification vs OpenSSL verifying.
 
-Not a test: prints figures. The TLS server runs in a child process so that ``time.process_time()``
-counts the prober's CPU only. Usage: ``.venv/bin/python bench/probe_verify_cost.py [--probes 500]``.
+Not a test: prints figures. Usage: ``.venv/bin/python bench/probe_verify_cost.py [--probes 500]``.
+
+Part 1, in memory: client and server SSLObjects joined by memory BIOs in one thread; only the
+client's calls are timed (``time.thread_time``), variants alternate handshake by handshake, so load
+drift on a shared machine hits all of them alike. This isolates the cost of verification.
+Part 2, over loopback: the TLS server runs in a child process so that ``time.process_time()``
+counts the prober's CPU only, sockets and asyncio included.
 
 Variants (same loopback server, same RSA-2048 root -> intermediate -> leaf chain):
   engine        exporter.probes.tls.TLSProber.probe (everything a real probe does, caches warm)
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import socket
 import ssl
 import statistics
@@ -29,26 +35,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from certpager import pki  # noqa: E402
-from certpager.tlsserver import TLSServer  # noqa: E402
+from certpager.tlsserver import TLSServer, server_context  # noqa: E402
 from exporter import certs  # noqa: E402
 from exporter.config import Module, TLSSettings  # noqa: E402
 from exporter.probes.base import ProbeRequest  # noqa: E402
-from exporter.probes.tls import TLSProber, build_context, peer_chain_der  # noqa: E402
-
-
-class _Sink(asyncio.Protocol):
-    pass
+from exporter.probes.tls import TLSProber, build_context, handshake_on_socket, peer_chain_der  # noqa: E402
 
 
 async def _handshake(port: int, ctx: ssl.SSLContext, sni: str) -> ssl.SSLObject:
+    # Every variant uses the engine's socket + memory-BIO handshake, so only verification differs.
     loop = asyncio.get_running_loop()
     sock = socket.socket()
-    sock.setblocking(False)
-    await loop.sock_connect(sock, ("127.0.0.1", port))
-    transport, _ = await loop.create_connection(_Sink, sock=sock, ssl=ctx, server_hostname=sni)
-    obj = transport.get_extra_info("ssl_object")
-    transport.abort()
-    return obj
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        return await handshake_on_socket(sock, ctx, sni)
+    finally:
+        sock.close()
 
 
 def variants(port: int, files: pki.ChainFiles) -> dict[str, Callable[[], Awaitable[object]]]:
@@ -106,6 +109,84 @@ async def measure(
     return samples
 
 
+def _memory_handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> tuple[float, ssl.SSLObject]:
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    c = client.wrap_bio(c_in, c_out, server_hostname="localhost")
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    cpu = 0.0
+    for _ in range(10):
+        begin = time.thread_time()
+        try:
+            c.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        cpu += time.thread_time() - begin
+        s_in.write(c_out.read())
+        with contextlib.suppress(ssl.SSLWantReadError):
+            s.do_handshake()
+        c_in.write(s_out.read())
+        if done:
+            return cpu, c
+    raise RuntimeError("handshake did not finish")
+
+
+def memory_variants(files: pki.ChainFiles) -> dict[str, Callable[[], float]]:
+    server = server_context(files.cert_file, files.key_file)
+    off = build_context(TLSSettings())
+    strict = ssl.create_default_context(cafile=str(files.ca_file))
+    verifier = certs.ChainVerifier()
+
+    def timed(fn: Callable[[], object]) -> float:
+        begin = time.thread_time()
+        fn()
+        return time.thread_time() - begin
+
+    def off_only() -> float:
+        cpu, c = _memory_handshake(off, server)
+        return cpu + timed(lambda: peer_chain_der(c))
+
+    def off_cached() -> float:
+        cpu, c = _memory_handshake(off, server)
+
+        def verify() -> None:
+            ders = peer_chain_der(c)
+            certs.chain_info(ders)
+            assert verifier.verify(ders, files.ca_file).verified
+            certs.match_hostname(certs.parse(ders[0]), "localhost")
+        return cpu + timed(verify)
+
+    def off_uncached() -> float:
+        cpu, c = _memory_handshake(off, server)
+
+        def verify() -> None:
+            ders = peer_chain_der(c)
+            parsed = [certs._parse(d) for d in ders]
+            assert certs.ChainVerifier(verifier.stores).verify(ders, files.ca_file).verified
+            certs.match_hostname(parsed[0], "localhost")
+        return cpu + timed(verify)
+
+    def openssl() -> float:
+        cpu, c = _memory_handshake(strict, server)
+        return cpu + timed(lambda: c._sslobj.get_verified_chain())  # type: ignore[attr-defined]
+
+    return {"off-only": off_only, "off+cached": off_cached, "off+uncached": off_uncached, "openssl": openssl}
+
+
+def measure_memory(files: pki.ChainFiles, handshakes: int) -> None:
+    fns = memory_variants(files)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(handshakes):
+        for name, fn in fns.items():
+            samples[name].append(fn())
+    print(f"part 1, in memory: {handshakes} handshakes per variant, alternating; client CPU per handshake")
+    print(f"{'variant':<14} {'median us':>10} {'p25':>6} {'p75':>6}")
+    for name, xs in samples.items():
+        xs.sort()
+        print(f"{name:<14} {statistics.median(xs) * 1e6:>10.0f} {xs[len(xs) // 4] * 1e6:>6.0f}"
+              f" {xs[3 * len(xs) // 4] * 1e6:>6.0f}")
+
+
 async def serve(directory: Path) -> None:
     files = pki.ChainFiles(directory / "server.crt", directory / "server.key", directory / "server-ca.crt",
                            directory / "server-leaf.crt")
@@ -120,13 +201,15 @@ async def main(args: argparse.Namespace) -> None:
     chain = pki.build_chain(("localhost",), root=root, intermediate=pki.make_intermediate(root, key="rsa2048"),
                             key="rsa2048")
     files = chain.write(directory)
+    print(f"RSA-2048 root -> intermediate -> leaf, TLS 1.3, {ssl.OPENSSL_VERSION}, Python {sys.version.split()[0]}")
+    measure_memory(files, args.probes)
     child = subprocess.Popen([sys.executable, __file__, "--serve", str(directory)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
         port = int(child.stdout.readline())
-        print(f"{args.probes} probes per variant in {args.rounds} interleaved rounds, concurrency {args.concurrency},"
-              f" RSA-2048 chain, {ssl.OPENSSL_VERSION}, Python {sys.version.split()[0]}")
+        print(f"part 2, over loopback: {args.probes} probes per variant in {args.rounds} interleaved rounds,"
+              f" concurrency {args.concurrency}")
         print(f"{'variant':<14} {'CPU us/probe (median round)':>28} {'probes/CPU-s':>13} {'wall us/probe':>14}")
         samples = await measure(variants(port, files), args.probes, args.concurrency, args.rounds)
         for name, rows in samples.items():

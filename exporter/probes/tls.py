@@ -14,6 +14,7 @@ See docs/probing.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -104,10 +105,6 @@ def _load_client_cert(context: ssl.SSLContext, tls: TLSSettings) -> None:
         raise net.PhaseFailure(Reason.CLIENT_CERT, f"cannot load client certificate {tls.cert_file}: {exc}") from exc
 
 
-class _Sink(asyncio.Protocol):
-    """The probe sends no application data and ignores what it receives."""
-
-
 @dataclass
 class _Attempt:
     """Mutable state of one address's probe: what to close and what was measured."""
@@ -140,6 +137,32 @@ class _Attempt:
             self.transport.abort()
         if self.sock is not None:
             self.sock.close()  # idempotent; the transport may already own and have closed it
+
+
+async def handshake_on_socket(sock: socket.socket, context: ssl.SSLContext, sni: str | None) -> ssl.SSLObject:
+    """TLS client handshake over memory BIOs on a connected socket; the caller closes the socket.
+
+    Cheaper than an asyncio SSL transport (about 10% of a probe's CPU, see docs/probing.md): the probe
+    needs the handshake only, not a stream.
+    """
+    loop = asyncio.get_running_loop()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    ssl_object = context.wrap_bio(incoming, outgoing, server_hostname=sni)
+    while True:
+        try:
+            ssl_object.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if pending := outgoing.read():
+                await loop.sock_sendall(sock, pending)
+            data = await loop.sock_recv(sock, 65536)
+            if not data:
+                raise ConnectionResetError("peer closed the connection during the handshake") from None
+            incoming.write(data)
+    with contextlib.suppress(OSError):  # the client Finished: the server sees a complete handshake
+        if pending := outgoing.read():
+            await loop.sock_sendall(sock, pending)
+    return ssl_object
 
 
 def classify_handshake_error(exc: BaseException) -> tuple[Reason, str]:
@@ -276,11 +299,7 @@ class TLSProber:
         sni = _sni(module, endpoint)
         if negotiator is None:
             attempt.enter(Phase.HANDSHAKE)
-            transport, _ = await asyncio.get_running_loop().create_connection(
-                _Sink, sock=attempt.sock, ssl=context, server_hostname=sni or "",  # "": no SNI
-                ssl_handshake_timeout=_remaining(deadline) + 5)  # our own timeout fires first
-            attempt.transport = transport
-            return _ssl_object(transport)
+            return await handshake_on_socket(attempt.sock, context, sni)
         return await self._starttls(request, endpoint, negotiator, context, sni, deadline, attempt)
 
     async def _starttls(
