@@ -131,3 +131,19 @@ def test_days_left_rounding():
     assert probe_cli._days_left(now + 86400 * 2 - 1, now) == "1 days left"
     assert probe_cli._days_left(now - 1, now) == "EXPIRED 0 days ago"
     assert probe_cli._days_left(now - 86400 * 3, now) == "EXPIRED 3 days ago"
+
+
+def test_build_request_from_flags(tmp_path):
+    request = probe_cli.build_request(parse(
+        "mail.test:587", "--starttls", "smtp", "--servername", "smtp.test", "--cafile", str(tmp_path / "ca.pem"),
+        "--timeout", "1500ms", "--all-ips"))
+    module = request.module
+    assert (module.kind, module.starttls.protocol, module.probe_all_ips) == ("starttls", "smtp", True)
+    assert (module.tls.server_name, module.tls.ca_file, request.timeout) == ("smtp.test", tmp_path / "ca.pem", 1.5)
+
+
+def test_unknown_module_in_config_is_usage_error(tmp_path, capsys):
+    config = tmp_path / "exporter.yml"
+    config.write_text("modules: {}\n")
+    assert probe_cli.run(parse("127.0.0.1:1", "--config", str(config), "--module", "nope")) == probe_cli.EXIT_USAGE
+    assert "--module 'nope' is not in" in capsys.readouterr().err
