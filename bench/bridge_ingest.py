@@ -34,6 +34,16 @@ ROUTING_KEY = "B" * 32
 PATH = "/api/v1/alerts/alertmanager"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), to report cost independent of machine load."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -146,8 +156,8 @@ async def send(session: aiohttp.ClientSession, url: str, data: bytes) -> float:
     return time.perf_counter() - started
 
 
-async def saturate(url: str, per_webhook: int, seconds: float, senders: int = 32) -> float:
-    """Closed loop, ``senders`` at once: transitions/s committed and answered."""
+async def saturate(url: str, per_webhook: int, seconds: float, senders: int = 32) -> tuple[float, int]:
+    """Closed loop, ``senders`` at once: (transitions/s committed and answered, transitions)."""
     payloads = Payloads(per_webhook, f"sat{per_webhook}")
     done = 0
     deadline = time.perf_counter() + seconds
@@ -162,7 +172,7 @@ async def saturate(url: str, per_webhook: int, seconds: float, senders: int = 32
 
         started = time.perf_counter()
         await asyncio.gather(*(sender() for _ in range(senders)))
-        return done / (time.perf_counter() - started)
+        return done / (time.perf_counter() - started), done
 
 
 async def paced(url: str, per_webhook: int, rate: float, seconds: float) -> tuple[float, float, float]:
@@ -214,8 +224,11 @@ async def main(seconds: float) -> None:
         async with fake_pagerduty(workdir) as fake:
             async with bridge(workdir, fake.url, rate_limit=120, db="ingest") as b:
                 for per in (1, 10):
-                    rate = await saturate(b.url, per, seconds)
-                    print(f"ingest saturation   alerts/webhook={per:<3} {rate:8.0f} transitions/s")
+                    cpu0 = cpu_seconds(b.proc.pid)
+                    rate, done = await saturate(b.url, per, seconds)
+                    cost = (cpu_seconds(b.proc.pid) - cpu0) / done * 1e6
+                    print(f"ingest saturation   alerts/webhook={per:<3} {rate:8.0f} transitions/s"
+                          f"  bridge CPU {cost:5.0f} us/transition  (load average {load_average()})")
                 for per in (1, 10):
                     p50, p99, worst = await paced(b.url, per, 500.0, seconds)
                     print(f"latency @500 tr/s   alerts/webhook={per:<3} p50={p50:6.1f} ms  p99={p99:6.1f} ms"

@@ -82,3 +82,36 @@ async def test_test_alert_reports_an_unreachable_bridge():
     code, out = await run_cli("test-alert", "--url", "http://127.0.0.1:9", "--timeout", "2")
     assert code == 1
     assert out.startswith("cannot reach the bridge at http://127.0.0.1:9/api/v1/alerts/alertmanager: ")
+
+
+async def test_sighup_rereads_the_token_file_of_a_running_bridge(tmp_path):
+    import signal
+
+    import aiohttp
+
+    from tests.bridge.conftest import alert, body
+    from tests.bridge.test_crash import bridge_process, free_port
+
+    port = free_port()
+    token = tmp_path / "token"
+    token.write_text("first")
+    config = tmp_path / "bridge.yml"
+    config.write_text(f"server:\n  listen_address: 127.0.0.1:{port}\n  auth: {{bearer_token_file: token}}\n"
+                      f"store: {{path: {tmp_path / 'b.db'}}}\n")
+    url = f"http://127.0.0.1:{port}/api/v1/alerts/alertmanager"
+    async with bridge_process(config, port, tmp_path / "log") as proc, aiohttp.ClientSession() as session:
+
+        async def status(tok: str) -> int:
+            async with session.post(url, data=body(alert()), headers={"Authorization": f"Bearer {tok}"}) as resp:
+                return resp.status
+
+        assert await status("first") == 200
+        token.write_text("second")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while await status("second") != 200:
+            assert time.monotonic() < deadline, "SIGHUP did not reload the token"
+            await asyncio.sleep(0.05)
+        assert await status("first") == 401
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            assert "certpager_bridge_config_last_reload_successful 1.0" in await resp.text()

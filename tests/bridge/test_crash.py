@@ -79,6 +79,24 @@ async def post(session, port: int, data: bytes) -> bool:
         return False
 
 
+async def send_and_kill(session, port: int, webhooks: list[bytes], accepted: list[bool], proc) -> None:
+    """Post the burst 4 at a time, in order; SIGKILL the bridge once 3/5 are answered, mid-flight."""
+    gate = asyncio.Semaphore(4)
+    killed = asyncio.Event()
+
+    async def one(i: int) -> None:
+        async with gate:
+            if killed.is_set():
+                return
+            accepted[i] = await post(session, port, webhooks[i])
+            if sum(accepted) >= len(webhooks) * 3 // 5 and not killed.is_set():
+                killed.set()
+                proc.send_signal(signal.SIGKILL)
+
+    await asyncio.gather(*(one(i) for i in range(len(webhooks))))
+    await proc.wait()
+
+
 def burst() -> list[bytes]:
     """Every certificate fires, then every certificate resolves (a resolve is sent after its trigger)."""
     firing = [body(alert(certificate=f"c{i}.example.com")) for i in range(CERTS)]
@@ -97,12 +115,7 @@ async def test_sigkill_mid_burst_loses_nothing_and_sends_nothing_twice(tmp_path)
         timeout = aiohttp.ClientTimeout(total=5)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             async with bridge_process(config, port, log) as proc:
-                for i, data in enumerate(webhooks):
-                    if i == len(webhooks) * 3 // 5:
-                        proc.send_signal(signal.SIGKILL)
-                        await proc.wait()
-                        break
-                    accepted[i] = await post(session, port, data)
+                await send_and_kill(session, port, webhooks, accepted, proc)
             delivered_before_restart = len(fake.accepted)
             assert 0 < delivered_before_restart < 2 * CERTS, "the kill must land mid-delivery"
             async with bridge_process(config, port, log):
