@@ -459,3 +459,21 @@ async def test_starttls_peer_closing_is_connection_closed(prober, monkeypatch, t
     async with MisbehavingPeer("close") as peer:
         result = await probe_one(prober, peer.address, _starttls_module(trusting))
     assert (result.success, result.reason) == (False, Reason.CONNECTION_CLOSED)
+
+
+async def test_no_fd_leak_over_every_outcome(prober, test_pki, trusting):
+    async with serve(test_pki, "valid") as ok, MisbehavingPeer("garbage") as garbage, \
+            MisbehavingPeer("close") as closing, MisbehavingPeer("stall") as stall:
+        targets = [ok.address, garbage.address, closing.address, stall.address, f"127.0.0.1:{free_port()}",
+                   "gone.invalid:443"]
+        before = open_fds()
+        for _ in range(5):
+            results = await asyncio.gather(*(prober.probe(ProbeRequest(t, trusting, timeout=0.3)) for t in targets))
+            reasons = [r[0].reason for r in results]
+            assert reasons == [None, Reason.NOT_TLS, Reason.CONNECTION_CLOSED, Reason.HANDSHAKE_TIMEOUT,
+                               Reason.REFUSED, Reason.DNS]
+        for _ in range(100):  # bounded: servers close their side once they see EOF
+            if open_fds() == before:
+                break
+            await asyncio.sleep(0.02)
+        assert open_fds() == before
