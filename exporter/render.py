@@ -9,8 +9,10 @@ functions for its single result.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from exporter.config import MetricsSettings
@@ -39,8 +41,8 @@ HEADERS: tuple[bytes, ...] = tuple(
     f"# HELP {name} {help_text}\n# TYPE {name} gauge\n".encode() for name, help_text in FAMILIES
 )
 
-Blocks = tuple[bytes, ...]
-"""One encoded block of sample lines per family, indexed like FAMILIES (b"" when absent)."""
+Blocks = tuple[tuple[bytes, ...], ...]
+"""Per family (indexed like FAMILIES), the pieces whose concatenation is the target's sample lines."""
 
 
 def escape(value: str) -> str:
@@ -78,11 +80,20 @@ class TargetView:
     probe_all_ips: bool = False
 
 
+Intern = Callable[[bytes], bytes]
+"""Returns one shared object for equal byte strings (see ResultStore); identity by default."""
+
+
+def _no_intern(piece: bytes) -> bytes:
+    return piece
+
+
 def render_target(
     view: TargetView,
     results: Sequence[ProbeResult],
     settings: MetricsSettings,
     fallback: Blocks | None = None,
+    intern: Intern = _no_intern,
 ) -> Blocks:
     """Render one target's results into per-family blocks.
 
@@ -92,23 +103,40 @@ def render_target(
     not resolve and re-fire while it is down.
     """
     base = base_labels(view)
-    lines: list[list[str]] = [[] for _ in FAMILIES]
+    out = _Lines()
     for result in results:
-        _render_probe(lines, _result_prefix(base, result, view), result)
+        _render_probe(out.text, _result_prefix(base, result, view), result)
     use_results = fallback is None or any(r.success for r in results)
     if use_results:
         for result in results:
-            _render_chain(lines, _result_prefix(base, result, view), result, settings)
-    lines[THRESHOLD] = _threshold_lines(base, view)
-    blocks = ["".join(family).encode() for family in lines]
+            _render_chain(out, _result_prefix(base, result, view), result, settings, intern)
+    out.pieces[THRESHOLD] = _threshold_pieces(base, view, intern)
+    blocks = out.blocks()
     if not use_results and fallback is not None:
         for i in CHAIN_FAMILIES:
             blocks[i] = fallback[i]
     return tuple(blocks)
 
 
+class _Lines:
+    """Per-family output: plain text lines, or (head, suffix) pieces for the families whose line
+    ends are shared between targets (certificates of a common intermediate/root, thresholds)."""
+
+    __slots__ = ("pieces", "text")
+
+    def __init__(self) -> None:
+        self.text: list[list[str]] = [[] for _ in FAMILIES]
+        self.pieces: list[list[bytes]] = [[] for _ in FAMILIES]
+
+    def blocks(self) -> list[tuple[bytes, ...]]:
+        return [tuple(pieces) if pieces else (("".join(text).encode(),) if text else ())
+                for text, pieces in zip(self.text, self.pieces, strict=True)]
+
+
 CHAIN_FAMILIES = (NOT_AFTER, NOT_BEFORE, INFO, EARLIEST, VERIFIED, VERIFY_ERROR, HOSTNAME, CONNECTION, POLICY)
 """The families that describe a chain (kept from the last good probe while a target fails)."""
+SHARED_FAMILIES = (NOT_AFTER, NOT_BEFORE, INFO, THRESHOLD)
+"""Families stored as (head, suffix) pieces; every odd piece is an interned suffix."""
 
 
 def base_labels(view: TargetView) -> str:
@@ -116,20 +144,30 @@ def base_labels(view: TargetView) -> str:
     return label_prefix([("target", view.target), *sorted(view.labels.items())])
 
 
-def _threshold_lines(base: str, view: TargetView) -> list[str]:
-    return [f'tls_cert_expiry_threshold_seconds{{{base},class="{cls}"}} {format_value(seconds)}\n'
-            for cls, seconds in sorted(view.thresholds.items())]
+def _threshold_pieces(base: str, view: TargetView, intern: Intern) -> list[bytes]:
+    head = f"tls_cert_expiry_threshold_seconds{{{base}".encode()
+    pieces: list[bytes] = []
+    for cls, seconds in sorted(view.thresholds.items()):
+        pieces += [head, intern(f',class="{cls}"}} {format_value(seconds)}\n'.encode())]
+    return pieces
 
 
-def relabel(blocks: Blocks, old: TargetView, new: TargetView) -> Blocks:
+def relabel(blocks: Blocks, old: TargetView, new: TargetView, intern: Intern = _no_intern) -> Blocks:
     """Re-render blocks for a target whose labels or thresholds changed, without its results.
 
     Every series of a target starts with ``{`` and its base labels, and label values escape their
     quotes, so replacing that exact prefix cannot touch anything else.
     """
     before, after = ("{" + base_labels(old)).encode(), ("{" + base_labels(new)).encode()
-    out = [block.replace(before, after) if before != after else block for block in blocks]
-    out[THRESHOLD] = "".join(_threshold_lines(base_labels(new), new)).encode()
+    done: dict[bytes, bytes] = {}  # a head shared by several lines stays shared
+
+    def swap(piece: bytes) -> bytes:
+        if piece not in done:
+            done[piece] = piece.replace(before, after)
+        return done[piece]
+
+    out = [tuple(swap(p) for p in block) if before != after else block for block in blocks]
+    out[THRESHOLD] = tuple(_threshold_pieces(base_labels(new), new, intern))
     return tuple(out)
 
 
@@ -150,12 +188,9 @@ def _render_probe(lines: list[list[str]], p: str, r: ProbeResult) -> None:
         lines[ERROR].append(f'tls_probe_error_info{{{p},reason="{r.reason}"}} 1\n')
 
 
-def _render_chain(lines: list[list[str]], p: str, r: ProbeResult, settings: MetricsSettings) -> None:
-    for cert in r.chain:
-        c = _cert_labels(p, cert)
-        lines[NOT_AFTER].append(f"tls_cert_not_after_timestamp_seconds{{{c}}} {format_value(cert.not_after)}\n")
-        lines[NOT_BEFORE].append(f"tls_cert_not_before_timestamp_seconds{{{c}}} {format_value(cert.not_before)}\n")
-        lines[INFO].append(f"tls_cert_info{{{c},{_info_labels(cert, settings)}}} 1\n")
+def _render_chain(out: _Lines, p: str, r: ProbeResult, settings: MetricsSettings, intern: Intern) -> None:
+    _render_certs(out.pieces, p, r.chain, settings, intern)
+    lines = out.text
     earliest = r.earliest_expiry
     if earliest is not None:
         lines[EARLIEST].append(f"tls_chain_earliest_expiry_timestamp_seconds{{{p}}} {format_value(earliest)}\n")
@@ -172,8 +207,22 @@ def _render_chain(lines: list[list[str]], p: str, r: ProbeResult, settings: Metr
         lines[POLICY].append(f'tls_cert_policy_violation{{{p},policy="{escape(policy)}"}} {1 if violated else 0}\n')
 
 
-def _cert_labels(prefix: str, cert: CertificateInfo) -> str:
-    return prefix + "," + label_prefix(
+def _render_certs(pieces: list[list[bytes]], p: str, chain: Sequence[CertificateInfo], settings: MetricsSettings,
+                  intern: Intern) -> None:
+    # The part after the target's labels is the same for every target presenting the same
+    # certificate (a shared intermediate or root, a wildcard leaf): it is interned, not repeated.
+    if not chain:
+        return
+    heads = {i: f"{FAMILIES[i][0]}{{{p}".encode() for i in (NOT_AFTER, NOT_BEFORE, INFO)}
+    for cert in chain:
+        c = _cert_labels(cert)
+        pieces[NOT_AFTER] += [heads[NOT_AFTER], intern(f"{c}}} {format_value(cert.not_after)}\n".encode())]
+        pieces[NOT_BEFORE] += [heads[NOT_BEFORE], intern(f"{c}}} {format_value(cert.not_before)}\n".encode())]
+        pieces[INFO] += [heads[INFO], intern(f"{c},{_info_labels(cert, settings)}}} 1\n".encode())]
+
+
+def _cert_labels(cert: CertificateInfo) -> str:
+    return "," + label_prefix(
         [("position", str(cert.position)), ("index", str(cert.index)), ("subject_cn", cert.subject_cn),
          ("issuer_cn", cert.issuer_cn), ("serial", cert.serial)]
     )
@@ -190,14 +239,21 @@ def _info_labels(cert: CertificateInfo, settings: MetricsSettings) -> str:
     return label_prefix(pairs)
 
 
+CHUNK_PIECES = 8192
+"""At most this many pieces per chunk (~1 MB): a scrape never holds a whole 10 MB family at once."""
+
+
 def iter_families(blocks: Iterable[Blocks]) -> Iterator[bytes]:
-    """Yield one chunk per non-empty family (HELP/TYPE, then every target's samples of it)."""
+    """Yield the exposition in bounded chunks: per non-empty family, HELP/TYPE then every target's samples."""
     entries = list(blocks)
     for i, header in enumerate(HEADERS):
-        family = [b[i] for b in entries if b[i]]
-        if family:
-            family.insert(0, header)
-            yield b"".join(family)
+        # itemgetter/chain keep the per-piece loop in C: ~100,000s of pieces at 10,000 targets.
+        pieces = list(itertools.chain.from_iterable(map(operator.itemgetter(i), entries)))
+        if not pieces:
+            continue
+        pieces.insert(0, header)
+        for start in range(0, len(pieces), CHUNK_PIECES):
+            yield b"".join(pieces[start:start + CHUNK_PIECES])
 
 
 def join_families(blocks: Iterable[Blocks]) -> bytes:

@@ -16,8 +16,18 @@ from types import MappingProxyType
 
 from exporter.config import MetricsSettings
 from exporter.probes.base import ProbeResult, Reason
-from exporter.render import Blocks, TargetView, iter_families, join_families, relabel, render_target
+from exporter.render import (
+    SHARED_FAMILIES,
+    Blocks,
+    TargetView,
+    iter_families,
+    join_families,
+    relabel,
+    render_target,
+)
 from exporter.targets import ResolvedTarget
+
+_MIN_INTERN_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +81,8 @@ class ResultStore:
         self._settings = settings or MetricsSettings()
         self._entries: dict[str, TargetEntry] = {}
         self._snapshot: Snapshot | None = Snapshot({})
+        self._interned: dict[bytes, bytes] = {}
+        self._intern_limit = _MIN_INTERN_LIMIT
 
     def set_settings(self, settings: MetricsSettings) -> None:
         """Change the label switches (reload); each target's series follow from its next probe."""
@@ -81,7 +93,7 @@ class ResultStore:
         previous = self._entries.get(target.key)
         fallback = previous.blocks if previous is not None and previous.has_chain else None
         success = any(r.success for r in results)
-        blocks = render_target(view_of(target), results, self._settings, fallback)
+        blocks = render_target(view_of(target), results, self._settings, fallback, self._intern)
         reason = next((r.reason for r in results if r.reason is not None), None)
         probed_at = min((r.started_at for r in results), default=0.0)
         has_chain = any(r.chain for r in results) if success else fallback is not None
@@ -91,7 +103,7 @@ class ResultStore:
         """A target's labels or thresholds changed: re-render its cached series under the new config."""
         entry = self._entries.get(target.key)
         if entry is not None and entry.target != target:
-            blocks = relabel(entry.blocks, view_of(entry.target), view_of(target))
+            blocks = relabel(entry.blocks, view_of(entry.target), view_of(target), self._intern)
             self._put(TargetEntry(target, entry.success, entry.reason, entry.probed_at, entry.has_chain, blocks))
 
     def remove(self, key: str) -> None:
@@ -111,6 +123,21 @@ class ResultStore:
     def _put(self, entry: TargetEntry) -> None:
         self._entries[entry.target.key] = entry
         self._snapshot = None
+        if len(self._interned) > self._intern_limit:
+            self._rebuild_interned()
+
+    def _intern(self, piece: bytes) -> bytes:
+        return self._interned.setdefault(piece, piece)
+
+    def _rebuild_interned(self) -> None:
+        """Forget suffixes no entry uses any more (rotated certificates); amortised O(1) per record."""
+        table: dict[bytes, bytes] = {}
+        for entry in self._entries.values():
+            for family in SHARED_FAMILIES:
+                for piece in entry.blocks[family][1::2]:
+                    table[piece] = piece
+        self._interned = table
+        self._intern_limit = max(_MIN_INTERN_LIMIT, 2 * len(table))
 
 
 def render_single(target: ResolvedTarget, results: Sequence[ProbeResult], settings: MetricsSettings) -> bytes:

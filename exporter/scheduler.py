@@ -85,16 +85,14 @@ class Scheduler:
         self._heap: list[tuple[float, int, str, int]] = []  # (due, seq, key, generation)
         self._seq = 0
         self._wake = asyncio.Event()
-        self._limit = asyncio.Semaphore(timing.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0
         self.policies = Policies()  # replaced on reload
 
     def set_timing(self, timing: Timing) -> None:
         """Apply new global knobs (reload); the concurrency limit applies to probes started from now."""
-        if timing.concurrency != self._timing.concurrency:
-            self._limit = asyncio.Semaphore(timing.concurrency)
         self._timing = timing
+        self._wake.set()
 
     def set_targets(self, targets: Sequence[ResolvedTarget]) -> None:
         """Apply a new target set: added ones are probed soon, removed ones dropped with their results."""
@@ -150,7 +148,9 @@ class Scheduler:
     async def _wait_next(self) -> None:
         self._wake.clear()
         delay = self._heap[0][0] - self._clock() if self._heap else None
-        if delay is not None and delay <= 0:
+        if self.in_flight >= self._timing.concurrency:
+            delay = None  # at the limit: only a finishing probe (or a change) can let another start
+        elif delay is not None and delay <= 0:
             return
         waiter = asyncio.ensure_future(self._wake.wait())
         sleeper = asyncio.ensure_future(self._sleep(delay)) if delay is not None else None
@@ -162,28 +162,30 @@ class Scheduler:
                 fut.cancel()
 
     def _start_due(self) -> None:
+        # A task is created only when a probe may start: 10,000 due targets wait as heap entries,
+        # not as 10,000 suspended tasks (memory), and the limit needs no semaphore.
         now = self._clock()
-        while self._heap and self._heap[0][0] <= now:
+        while self._heap and self._heap[0][0] <= now and self.in_flight < self._timing.concurrency:
             _, _, key, generation = heapq.heappop(self._heap)
             slot = self._slots.get(key)
             if slot is None or slot.generation != generation or slot.running:
                 continue  # stale heap entry: removed, rescheduled, or already probing
             slot.running = True
+            self.in_flight += 1
             task = asyncio.create_task(self._probe_slot(key, slot, generation))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _probe_slot(self, key: str, slot: _Slot, generation: int) -> None:
         target = slot.target
-        async with self._limit:
-            self.in_flight += 1
-            try:
-                started = self._clock()
-                results = await self.probe_target(target)
-                elapsed = self._clock() - started
-            finally:
-                self.in_flight -= 1
-        slot.running = False
+        try:
+            started = self._clock()
+            results = await self.probe_target(target)
+            elapsed = self._clock() - started
+        finally:
+            self.in_flight -= 1
+            slot.running = False
+            self._wake.set()
         if self._slots.get(key) is not slot:
             return  # removed while probing: its results must not come back
         self._store.record(slot.target, results)
@@ -195,7 +197,6 @@ class Scheduler:
         delay = self._next_delay(slot) if slot.generation == generation else self._first_delay(slot.target)
         slot.due = self._clock() + delay
         self._push(key, slot)
-        self._wake.set()
 
     async def probe_target(self, target: ResolvedTarget, timeout: float | None = None) -> list[ProbeResult]:
         """Probe one target now; never raises for the target's failures or for probe bugs."""

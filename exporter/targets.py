@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -107,26 +108,41 @@ def resolve_targets(
     """Static targets first, then file_sd targets; returns (targets, warnings about dropped duplicates)."""
     modules = config.all_modules
     default_interval = config.global_.scrape_interval
+    share = _Sharer()
     out: dict[str, ResolvedTarget] = {}
     warnings: list[str] = []
     for t in config.targets:
         out[t.target] = ResolvedTarget(
-            target=t.target, module_name=t.module, module=modules[t.module], labels=dict(t.labels),
-            interval=t.interval or default_interval, thresholds=config.thresholds_for(t.labels, t.thresholds),
-            address=t.address,
+            target=t.target, module_name=t.module, module=modules[t.module], labels=share(t.labels),
+            interval=t.interval or default_interval,
+            thresholds=share(config.thresholds_for(t.labels, t.thresholds)), address=t.address,
         )
     for tf, path, groups in file_groups:
         for group in groups:
+            labels, thresholds = share(group.labels), share(config.thresholds_for(group.labels, None))
             for name in group.targets:
                 if name in out:
                     warnings.append(f"{path}: target {name!r} is already defined by {out[name].source}; ignored")
                     continue
                 out[name] = ResolvedTarget(
-                    target=name, module_name=tf.module, module=modules[tf.module], labels=dict(group.labels),
-                    interval=tf.interval or default_interval, thresholds=config.thresholds_for(group.labels, None),
-                    source=path,
+                    target=name, module_name=tf.module, module=modules[tf.module], labels=labels,
+                    interval=tf.interval or default_interval, thresholds=thresholds, source=path,
                 )
     return list(out.values()), warnings
+
+
+class _Sharer:
+    """Hands out one shared read-only mapping per distinct content: 10,000 targets, a few label sets."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[tuple[str, Any], ...], Mapping[str, Any]] = {}
+
+    def __call__(self, mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+        key = tuple(sorted(mapping.items()))
+        found = self._seen.get(key)
+        if found is None:
+            found = self._seen[key] = MappingProxyType(dict(mapping))
+        return found
 
 
 @dataclass(slots=True)

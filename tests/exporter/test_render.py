@@ -232,3 +232,42 @@ def _timed(fn):
     start = time.process_time()
     fn()
     return time.process_time() - start
+
+
+def test_shared_certificate_lines_are_stored_once_and_forgotten_after_rotation():
+    from exporter.render import INFO
+
+    config = Config(targets=[Target(target=f"s{i}.test:443") for i in range(3)])
+    targets, _ = resolve_targets(config)
+    store = ResultStore()
+    for t in targets:
+        store.record(t, [ok_result()])
+    blocks = [store.get(t.key).blocks[INFO] for t in targets]
+    # pieces: head, suffix per certificate; the intermediate's suffix is one object for every target
+    assert blocks[0][3] is blocks[1][3] is blocks[2][3]
+    assert blocks[0][0] is not blocks[1][0]
+    s = sample_map(store.snapshot().render().decode())
+    assert value(s, "tls_cert_info", target="s2.test:443", position="intermediate") == 1
+    store._intern_limit = 0  # force the rebuild on the next record
+    store.record(targets[0], [ok_result(chain=(cert(not_after=7.0),))])
+    # s1 and s2 still share 3 certificates x 3 families; s0's new leaf differs only in notAfter (1 more);
+    # plus the 3 threshold line ends. Nothing else survives the rebuild.
+    assert len(store._interned) == 3 * 3 + 1 + 3
+
+
+def test_chunks_are_bounded_and_join_to_the_same_text(monkeypatch):
+    import exporter.render as render_module
+    from exporter.app import trim_memory
+
+    config = Config(targets=[Target(target=f"c{i}.test:443") for i in range(50)])
+    targets, _ = resolve_targets(config)
+    store = ResultStore()
+    for t in targets:
+        store.record(t, [ok_result()])
+    whole = store.snapshot().render()
+    monkeypatch.setattr(render_module, "CHUNK_PIECES", 16)
+    chunks = list(store.snapshot().chunks())
+    assert b"".join(chunks) == whole
+    assert max(len(c) for c in chunks) < 16 * 400
+    assert len(chunks) > 13
+    trim_memory()  # glibc: returns freed heap; elsewhere a no-op; never raises
