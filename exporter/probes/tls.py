@@ -277,9 +277,11 @@ class TLSProber:
             return self._read(request, endpoint, ip, ssl_object, durations, started)
         except TimeoutError:
             phase = attempt.phase or Phase.HANDSHAKE
+            attempt.finish()  # durations are complete before the (immutable) result is built
             return self._failed(_TIMEOUT_REASON[phase], f"{phase} timed out", ip, durations, started)
         except Exception as exc:
             failure = _phase_failure(attempt.phase, exc)
+            attempt.finish()
             if isinstance(failure, net.PhaseFailure):
                 return self._failed(failure.reason, failure.detail, ip, durations, started)
             log.exception("probe failed unexpectedly", extra={"kv": {"target": request.target, "ip": ip}})
