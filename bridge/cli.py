@@ -27,6 +27,7 @@ from bridge.config import LoadedConfig, load
 from bridge.sinks.base import Sink
 from bridge.sinks.dryrun import DryRunSink
 from bridge.sinks.pagerduty import PagerDutySink
+from bridge.store.base import StoreError
 from bridge.store.sqlite import SqliteStore
 from certpager.errors import ConfigError
 from certpager.logs import setup_logging
@@ -78,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"--web.listen-address: {exc}", file=sys.stderr)
             return 2
-    return asyncio.run(_serve(loaded, args.listen_address))
+    try:
+        return asyncio.run(_serve(loaded, args.listen_address))
+    except StoreError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
 
 
 def make_sink(holder: ConfigHolder) -> Sink:

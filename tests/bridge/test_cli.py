@@ -115,3 +115,19 @@ async def test_sighup_rereads_the_token_file_of_a_running_bridge(tmp_path):
         assert await status("first") == 401
         async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
             assert "certpager_bridge_config_last_reload_successful 1.0" in await resp.text()
+
+
+async def test_a_second_bridge_on_the_same_store_refuses_to_start(tmp_path):
+    db = tmp_path / "b.db"
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        config = tmp_path / "bridge.yml"
+        config.write_text(f"server: {{listen_address: '127.0.0.1:0'}}\nstore: {{path: {db}}}\n")
+        code, out = await run_cli("--config.file", str(config))
+        assert code == 1
+        assert out.strip().splitlines()[-1] == (
+            f"cannot start: cannot open store {db}: another bridge process holds it"
+            " (only one may deliver from an outbox)")
+    finally:
+        await store.close()
