@@ -297,7 +297,7 @@ class TLSProber:
         alpn = tuple(negotiator.alpn_protocols or ()) if negotiator is not None else ()
         context = self.contexts.get(module.tls, alpn)
         attempt.enter(Phase.CONNECT)
-        attempt.sock = await self._connect(module, endpoint, ip)
+        attempt.sock = await self._connect(module, endpoint, ip, request.address)
         sni = _sni(module, endpoint)
         if negotiator is None:
             attempt.enter(Phase.HANDSHAKE)
@@ -328,7 +328,9 @@ class TLSProber:
                                    f"STARTTLS protocol {module.starttls.protocol!r} is not implemented")
         return negotiator
 
-    async def _connect(self, module: Module, endpoint: net.Endpoint, ip: str | None) -> socket.socket:
+    async def _connect(
+        self, module: Module, endpoint: net.Endpoint, ip: str | None, address: str | None
+    ) -> socket.socket:
         if module.proxy is None:
             assert ip is not None
             return await net.connect(ip, endpoint.port, module.source_ip_address)
@@ -336,7 +338,9 @@ class TLSProber:
         proxy_ips = await net.resolve(proxy.host, proxy.port, module, self.resolver)
         sock = await net.connect(proxy_ips[0], proxy.port, module.source_ip_address)
         try:
-            await net.proxy_tunnel(sock, module.proxy, endpoint)
+            # The proxy connects to the address override when there is one (SNI stays the target's name).
+            tunnel_to = net.Endpoint(address.strip("[]"), endpoint.port) if address else endpoint
+            await net.proxy_tunnel(sock, module.proxy, tunnel_to)
         except BaseException:
             sock.close()
             raise

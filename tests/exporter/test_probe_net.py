@@ -189,6 +189,17 @@ async def test_probe_through_proxy(prober, resolver, test_pki, trusting):
     assert resolver.calls == []
 
 
+async def test_proxy_tunnels_to_the_address_override(prober, test_pki, trusting):
+    files = test_pki.files["service"]
+    async with TLSServer(files.cert_file, files.key_file) as server, ConnectProxy() as proxy:
+        module = _proxied(trusting, proxy)
+        (result,) = await prober.probe(
+            ProbeRequest(f"service.test:{server.port}", module, timeout=5, address="127.0.0.1"))
+    assert (result.success, result.hostname_verified) == (True, True)
+    assert proxy.requests == [f"CONNECT 127.0.0.1:{server.port} HTTP/1.1"]
+    assert server.server_names == ["service.test"]
+
+
 async def test_proxy_with_auth_file(prober, test_pki, trusting, tmp_path):
     auth = tmp_path / "proxy-auth"
     auth.write_text("probe:s3cret\n")
