@@ -239,3 +239,31 @@ def test_expired_self_signed_reports_self_signed():
                          not_after=pki.utcnow() - dt.timedelta(days=1))
     verdict = certs.ChainVerifier().verify([leaf.der], None)
     assert verdict.reason is VerifyReason.SELF_SIGNED
+
+
+def test_sha1_certificate_signature_really_verifies(test_pki):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    chain = test_pki.chains["sha1"]
+    leaf, issuer = chain.leaf.cert, chain.intermediates[0].cert
+    issuer.public_key().verify(leaf.signature, leaf.tbs_certificate_bytes, padding.PKCS1v15(), hashes.SHA1())
+
+
+def test_cross_signed_keeps_subject_and_key(test_pki):
+    other_root = pki.make_root("Other Root", slot=30)
+    cross = pki.cross_sign(test_pki.intermediate, other_root)
+    assert cross.cert.subject == test_pki.intermediate.cert.subject
+    assert cross.cert.public_key() == test_pki.intermediate.cert.public_key()
+    cross.cert.verify_directly_issued_by(other_root.cert)
+
+
+def test_expired_trust_anchor_is_expired(tmp_path):
+    now = pki.utcnow()
+    root = pki.make_root("Expired Root", slot=32, not_before=now - dt.timedelta(days=30),
+                         not_after=now - dt.timedelta(days=1))
+    chain = pki.build_chain(("anchor.test",), root=root, intermediate=pki.make_intermediate(root, slot=33))
+    files = chain.write(tmp_path)
+    verdict = certs.ChainVerifier().verify([c.der for c in chain.presented()], files.ca_file)
+    assert (verdict.verified, verdict.reason) == (False, VerifyReason.EXPIRED)
+    assert "trust anchor" in verdict.detail
