@@ -477,3 +477,21 @@ async def test_no_fd_leak_over_every_outcome(prober, test_pki, trusting):
                 break
             await asyncio.sleep(0.02)
         assert open_fds() == before
+
+
+async def test_weak_server_is_observed_and_reported(prober, test_pki, trusting, tmp_path):
+    # A 1024-bit RSA leaf signed with SHA-1, over TLS 1.1: the handshake must still complete so that
+    # the policies can say what is wrong.
+    rsa_inter = test_pki.chains["sha1"].intermediates[0]
+    from certpager import pki
+
+    chain = pki.Chain(leaf=pki.make_leaf(rsa_inter, ("localhost",), key="rsa1024", hash="sha1"),
+                      intermediates=(rsa_inter,), root=test_pki.root)
+    files = chain.write(tmp_path)
+    policies = Policies(min_rsa_bits=2048, forbidden_signature_algorithms=["sha1"], min_tls_version="TLS1.2")
+    async with TLSServer(files.cert_file, files.key_file, max_version="TLS1.1") as server:
+        result = await probe_one(prober, server.address, trusting, policies=policies)
+    assert (result.success, result.tls_version, result.chain[0].key_bits) == (True, "TLS 1.1", 1024)
+    assert result.policy_violations == {"min_rsa_bits": True, "forbidden_signature_algorithm": True,
+                                        "min_tls_version": True}
+    assert (result.chain_verified, result.verify_reason) == (False, VerifyReason.INVALID)
