@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from certpager import pki
 from certpager.tlsserver import MisbehavingPeer, TLSServer
 from exporter.config import Module, Policies, StartTLSSettings, TLSSettings
 from exporter.probes import PROBES, get_probe, tls
@@ -483,8 +484,6 @@ async def test_weak_server_is_observed_and_reported(prober, test_pki, trusting, 
     # A 1024-bit RSA leaf signed with SHA-1, over TLS 1.1: the handshake must still complete so that
     # the policies can say what is wrong.
     rsa_inter = test_pki.chains["sha1"].intermediates[0]
-    from certpager import pki
-
     chain = pki.Chain(leaf=pki.make_leaf(rsa_inter, ("localhost",), key="rsa1024", hash="sha1"),
                       intermediates=(rsa_inter,), root=test_pki.root)
     files = chain.write(tmp_path)
