@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from certpager.config import StrictModel, format_duration, load_config, parse_duration, read_secret_file
 from certpager.config import Duration as DurationT
+from certpager.config import StrictModel, format_duration, load_config, parse_duration, read_secret_file
 from certpager.errors import ConfigError
 
 
