@@ -1,0 +1,110 @@
+"""Webhook -> store -> outbox -> real PagerDutySink -> fake PagerDuty, in one process: HA pairs, outages,
+Retry-After, dead letters and rotation of the routing key, observed from PagerDuty's side."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from bridge.app import ALERTMANAGER_PATH, ConfigHolder, create_app
+from bridge.config import load
+from bridge.keys import incident_key
+from bridge.sinks.pagerduty import PagerDutySink
+from bridge.store.sqlite import SqliteStore
+from tests.bridge.conftest import alert, body
+from tests.fakes.pagerduty import run_fake_pagerduty
+
+KEY_A, KEY_B = "A" * 32, "B" * 32
+EXPIRED = incident_key("certificate_expired", "api.example.com", "production")
+
+
+async def start(aiohttp_client, tmp_path, fake_url: str):
+    (tmp_path / "pd.key").write_text(KEY_A)
+    path = tmp_path / "bridge.yml"
+    path.write_text(
+        f"integrations:\n  pagerduty:\n    routing_key_file: pd.key\n    events_url: {fake_url}\n"
+        "outbox:\n  retry_initial: 50ms\n  retry_max: 200ms\n  sweep_interval: 100ms\n"
+    )
+    holder = ConfigHolder(load(path, env={}), loader=lambda: load(path, env={}))
+    sink = PagerDutySink(httpx.AsyncClient(timeout=5), url=fake_url, routing_key_for=holder.routing_key_for)
+    registry = CollectorRegistry()
+    app = create_app(holder, store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": sink}, registry=registry)
+    client = await aiohttp_client(app)
+    return client, registry, sink
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_ha_pair_with_a_stale_snapshot_pages_once_and_resolves_once(aiohttp_client, tmp_path):
+    async with run_fake_pagerduty() as fake:
+        client, _, sink = await start(aiohttp_client, tmp_path, fake.url)
+        for data in (body(alert()), body(alert()), body(alert("resolved")), body(alert()), body(alert("resolved"))):
+            assert (await client.post(ALERTMANAGER_PATH, data=data)).status == 200  # peer 1, peer 2, ...
+        await until(lambda: len(fake.actions()) == 2)
+        await asyncio.sleep(0.3)
+        assert fake.actions() == [("trigger", EXPIRED), ("resolve", EXPIRED)]
+        await sink.aclose()
+
+
+async def test_a_problem_during_an_outage_is_recorded_in_order_afterwards(aiohttp_client, tmp_path):
+    async with run_fake_pagerduty() as fake:
+        fake.fail_next(6, status=503)
+        client, registry, sink = await start(aiohttp_client, tmp_path, fake.url)
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert()))).status == 200
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert("resolved")))).status == 200
+        await until(lambda: len(fake.actions()) == 2)
+        assert fake.actions() == [("trigger", EXPIRED), ("resolve", EXPIRED)]
+        assert fake.requests == 8  # six 503s on the trigger, then the trigger, then the resolve
+        assert registry.get_sample_value(
+            "certpager_bridge_deliveries_total", {"sink": "pagerduty", "result": "retry"}) == 6
+        await sink.aclose()
+
+
+async def test_429_retry_after_then_delivered(aiohttp_client, tmp_path):
+    async with run_fake_pagerduty() as fake:
+        fake.fail_next(1, status=429, retry_after=1)
+        client, _, sink = await start(aiohttp_client, tmp_path, fake.url)
+        started = time.monotonic()
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert()))).status == 200
+        await until(lambda: len(fake.actions()) == 1)
+        assert time.monotonic() - started >= 1.0
+        await sink.aclose()
+
+
+async def test_a_400_is_a_dead_letter_and_the_key_moves_on(aiohttp_client, tmp_path):
+    async with run_fake_pagerduty() as fake:
+        fake.fail_next(1, status=400)
+        client, registry, sink = await start(aiohttp_client, tmp_path, fake.url)
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert()))).status == 200
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert("resolved")))).status == 200
+        await until(lambda: len(fake.actions()) == 1)
+        assert fake.actions() == [("resolve", EXPIRED)]  # dropped by PagerDuty: nothing was open
+        text = await (await client.get("/metrics")).text()
+        assert 'certpager_bridge_dead_letters{sink="pagerduty"} 1.0' in text
+        assert registry.get_sample_value(
+            "certpager_bridge_deliveries_total", {"sink": "pagerduty", "result": "dead_letter"}) == 1
+        await sink.aclose()
+
+
+async def test_rotated_routing_key_applies_to_queued_events(aiohttp_client, tmp_path):
+    async with run_fake_pagerduty() as fake:
+        # The trigger's first attempt answers 503 only after the rotation; its retry must use the new key.
+        fake.fail_next(1, status=503, delay=0.3)
+        client, _, sink = await start(aiohttp_client, tmp_path, fake.url)
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert()))).status == 200
+        (tmp_path / "pd.key").write_text(KEY_B)
+        assert (await client.post("/-/reload")).status == 200
+        await until(lambda: len(fake.accepted) == 1)
+        assert fake.accepted[0].body["routing_key"] == KEY_B
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert("resolved")))).status == 200
+        await until(lambda: len(fake.accepted) == 2)
+        assert fake.accepted[1].body["routing_key"] == KEY_B
+        await sink.aclose()
