@@ -103,15 +103,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_pki(directory: Path) -> tuple[Path, Path]:
-    chain = pki.build_chain(("bench.test",))
-    cert, key = directory / "chain.pem", directory / "leaf.key"
-    cert.write_bytes(chain.chain_pem(root=True))  # leaf, intermediate, root: 3 certificates presented
-    key.write_bytes(chain.leaf.key_pem)
-    return cert, key
+def write_pki(directory: Path, addrs: list[str], unique: bool) -> tuple[str, Path]:
+    """One root and intermediate; per address its own leaf (``unique``), or one leaf for all.
+
+    Returns the nginx ``ssl_certificate`` value (with ``$server_addr`` when unique) and the key file.
+    Every file holds leaf, intermediate and root: 3 certificates presented.
+    """
+    root = pki.make_root("bench Root")
+    inter = pki.make_intermediate(root, "bench Intermediate")
+    tail = inter.cert_pem + root.cert_pem
+    key = directory / "leaf.key"
+    key.write_bytes(pki.make_leaf(inter, ("bench.test",)).key_pem)  # every leaf uses the same key slot
+    if not unique:
+        (directory / "chain.pem").write_bytes(pki.make_leaf(inter, ("bench.test",)).cert_pem + tail)
+        return str(directory / "chain.pem"), key
+    leaves = directory / "leaves"
+    leaves.mkdir()
+    for addr in addrs:
+        (leaves / f"{addr}.pem").write_bytes(pki.make_leaf(inter, (f"{addr}.bench.test", addr)).cert_pem + tail)
+    return f"{leaves}/$server_addr.pem", key
 
 
-def nginx_conf(directory: Path, addrs: list[str], cert: Path, key: Path) -> Path:
+def nginx_conf(directory: Path, addrs: list[str], cert: str, key: Path) -> Path:
     listens = "\n".join(f"    listen {a}:{PORT} ssl;" for a in addrs)
     conf = directory / "nginx.conf"
     conf.write_text(f"""
@@ -293,7 +306,7 @@ async def main_async(args: argparse.Namespace) -> None:
     targets = [f"{a}:{PORT}" for a in addresses(args.targets)]
     with tempfile.TemporaryDirectory(prefix="certpager-bench-") as tmp:
         work = Path(tmp)
-        cert, key = write_pki(work)
+        cert, key = write_pki(work, addresses(args.targets), not args.shared_leaf)
         conf = nginx_conf(work, addresses(args.targets), cert, key)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         with process([nginx, "-c", str(conf), "-p", str(work)], work / "nginx.log") as proc:
@@ -301,8 +314,9 @@ async def main_async(args: argparse.Namespace) -> None:
             await wait_tcp(last, PORT)
             if proc.poll() is not None:
                 raise SystemExit((work / "nginx.log").read_text())
-            print(f"nginx serving {args.targets} endpoints (3-certificate chain), client concurrency "
-                  f"{args.concurrency}", flush=True)
+            leaves = "one leaf for all" if args.shared_leaf else "a distinct leaf each"
+            print(f"nginx serving {args.targets} endpoints (3-certificate chains, {leaves}, one intermediate "
+                  f"and root), client concurrency {args.concurrency}", flush=True)
             if "probe" in args.phases:
                 await compare_probe_endpoints(work, targets, args.concurrency)
             if "scheduler" not in args.phases:
@@ -318,6 +332,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--shared-leaf", action="store_true",
+                        help="serve one leaf on every address (default: a distinct leaf per address)")
     parser.add_argument("--phases", default="probe,scheduler",
                         help="comma-separated: probe (both /probe endpoints), scheduler (certpager background)")
     args = parser.parse_args()
