@@ -94,7 +94,8 @@ class Exporter:
 
     def _new_watcher(self, config: Config) -> TargetFileWatcher:
         watcher = TargetFileWatcher(config.target_files, base_dir=self.config_path.parent, clock=self._clock,
-                                    on_error=lambda _msg: self.metrics.target_file_errors.inc())
+                                    on_error=lambda _msg: self.metrics.target_file_errors.inc(),
+                                    previous=getattr(self, "watcher", None))
         watcher.poll(force=True)
         return watcher
 

@@ -163,9 +163,15 @@ class TargetFileWatcher:
         base_dir: Path,
         clock: Callable[[], float],
         on_error: Callable[[str], None] | None = None,
+        previous: TargetFileWatcher | None = None,
     ) -> None:
+        """``previous`` (on reload) hands over each file's last good content, so a file that is
+        broken at reload time keeps its targets instead of losing them."""
         self._entries = list(entries)
         self._on_error = on_error
+        self._inherited: dict[str, _FileState] = {}
+        if previous is not None:
+            self._inherited = {path: state for files in previous._files for path, state in files.items()}
         self._base = base_dir
         self._clock = clock
         self._due = [float("-inf")] * len(self._entries)
@@ -213,7 +219,10 @@ class TargetFileWatcher:
             del files[gone]
             changed = True
         for path in present:
-            changed |= self._read(files.setdefault(path, _FileState()), path)
+            if path not in files:
+                inherited = self._inherited.get(path)
+                files[path] = _FileState(groups=inherited.groups, error=inherited.error) if inherited else _FileState()
+            changed |= self._read(files[path], path)
         return changed
 
     def _read(self, state: _FileState, path: str) -> bool:

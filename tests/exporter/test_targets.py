@@ -181,3 +181,19 @@ def test_undecodable_file_keeps_last_good(tmp_path):
     assert w.poll() is False
     assert names(config, w) == {"a.test:443": {}}
     assert len(errors) == 1
+
+
+def test_file_broken_at_reload_keeps_its_last_good_targets(tmp_path):
+    clock = FakeClock()
+    f = write(tmp_path / "a.yml", "- targets: [a.test:443]\n")
+    config = Config(target_files=[TargetFile(files=["*.yml"])])
+    errors = []
+    old = TargetFileWatcher(config.target_files, base_dir=tmp_path, clock=clock)
+    old.poll()
+    f.write_text("- targets: [\n")
+    new = TargetFileWatcher(config.target_files, base_dir=tmp_path, clock=clock, on_error=errors.append,
+                            previous=old)
+    new.poll()
+    assert names(config, new) == {"a.test:443": {}}
+    assert new.file_status() == {str(f): False}
+    assert len(errors) == 1
