@@ -109,9 +109,9 @@ class Exporter:
         scheduler = getattr(self, "scheduler", None)
         watcher = getattr(self, "watcher", None)
         return (
-            len(scheduler) if scheduler else 0,
-            scheduler.in_flight if scheduler else 0,
-            watcher.file_status() if watcher else {},
+            len(scheduler) if scheduler is not None else 0,
+            scheduler.in_flight if scheduler is not None else 0,
+            watcher.file_status() if watcher is not None else {},
         )
 
     async def reload(self) -> None:

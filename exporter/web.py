@@ -68,6 +68,9 @@ async def probe(request: web.Request) -> web.Response:
         return _bad_request(f"unknown module {module_name!r}")
     if module.kind != "file" and (problem := endpoint_problem(target)):
         return _bad_request(f"bad target: {problem}")
+    if module.kind == "file" and exporter.scheduler.target(target) is None:
+        # Reading any path the caller names would let anyone who reaches the port probe the host's files.
+        return _bad_request(f"module {module_name!r} reads files: only configured targets can be probed")
     try:
         cap = _timeout_cap(request.headers.get("X-Prometheus-Scrape-Timeout-Seconds"),
                            exporter.config.global_.timeout_offset)

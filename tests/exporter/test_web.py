@@ -33,6 +33,7 @@ CONFIG = """
 global: {scrape_interval: 60s, jitter: 0, retry_backoff: 10s}
 modules:
   quick: {timeout: 4s}
+  files: {kind: file}
 targets:
   - target: a.test:443
     labels: {env: prod, service: shop}
@@ -176,6 +177,8 @@ async def test_probe_timeout_honours_scrape_timeout_header(client, probe, header
     ({}, {}, "missing parameter: target"),
     ({"target": "a.test:443", "module": "nope"}, {}, "unknown module 'nope'"),
     ({"target": "a.test"}, {}, "bad target: expected host:port or [ipv6]:port, got 'a.test'"),
+    ({"target": "/etc/shadow", "module": "files"}, {},
+     "module 'files' reads files: only configured targets can be probed"),
     ({"target": "a.test:443"}, {"X-Prometheus-Scrape-Timeout-Seconds": "soon"},
      "X-Prometheus-Scrape-Timeout-Seconds: expected seconds, got 'soon'"),
     ({"target": "a.test:443"}, {"X-Prometheus-Scrape-Timeout-Seconds": "-1"},
@@ -319,3 +322,14 @@ async def test_sighup_reload_on_a_real_process(tmp_path):
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 10) == 0
     assert any("reload on SIGHUP failed" in line and "targets[0].target" in line for line in lines)
+
+
+async def test_probe_file_module_reads_only_configured_targets(aiohttp_client, tmp_path, clock):
+    path = write(tmp_path / "c.yml", "modules: {files: {kind: file}}\n"
+                                     "targets: [{target: /etc/certpager/*.pem, module: files}]\n")
+    probe = FakeProbe(clock=clock)
+    exporter = Exporter(path, probe=probe, clock=clock, wall_clock=lambda: WALL, sleep=clock.sleep)
+    client = await aiohttp_client(create_app(exporter, background=False))
+    response = await client.get("/probe", params={"target": "/etc/certpager/*.pem", "module": "files"})
+    assert response.status == 200
+    assert [r.target for r in probe.requests] == ["/etc/certpager/*.pem"]
