@@ -141,3 +141,4 @@ async def test_sigkill_mid_burst_loses_nothing_and_sends_nothing_twice(tmp_path)
         resent = len(fake.actions()) - 2 * CERTS
         assert resent <= 16  # at most the deliveries in flight at the kill (outbox.max_in_flight)
         assert all(fake.open_incident(ROUTING_KEY, key) is None for key in per_key)
+        assert ROUTING_KEY not in log.read_text()  # the secret never reaches the log
