@@ -35,8 +35,6 @@ from certpager.web import add_lifecycle_routes, metrics_handler
 log = logging.getLogger(__name__)
 ALERTMANAGER_PATH = "/api/v1/alerts/alertmanager"
 _READ_CHUNK = 64 * 1024
-# Settings read once at start; a reload that changes them is logged as needing a restart.
-_RESTART_ONLY = ("server.listen_address", "store", "outbox")
 
 
 class ConfigHolder:
@@ -55,6 +53,7 @@ class ConfigHolder:
         """Load again; on any error keep the old config and raise (ConfigError names file and key)."""
         loaded = self._loader()
         old = self.current.config
+        # Read once at start: a reload that changes them is logged as needing a restart.
         for name, before, after in (
             ("server.listen_address", old.server.listen_address, loaded.config.server.listen_address),
             ("store", old.store, loaded.config.store),
