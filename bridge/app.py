@@ -160,8 +160,9 @@ def _answer(request: web.Request, status: int, result: str, body: dict[str, Any]
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes | None:
-    if request.content_length is not None and request.content_length > limit:
-        return None
+    if request.content_length is not None:
+        # The HTTP parser stops at Content-Length, so one read is bounded.
+        return None if request.content_length > limit else await request.content.read()
     body = bytearray()
     while chunk := await request.content.read(_READ_CHUNK):
         body += chunk

@@ -307,6 +307,8 @@ def _ingest(
     )
     receipt_id = int(cursor.lastrowid or 0)
     decision = decide(_load_state(conn, notification), notification, policy, now=receipt.received_at)
+    if not decision.new:  # duplicates and stale snapshots change nothing but the receipt
+        return IngestResult(receipt_id, 0, decision.duplicates, decision.stale)
     conn.executemany(
         "INSERT INTO occurrences (fingerprint, starts_at, status, incident_key, scope, updated_at)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint, starts_at) DO UPDATE SET status = excluded.status,"
