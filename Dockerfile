@@ -3,7 +3,7 @@
 #   docker run ... certpager bridge --config.file /etc/certpager/bridge.yml
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY certpager ./certpager
 COPY exporter ./exporter
 COPY bridge ./bridge
