@@ -1,6 +1,6 @@
 """The dry-run stand-in for the PagerDuty sink, used when no routing key is configured.
 
-It builds the exact Events v2 body the real sink would send (same :func:`translate`, routing key shown
+It builds the exact Events v2 body the real sink would send (same :func:`prepare`, routing key shown
 as ``<dry-run>``), logs it at info level and keeps the last few in memory for tests and the demo. It
 never touches the network and always answers ``Delivered``, so a newcomer sees alerts become PagerDuty
 events offline; an event the real sink would dead-letter is logged as a warning with the reason.
@@ -13,7 +13,7 @@ from collections import deque
 from typing import Any
 
 from bridge.sinks.base import DeadLetter, Delivered, DeliveryOutcome, OutboxItem
-from bridge.sinks.pagerduty import encode_body, read_event, translate
+from bridge.sinks.pagerduty import prepare, read_event
 
 DRY_RUN_KEY = "<dry-run>"
 
@@ -32,12 +32,13 @@ class DryRunSink:
         event = read_event(item)
         if isinstance(event, DeadLetter):
             return self._would_not_send(item, event)
-        body = translate(event, DRY_RUN_KEY)
-        if isinstance(body, DeadLetter):
-            return self._would_not_send(item, body)
+        prepared = prepare(event, DRY_RUN_KEY)
+        if isinstance(prepared, DeadLetter):
+            return self._would_not_send(item, prepared)
+        body, encoded = prepared
         self.sent.append(body)
         # The exact bytes the real sink would send, with the routing key replaced.
-        kv = {"item": item.id, "route": event.route, "body": encode_body(body).decode()}
+        kv = {"item": item.id, "route": event.route, "body": encoded.decode()}
         self._log.info("dry-run: would send PagerDuty event", extra={"kv": kv})
         return Delivered(info="dry-run")
 

@@ -23,6 +23,7 @@ logged, and the local rate limiter keys on a hash of them.
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 import json
 import logging
@@ -106,13 +107,17 @@ def _trigger_payload(event: IncidentEvent) -> dict[str, Any]:
 
 def build_body(event: IncidentEvent, routing_key: str) -> dict[str, Any]:
     """The Events v2 body for ``event``: trigger carries payload/links/client; ack and resolve only keys."""
+    return _build(event, routing_key)[0]
+
+
+def _build(event: IncidentEvent, routing_key: str) -> tuple[dict[str, Any], bytes]:
     body: dict[str, Any] = {
         "routing_key": routing_key,
         "event_action": str(event.action),
         "dedup_key": fit_dedup_key(event.key),
     }
     if event.action is not Action.TRIGGER:
-        return body
+        return body, encode_body(body)
     body["payload"] = _trigger_payload(event)
     links = [{"href": link.href, **({"text": link.text} if link.text else {})} for link in event.links if link.href]
     if links:
@@ -124,17 +129,20 @@ def build_body(event: IncidentEvent, routing_key: str) -> dict[str, Any]:
     return _fit_size(body)
 
 
-def _fit_size(body: dict[str, Any]) -> dict[str, Any]:
-    size = len(encode_body(body))
+def _fit_size(body: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    # Returns the bytes too, so a body is encoded once on its way out (encoding was a third of a send).
+    encoded = encode_body(body)
+    size = len(encoded)
     if size <= BODY_MAX_BYTES or "custom_details" not in body["payload"]:
-        return body
+        return body, encoded
     # As Alertmanager does: the page matters more than its details; say what was dropped and why.
     notice = f"custom_details removed: the event was {size} bytes, over PagerDuty's limit of {BODY_MAX_BYTES} bytes"
-    return {**body, "payload": {**body["payload"], "custom_details": {"error": notice}}}
+    body = {**body, "payload": {**body["payload"], "custom_details": {"error": notice}}}
+    return body, encode_body(body)
 
 
-def check_body(body: Mapping[str, Any]) -> list[str]:
-    """What PagerDuty would reject in ``body`` (empty: send it)."""
+def check_body(body: Mapping[str, Any], *, encoded: bytes | None = None) -> list[str]:
+    """What PagerDuty would reject in ``body`` (empty: send it); ``encoded``: its bytes, if already known."""
     problems: list[str] = []
     if not body.get("routing_key"):
         problems.append("routing_key is empty")
@@ -150,7 +158,7 @@ def check_body(body: Mapping[str, Any]) -> list[str]:
         problems.extend(_check_payload(body.get("payload")))
         if any(not link.get("href") for link in body.get("links", ())):
             problems.append("a link has no href")
-    size = len(encode_body(body))
+    size = len(encode_body(body) if encoded is None else encoded)
     if size > BODY_MAX_BYTES:
         problems.append(f"event is {size} bytes, over PagerDuty's limit of {BODY_MAX_BYTES}")
     return problems
@@ -229,6 +237,7 @@ def classify(response: httpx.Response) -> DeliveryOutcome:
     return DeadLetter(error=f"{status} {_excerpt(response.text)}".rstrip(), status=status)
 
 
+@functools.lru_cache(maxsize=256)
 def _key_id(routing_key: str) -> str:
     # The limiter remembers keys; it remembers a hash, so no secret lingers in one more place.
     return hashlib.sha256(routing_key.encode()).hexdigest()[:16]
@@ -244,14 +253,20 @@ def read_event(item: OutboxItem) -> IncidentEvent | DeadLetter:
 
 def translate(event: IncidentEvent, routing_key: str) -> dict[str, Any] | DeadLetter:
     """The checked body to send for ``event``, or the dead letter saying why it must not be sent."""
+    prepared = prepare(event, routing_key)
+    return prepared if isinstance(prepared, DeadLetter) else prepared[0]
+
+
+def prepare(event: IncidentEvent, routing_key: str) -> tuple[dict[str, Any], bytes] | DeadLetter:
+    """Like :func:`translate`, with the exact bytes to send (encoded once)."""
     try:
-        body = build_body(event, routing_key)
+        body, encoded = _build(event, routing_key)
     except (TypeError, ValueError) as exc:  # wrong types in a stored payload: a bug upstream, not retryable
         return DeadLetter(error=f"event cannot be translated, not sent: {type(exc).__name__}: {exc}")
-    problems = check_body(body)
+    problems = check_body(body, encoded=encoded)
     if problems:
         return DeadLetter(error="event rejected locally, not sent: " + "; ".join(problems))
-    return body
+    return body, encoded
 
 
 class PagerDutySink:
@@ -279,6 +294,9 @@ class PagerDutySink:
 
     async def deliver(self, item: OutboxItem) -> DeliveryOutcome:
         """Send one item; answer what the outbox should do with it."""
+        held = self._held_back(item)
+        if held is not None:
+            return held
         event = read_event(item)
         if isinstance(event, DeadLetter):
             log.warning("pagerduty event dead-lettered", extra={"kv": {"item": item.id, "error": event.error}})
@@ -287,6 +305,20 @@ class PagerDutySink:
         self._log(item, event, outcome)
         return outcome
 
+    def _held_back(self, item: OutboxItem) -> RetryLater | None:
+        """The local rate limit's answer, asked before any decoding or encoding: a held-back item costs ~nothing."""
+        route = item.payload.get("route")
+        routing_key = self._routing_key_for(route) if isinstance(route, str) else None
+        if not routing_key:
+            return None  # the full path says why (dead letter)
+        wait = self._limiter.wait_time(_key_id(routing_key))
+        if wait <= 0:
+            return None
+        if log.isEnabledFor(logging.DEBUG):
+            kv = {"item": item.id, "route": route, "after": wait}
+            log.debug("pagerduty event held back by the local rate limit", extra={"kv": kv})
+        return RetryLater(after=wait, error="rate limit (local)", local=True)
+
     async def _deliver(self, event: IncidentEvent) -> DeliveryOutcome:
         routing_key = self._routing_key_for(event.route)
         if not routing_key:
@@ -294,13 +326,13 @@ class PagerDutySink:
                 error=f"no PagerDuty routing key for route {event.route!r}: set "
                 f"integrations.pagerduty.routing_keys.{event.route} or integrations.pagerduty.routing_key"
             )
-        body = translate(event, routing_key)
-        if isinstance(body, DeadLetter):
-            return body
+        prepared = prepare(event, routing_key)
+        if isinstance(prepared, DeadLetter):
+            return prepared
         wait = self._limiter.try_acquire(_key_id(routing_key))
         if wait > 0:
             return RetryLater(after=wait, error="rate limit (local)", local=True)
-        return await self._post(encode_body(body))
+        return await self._post(prepared[1])
 
     async def _post(self, content: bytes) -> DeliveryOutcome:
         # The one place httpx exceptions become outcomes. A timeout may still have reached PagerDuty;
@@ -316,6 +348,9 @@ class PagerDutySink:
         return classify(response)
 
     def _log(self, item: OutboxItem, event: IncidentEvent, outcome: DeliveryOutcome) -> None:
+        level = logging.DEBUG if isinstance(outcome, Delivered) or getattr(outcome, "local", False) else logging.INFO
+        if not log.isEnabledFor(level):
+            return  # the common case (delivered, level info): build nothing
         kv: dict[str, Any] = {
             "item": item.id,
             "dedup_key": fit_dedup_key(str(event.key)),

@@ -179,6 +179,22 @@ async def test_121st_event_within_60_s_is_held_back_locally(http):
         assert len(fake.accepted) == 122  # no 429 from "PagerDuty"
 
 
+async def test_held_back_item_is_answered_before_its_payload_is_read(http):
+    # The limiter is asked first, so a held-back item costs no decoding or encoding: a payload that
+    # would be a dead letter is only found out when a slot is free to send it.
+    clock = FakeClock()
+    async with run_fake_pagerduty(clock=clock) as fake:
+        sink = make_sink(http, fake.url, clock=clock, rate_limit_per_minute=1)
+        assert isinstance(await sink.deliver(item(trigger(key="first"))), Delivered)
+        broken = item({**trigger(key="broken").to_json(), "severity": "high"})
+        assert await sink.deliver(broken) == RetryLater(after=60.0, error="rate limit (local)", local=True)
+        clock.advance(60.0)
+        outcome = await sink.deliver(broken)
+        assert isinstance(outcome, DeadLetter) and "not a valid IncidentEvent" in outcome.error
+        assert isinstance(await sink.deliver(item(trigger(key="second"))), Delivered)  # no slot was taken
+        assert fake.requests == 2
+
+
 async def test_routing_key_never_logged(fake_pd, http, caplog):
     caplog.set_level(logging.DEBUG)
     sink = make_sink(http, fake_pd.url)
