@@ -104,6 +104,9 @@ def build_context(tls: TLSSettings, alpn: Sequence[str] = ()) -> SSL.Context:
     # No session is ever resumed: a ticket would only cost the server work and the client memory.
     context.set_options(SSL.OP_NO_TICKET)
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    # Free a connection's record buffers while it waits for the peer: 256 probes in flight held
+    # about 9 MiB more without it (3,000 probes against nginx, VmHWM).
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     if tls.cert_file is not None and tls.key_file is not None:
         _load_client_cert(context, tls)
     if alpn:
