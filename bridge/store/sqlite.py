@@ -1,11 +1,13 @@
 """The embedded SQLite store: WAL, ``synchronous=FULL`` (every commit is fsync'd), one writer thread.
 
 Throughput with fsync comes from GROUP COMMIT: every write is an operation queued to the single writer
-thread, which takes all operations waiting, runs each in its own SAVEPOINT inside one transaction and
-commits once; the callers' futures are resolved only after that COMMIT returned. One failing operation
-rolls back to its savepoint and fails alone. The file is locked (``flock`` on ``PATH.lock``) so two
-bridges never deliver from the same outbox. Reads for /metrics use a second connection (WAL readers do
-not wait for the writer).
+thread, which takes all operations waiting, runs them in one transaction and commits once; the callers'
+futures are resolved only after that COMMIT returned. One failing operation fails alone: the
+transaction is rolled back and the batch run again with each operation in its own SAVEPOINT (operations
+are functions of the database alone, so the others give the same results; a savepoint costs two
+statements per operation, so only a failed batch pays for them). The file is locked (``flock`` on
+``PATH.lock``) so two bridges never deliver from the same outbox. Reads for /metrics use a second
+connection (WAL readers do not wait for the writer).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -33,7 +36,7 @@ from bridge.store.migrations import migrate
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BATCH = 512  # operations per group commit; bounds one transaction's latency
-_CHUNK = 500  # parameters per IN (...) list
+_CHUNK = 400  # parameters per IN (...) list (two lists share a statement: under SQLite's old 999)
 _INCIDENT_COLS = "key, scope, event_class, route, open, trigger, updated_at"
 
 
@@ -42,6 +45,9 @@ class _Op:
     fn: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+
+
+_Outcome = tuple[_Op, Any, BaseException | None]  # (operation, result, failure)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -138,12 +144,11 @@ class SqliteStore:
     def _commit(self, batch: list[_Op]) -> None:
         conn = self._writer
         assert conn is not None
-        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        outcomes: list[_Outcome] | None
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op in batch:
-                outcomes.append((op, *_in_savepoint(conn, op.fn)))
-            conn.execute("COMMIT")
+            outcomes = _transaction(conn, batch)
+            if outcomes is None:  # one operation failed: again, each in its own savepoint
+                outcomes = _isolated_transaction(conn, batch)
             self.commits += 1
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -259,6 +264,29 @@ def _settle_all(settled: list[tuple[asyncio.Future[Any], Any, BaseException | No
             future.set_result(result)
 
 
+def _transaction(conn: sqlite3.Connection, batch: list[_Op]) -> list[_Outcome] | None:
+    """Run and commit ``batch``; None (rolled back) as soon as one operation fails."""
+    conn.execute("BEGIN IMMEDIATE")
+    outcomes: list[_Outcome] = []
+    for op in batch:
+        try:
+            outcomes.append((op, op.fn(conn), None))
+        except Exception:
+            with contextlib.suppress(sqlite3.Error):  # some errors already ended the transaction
+                conn.execute("ROLLBACK")
+            return None
+    conn.execute("COMMIT")
+    return outcomes
+
+
+def _isolated_transaction(conn: sqlite3.Connection, batch: list[_Op]) -> list[_Outcome]:
+    """Run and commit ``batch``, each operation in a savepoint: a failing one fails alone."""
+    conn.execute("BEGIN IMMEDIATE")
+    outcomes = [(op, *_in_savepoint(conn, op.fn)) for op in batch]
+    conn.execute("COMMIT")
+    return outcomes
+
+
 def _in_savepoint(
     conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any]
 ) -> tuple[Any, BaseException | None]:
@@ -274,6 +302,10 @@ def _in_savepoint(
     return result, None
 
 
+def _marks(values: Sequence[str]) -> str:
+    return ",".join("?" * len(values))
+
+
 def _chunks(values: Sequence[str]) -> list[Sequence[str]]:
     return [values[i : i + _CHUNK] for i in range(0, len(values), _CHUNK)]
 
@@ -283,16 +315,17 @@ def _load_state(conn: sqlite3.Connection, notification: Notification) -> State:
     occurrences: dict[tuple[str, str], Occurrence] = {}
     incidents: dict[str, Incident] = {}
     cols = "fingerprint, starts_at, status, incident_key, scope, updated_at"
-    for part in _chunks(sorted(wanted.fingerprints)):
-        marks = ",".join("?" * len(part))
-        for row in conn.execute(f"SELECT {cols} FROM occurrences WHERE fingerprint IN ({marks})", part):
+    scopes = _chunks(sorted(wanted.scopes))
+    # One statement for both occurrence lookups (an empty IN () matches nothing in SQLite).
+    for fps, in_scopes in itertools.zip_longest(_chunks(sorted(wanted.fingerprints)), scopes, fillvalue=()):
+        sql = (
+            f"SELECT {cols} FROM occurrences WHERE fingerprint IN ({_marks(fps)}) UNION ALL"
+            f" SELECT {cols} FROM occurrences WHERE status = 'firing' AND scope IN ({_marks(in_scopes)})"
+        )
+        for row in conn.execute(sql, (*fps, *in_scopes)):
             occurrences[(row[0], row[1])] = Occurrence(*row)
-    for part in _chunks(sorted(wanted.scopes)):
-        marks = ",".join("?" * len(part))
-        sql = f"SELECT {cols} FROM occurrences WHERE status = 'firing' AND scope IN ({marks})"
-        for row in conn.execute(sql, part):
-            occurrences[(row[0], row[1])] = Occurrence(*row)
-        sql = f"SELECT {_INCIDENT_COLS} FROM incidents WHERE scope IN ({marks})"
+    for part in scopes:
+        sql = f"SELECT {_INCIDENT_COLS} FROM incidents WHERE scope IN ({_marks(part)})"
         for row in conn.execute(sql, part):
             incidents[row[0]] = Incident(row[0], row[1], row[2], row[3], bool(row[4]), json.loads(row[5]), row[6])
     return State(occurrences=occurrences, incidents=incidents)

@@ -27,6 +27,7 @@ class ExplodingPolicy(Policy):
 
 
 DEFAULT_POLICY = Policy()
+SEVEN_DAYS = "certificate_expiring_7_days"
 
 
 async def ingest(store, *alerts, policy=DEFAULT_POLICY, now=100.0, sinks=SINKS):
@@ -160,3 +161,19 @@ async def test_closed_store_refuses_work(tmp_path):
     store = SqliteStore(tmp_path / "b.db")
     with pytest.raises(StoreError, match="store is not open"):
         await ingest(store, alert())
+
+
+async def test_a_webhook_larger_than_one_lookup_chunk_sees_all_its_state(store):
+    # 900 fingerprints and 450 scopes: the state lookups span several IN (...) statements.
+    certs = [f"c{i}.example.com" for i in range(450)]
+    firing = [alert(cls=cls, certificate=c) for c in certs for cls in (SEVEN_DAYS, "certificate_expired")]
+    first = await ingest(store, *firing)
+    assert (first.new, first.duplicates, len(first.events)) == (900, 0, 450)  # the ladder: only "expired" opens
+    again = await ingest(store, *firing)
+    assert (again.new, again.duplicates, again.events) == (0, 900, ())
+    resolved = [alert("resolved", cls="certificate_expired", certificate=c) for c in certs]
+    last = await ingest(store, *resolved, now=200.0)
+    # Each scope: the expired incident resolves and the 7-day one, still firing, opens again.
+    assert (last.new, len(last.events)) == (450, 900)
+    assert sorted({(e.action.value, e.event_class) for e in last.events}) == [
+        ("resolve", "certificate_expired"), ("trigger", SEVEN_DAYS)]
