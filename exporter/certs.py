@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import ssl
+import sys
 import threading
 import time
 import warnings
@@ -200,7 +201,7 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
-def _parse(der: bytes, digest: bytes) -> ParsedCert:
+def _parse(der: bytes, digest: bytes, index: int = 1) -> ParsedCert:
     try:
         with warnings.catch_warnings():  # peers send odd certificates; report them, do not warn
             warnings.simplefilter("ignore", CryptographyDeprecationWarning)
@@ -210,10 +211,13 @@ def _parse(der: bytes, digest: bytes) -> ParsedCert:
         self_signed = _is_self_signed(cert)
         is_ca = _is_ca(cert)
         info = CertificateInfo(
-            position=Position.ROOT if self_signed and is_ca else Position.INTERMEDIATE,
-            index=1,
-            subject_cn=_cn(cert.subject),
-            issuer_cn=_cn(cert.issuer),
+            # The position and index of first sight: a leaf first seen at index 0 needs no positioned copy.
+            position=Position.LEAF if index == 0 else Position.ROOT if self_signed and is_ca
+            else Position.INTERMEDIATE,
+            index=index,
+            # Interned: every leaf of one CA repeats the issuer's name (10,000 copies otherwise).
+            subject_cn=sys.intern(_cn(cert.subject)),
+            issuer_cn=sys.intern(_cn(cert.issuer)),
             serial=format(cert.serial_number, "x"),
             not_before=cert.not_valid_before_utc.timestamp(),
             not_after=cert.not_valid_after_utc.timestamp(),
@@ -235,10 +239,10 @@ def parse(der: bytes) -> ParsedCert:
     return _parse_digest(der, hashlib.sha256(der).digest())
 
 
-def _parse_digest(der: bytes, digest: bytes) -> ParsedCert:
+def _parse_digest(der: bytes, digest: bytes, index: int = 1) -> ParsedCert:
     parsed = _parsed.get(digest)
     if parsed is None:
-        parsed = _parse(der, digest)
+        parsed = _parse(der, digest, index)
         _parsed.put(digest, parsed)
     return parsed
 
@@ -256,7 +260,7 @@ _positioned: AgingCache[tuple[bytes, int], CertificateInfo] = AgingCache(PARSE_C
 def cert_info(der: bytes, index: int) -> CertificateInfo:
     """CertificateInfo of the certificate at ``index`` of a presented chain (or file)."""
     digest = hashlib.sha256(der).digest()
-    info = _parse_digest(der, digest).info
+    info = _parse_digest(der, digest, index).info
     if info.index == index:
         return info
     # dataclasses.replace costs tens of microseconds; the same (cert, index) recurs on every probe.
