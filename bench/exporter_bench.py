@@ -8,7 +8,7 @@ ratio. Then a certpager process with the N targets in its config probes them wit
 and /metrics is timed with N targets cached.
 
 Everything is loopback; every process started is stopped. Usage (root, for nginx and apt):
-    .venv/bin/python bench/exporter_bench.py [--targets 10000] [--concurrency 256]
+    .venv/bin/python bench/exporter_bench.py [--targets 10000] [--concurrency 256] [--certpager-first]
 """
 
 from __future__ import annotations
@@ -289,11 +289,16 @@ async def run_certpager_scheduler(work: Path, targets: list[str], concurrency: i
         return figures, times, len(body)
 
 
-async def compare_probe_endpoints(work: Path, targets: list[str], concurrency: int) -> None:
+async def compare_probe_endpoints(work: Path, targets: list[str], concurrency: int, certpager_first: bool) -> None:
+    # The machine is shared: run twice, once in each order, so a load change hits both exporters.
+    if certpager_first:
+        certpager = await run_certpager_probe(work, targets, concurrency)
+        print(certpager.line(), flush=True)
     blackbox = await run_blackbox(work, targets, concurrency)
     print(blackbox.line(), flush=True)
-    certpager = await run_certpager_probe(work, targets, concurrency)
-    print(certpager.line(), flush=True)
+    if not certpager_first:
+        certpager = await run_certpager_probe(work, targets, concurrency)
+        print(certpager.line(), flush=True)
     ratio = certpager.per_cpu_second / blackbox.per_cpu_second
     print(f"ratio certpager/blackbox: probes per CPU-second x{ratio:.2f}, wall "
           f"{certpager.wall:.1f}s vs {blackbox.wall:.1f}s, peak RSS {certpager.hwm_mib:.0f} vs "
@@ -318,7 +323,7 @@ async def main_async(args: argparse.Namespace) -> None:
             print(f"nginx serving {args.targets} endpoints (3-certificate chains, {leaves}, one intermediate "
                   f"and root), client concurrency {args.concurrency}", flush=True)
             if "probe" in args.phases:
-                await compare_probe_endpoints(work, targets, args.concurrency)
+                await compare_probe_endpoints(work, targets, args.concurrency, args.certpager_first)
             if "scheduler" not in args.phases:
                 return
             scheduled, times, size = await run_certpager_scheduler(work, targets, args.concurrency)
@@ -334,6 +339,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--shared-leaf", action="store_true",
                         help="serve one leaf on every address (default: a distinct leaf per address)")
+    parser.add_argument("--certpager-first", action="store_true",
+                        help="probe phase: certpager before blackbox (default: blackbox first)")
     parser.add_argument("--phases", default="probe,scheduler",
                         help="comma-separated: probe (both /probe endpoints), scheduler (certpager background)")
     args = parser.parse_args()

@@ -2,18 +2,23 @@
 
 Not a test: prints figures. Usage: ``.venv/bin/python bench/probe_verify_cost.py [--probes 500]``.
 
-Part 1, in memory: client and server SSLObjects joined by memory BIOs in one thread; only the
-client's calls are timed (``time.thread_time``), variants alternate handshake by handshake, so load
-drift on a shared machine hits all of them alike. This isolates the cost of verification.
+Part 1, in memory: the client (pyOpenSSL, as the probe) and a stdlib ``ssl`` server joined by memory
+BIOs in one thread; only the client's calls are timed (``time.thread_time``), variants alternate
+handshake by handshake, so load drift on a shared machine hits all of them alike.
 Part 2, over loopback: the TLS server runs in a child process so that ``time.process_time()``
 counts the prober's CPU only, sockets and asyncio included.
 
-Variants (same loopback server, same RSA-2048 root -> intermediate -> leaf chain):
+Variants (same server, same RSA-2048 root -> intermediate -> leaf chain, TLS 1.3):
   engine        exporter.probes.tls.TLSProber.probe (everything a real probe does, caches warm)
-  off+cached    CERT_NONE handshake, read the chain, certs.ChainVerifier (verdict cache) + hostname
+  off+cached    VERIFY_NONE handshake, read the chain, certs.ChainVerifier (verdict cache) + hostname
   off+uncached  the same, but the verdict cache and parse cache are bypassed every probe
-  openssl       CERT_REQUIRED + check_hostname handshake, read get_verified_chain()
-  off-only      CERT_NONE handshake and chain read, no verification (the floor)
+  openssl       VERIFY_PEER handshake against the CA file, read get_verified_chain() (pyOpenSSL has
+                no hostname check, so this slightly under-counts what OpenSSL verifying would cost)
+  off-only      VERIFY_NONE handshake and chain read, no verification (the floor)
+  x25519-share  off-only with the groups list starting "X25519:" so that only an X25519 key share is
+                sent, not OpenSSL 4.0's default X25519MLKEM768 + X25519 (measurement only: set with
+                a cffi binding that pyOpenSSL does not use or expose; skipped when absent)
+  stdlib-off    off-only with the stdlib ``ssl`` module (Debian's OpenSSL): the probe before pyOpenSSL
 """
 
 from __future__ import annotations
@@ -28,21 +33,32 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from OpenSSL import SSL  # noqa: E402
+
 from certpager import pki  # noqa: E402
 from certpager.tlsserver import TLSServer, server_context  # noqa: E402
 from exporter import certs  # noqa: E402
 from exporter.config import Module, TLSSettings  # noqa: E402
 from exporter.probes.base import ProbeRequest  # noqa: E402
-from exporter.probes.tls import TLSProber, build_context, handshake_on_socket, peer_chain_der  # noqa: E402
+from exporter.probes.tls import (  # noqa: E402
+    TLSProber,
+    build_context,
+    handshake_on_socket,
+    new_connection,
+    peer_chain_der,
+)
+
+X25519_FIRST = b"X25519:X25519MLKEM768:secp256r1:X448:secp384r1:secp521r1:ffdhe2048:ffdhe3072"
 
 
-async def _handshake(port: int, ctx: ssl.SSLContext, sni: str) -> ssl.SSLObject:
+async def _handshake(port: int, ctx: SSL.Context, sni: str) -> SSL.Connection:
     # Every variant uses the engine's socket + memory-BIO handshake, so only verification differs.
     loop = asyncio.get_running_loop()
     sock = socket.socket()
@@ -54,12 +70,68 @@ async def _handshake(port: int, ctx: ssl.SSLContext, sni: str) -> ssl.SSLObject:
         sock.close()
 
 
+async def _stdlib_handshake(port: int, ctx: ssl.SSLContext, sni: str) -> list[bytes]:
+    # The probe's loop before pyOpenSSL: stdlib SSLObject over memory BIOs on the socket.
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if pending := outgoing.read():
+                    await loop.sock_sendall(sock, pending)
+                incoming.write(await loop.sock_recv(sock, 65536))
+        if pending := outgoing.read():
+            await loop.sock_sendall(sock, pending)
+        chain = obj._sslobj.get_unverified_chain()  # type: ignore[attr-defined]
+        return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain]  # type: ignore[attr-defined]
+    finally:
+        sock.close()
+
+
+def stdlib_off() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+    return ctx
+
+
+def strict_context(ca_file: Path) -> SSL.Context:
+    ctx = build_context(TLSSettings())
+    ctx.set_verify(SSL.VERIFY_PEER)
+    ctx.load_verify_locations(str(ca_file))
+    return ctx
+
+
+def x25519_context() -> SSL.Context | None:
+    """The engine's context sending only an X25519 key share (None when the binding is gone)."""
+    from cryptography.hazmat.bindings.openssl.binding import Binding
+
+    ctx = build_context(TLSSettings())
+    set_list = getattr(Binding.lib, "SSL_CTX_set1_curves_list", None)
+    if set_list is None or set_list(ctx._context, X25519_FIRST) != 1:
+        return None
+    return ctx
+
+
 def variants(port: int, files: pki.ChainFiles) -> dict[str, Callable[[], Awaitable[object]]]:
     module = Module(tls=TLSSettings(ca_file=files.ca_file))
     prober = TLSProber()
     off = build_context(module.tls)
     verifier = certs.ChainVerifier()
-    strict = ssl.create_default_context(cafile=str(files.ca_file))
+    strict = strict_context(files.ca_file)
+    x25519 = x25519_context()
+    old = stdlib_off()
 
     async def engine() -> object:
         (result,) = await prober.probe(ProbeRequest(f"localhost:{port}", module, timeout=5, address="127.0.0.1"))
@@ -74,21 +146,30 @@ def variants(port: int, files: pki.ChainFiles) -> dict[str, Callable[[], Awaitab
 
     async def off_uncached() -> object:
         ders = peer_chain_der(await _handshake(port, off, "localhost"))
-        infos = [certs._parse(d) for d in ders]  # bypass the parse cache
+        infos = [certs._parse(d, b"") for d in ders]  # bypass the parse cache
         fresh = certs.ChainVerifier(verifier.stores)  # keeps the loaded store, empty verdict cache
         assert fresh.verify(ders, files.ca_file).verified
         return certs.match_hostname(infos[0], "localhost")
 
     async def openssl() -> object:
-        obj = await _handshake(port, strict, "localhost")
-        chain = obj._sslobj.get_verified_chain()  # type: ignore[attr-defined]
-        return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain]  # type: ignore[attr-defined]
+        return (await _handshake(port, strict, "localhost")).get_verified_chain()
 
     async def off_only() -> object:
         return peer_chain_der(await _handshake(port, off, "localhost"))
 
-    return {"engine": engine, "off+cached": off_cached, "off+uncached": off_uncached,
-            "openssl": openssl, "off-only": off_only}
+    async def x25519_share() -> object:
+        assert x25519 is not None
+        return peer_chain_der(await _handshake(port, x25519, "localhost"))
+
+    async def stdlib() -> object:
+        return await _stdlib_handshake(port, old, "localhost")
+
+    fns: dict[str, Callable[[], Awaitable[object]]] = {
+        "engine": engine, "off+cached": off_cached, "off+uncached": off_uncached, "openssl": openssl,
+        "off-only": off_only, "x25519-share": x25519_share, "stdlib-off": stdlib}
+    if x25519 is None:
+        del fns["x25519-share"]
+    return fns
 
 
 async def measure(
@@ -109,7 +190,35 @@ async def measure(
     return samples
 
 
-def _memory_handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> tuple[float, ssl.SSLObject]:
+def _memory_handshake(client: SSL.Context, server: ssl.SSLContext) -> tuple[float, SSL.Connection]:
+    c = new_connection(client, "localhost")
+    s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    cpu = 0.0
+    for _ in range(10):
+        begin = time.thread_time()
+        try:
+            c.do_handshake()
+            done = True
+        except SSL.WantReadError:
+            done = False
+        out = b""
+        with contextlib.suppress(SSL.WantReadError):
+            out = c.bio_read(65536)
+        cpu += time.thread_time() - begin
+        s_in.write(out)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            s.do_handshake()
+        if pending := s_out.read():
+            begin = time.thread_time()
+            c.bio_write(pending)
+            cpu += time.thread_time() - begin
+        if done:
+            return cpu, c
+    raise RuntimeError("handshake did not finish")
+
+
+def _stdlib_memory_handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> float:
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
     c = client.wrap_bio(c_in, c_out, server_hostname="localhost")
     s = server.wrap_bio(s_in, s_out, server_side=True)
@@ -121,20 +230,24 @@ def _memory_handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> tuple[f
             done = True
         except ssl.SSLWantReadError:
             done = False
+        if done:
+            c._sslobj.get_unverified_chain()  # type: ignore[attr-defined]
         cpu += time.thread_time() - begin
         s_in.write(c_out.read())
         with contextlib.suppress(ssl.SSLWantReadError):
             s.do_handshake()
         c_in.write(s_out.read())
         if done:
-            return cpu, c
+            return cpu
     raise RuntimeError("handshake did not finish")
 
 
 def memory_variants(files: pki.ChainFiles) -> dict[str, Callable[[], float]]:
     server = server_context(files.cert_file, files.key_file)
     off = build_context(TLSSettings())
-    strict = ssl.create_default_context(cafile=str(files.ca_file))
+    strict = strict_context(files.ca_file)
+    x25519 = x25519_context()
+    old = stdlib_off()
     verifier = certs.ChainVerifier()
 
     def timed(fn: Callable[[], object]) -> float:
@@ -161,16 +274,25 @@ def memory_variants(files: pki.ChainFiles) -> dict[str, Callable[[], float]]:
 
         def verify() -> None:
             ders = peer_chain_der(c)
-            parsed = [certs._parse(d) for d in ders]
+            parsed = [certs._parse(d, b"") for d in ders]
             assert certs.ChainVerifier(verifier.stores).verify(ders, files.ca_file).verified
             certs.match_hostname(parsed[0], "localhost")
         return cpu + timed(verify)
 
     def openssl() -> float:
         cpu, c = _memory_handshake(strict, server)
-        return cpu + timed(lambda: c._sslobj.get_verified_chain())  # type: ignore[attr-defined]
+        return cpu + timed(c.get_verified_chain)
 
-    return {"off-only": off_only, "off+cached": off_cached, "off+uncached": off_uncached, "openssl": openssl}
+    def x25519_share() -> float:
+        assert x25519 is not None
+        cpu, c = _memory_handshake(x25519, server)
+        return cpu + timed(lambda: peer_chain_der(c))
+
+    fns = {"off-only": off_only, "off+cached": off_cached, "off+uncached": off_uncached, "openssl": openssl,
+           "x25519-share": x25519_share, "stdlib-off": lambda: _stdlib_memory_handshake(old, server)}
+    if x25519 is None:
+        del fns["x25519-share"]
+    return fns
 
 
 def measure_memory(files: pki.ChainFiles, handshakes: int) -> None:
@@ -201,7 +323,9 @@ async def main(args: argparse.Namespace) -> None:
     chain = pki.build_chain(("localhost",), root=root, intermediate=pki.make_intermediate(root, key="rsa2048"),
                             key="rsa2048")
     files = chain.write(directory)
-    print(f"RSA-2048 root -> intermediate -> leaf, TLS 1.3, {ssl.OPENSSL_VERSION}, Python {sys.version.split()[0]}")
+    client = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+    print(f"RSA-2048 root -> intermediate -> leaf, TLS 1.3, client {client}, stdlib/server {ssl.OPENSSL_VERSION},"
+          f" Python {sys.version.split()[0]}")
     measure_memory(files, args.probes)
     child = subprocess.Popen([sys.executable, __file__, "--serve", str(directory)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

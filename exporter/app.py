@@ -201,8 +201,9 @@ def trim_memory() -> None:
 def limit_tls_read_buffer(size: int = 32 * 1024) -> None:
     """Shrink asyncio's per-connection TLS read buffer (256 KiB zeroed per connection on 3.11).
 
-    Probes only read handshake records, and 256 in-flight probes would otherwise pin 64 MiB; the
-    buffer grows on demand anyway. Process-wide, so only the ``certpager exporter`` command calls it.
+    Probes no longer open asyncio TLS transports (both the direct and the STARTTLS path run
+    pyOpenSSL over memory BIOs), so today this only bounds a TLS stream some other code might open.
+    Process-wide, so only the ``certpager exporter`` command calls it.
     """
     import asyncio.sslproto
 
