@@ -198,18 +198,6 @@ def trim_memory() -> None:
         trim(0)
 
 
-def limit_tls_read_buffer(size: int = 32 * 1024) -> None:
-    """Shrink asyncio's per-connection TLS read buffer (256 KiB zeroed per connection on 3.11).
-
-    Probes no longer open asyncio TLS transports (both the direct and the STARTTLS path run
-    pyOpenSSL over memory BIOs), so today this only bounds a TLS stream some other code might open.
-    Process-wide, so only the ``certpager exporter`` command calls it.
-    """
-    import asyncio.sslproto
-
-    asyncio.sslproto.SSLProtocol.max_size = size
-
-
 def _timing(config: Config) -> Timing:
     g = config.global_
     return Timing(concurrency=g.concurrency, jitter=g.jitter, retry_backoff=g.retry_backoff)

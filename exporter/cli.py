@@ -50,10 +50,9 @@ async def serve_config(
 ) -> int:
     """Run the exporter from ``config_file`` on ``address`` until SIGTERM/SIGINT or ``stop`` (the demo runs it)."""
     # Imported here so --config.check stays light (no aiohttp app, no probe engine).
-    from exporter.app import Exporter, limit_tls_read_buffer
+    from exporter.app import Exporter
     from exporter.web import create_app
 
-    limit_tls_read_buffer()
     try:
         exporter = Exporter(config_file)
     except ConfigError as exc:
