@@ -79,8 +79,8 @@ async def post(session, port: int, data: bytes) -> bool:
         return False
 
 
-async def send_and_kill(session, port: int, webhooks: list[bytes], accepted: list[bool], proc) -> None:
-    """Post the burst 4 at a time, in order; SIGKILL the bridge once 3/5 are answered, mid-flight."""
+async def send_and_kill(session, port: int, webhooks: list[bytes], accepted: list[bool], proc, fake) -> None:
+    """Post the burst 4 at a time, in order; once 3/5 are answered and PagerDuty got an event, SIGKILL the bridge."""
     gate = asyncio.Semaphore(4)
     killed = asyncio.Event()
 
@@ -91,6 +91,11 @@ async def send_and_kill(session, port: int, webhooks: list[bytes], accepted: lis
             accepted[i] = await post(session, port, webhooks[i])
             if sum(accepted) >= len(webhooks) * 3 // 5 and not killed.is_set():
                 killed.set()
+                # The bridge may answer 3/5 of the burst before its first delivery lands: wait for one.
+                for _ in range(500):
+                    if fake.accepted:
+                        break
+                    await asyncio.sleep(0.01)
                 proc.send_signal(signal.SIGKILL)
 
     await asyncio.gather(*(one(i) for i in range(len(webhooks))))
@@ -115,7 +120,7 @@ async def test_sigkill_mid_burst_loses_nothing_and_sends_nothing_twice(tmp_path)
         timeout = aiohttp.ClientTimeout(total=5)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             async with bridge_process(config, port, log) as proc:
-                await send_and_kill(session, port, webhooks, accepted, proc)
+                await send_and_kill(session, port, webhooks, accepted, proc, fake)
             delivered_before_restart = len(fake.accepted)
             assert 0 < delivered_before_restart < 2 * CERTS, "the kill must land mid-delivery"
             async with bridge_process(config, port, log):
