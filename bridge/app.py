@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -155,8 +156,8 @@ def authorized(header: str, loaded: LoadedConfig) -> bool:
 
 
 def _answer(request: web.Request, status: int, result: str, body: dict[str, Any], **kw: Any) -> web.Response:
-    request.app[METRICS].webhooks.labels(source="alertmanager", result=result).inc()
-    return web.json_response(body, status=status, **kw)
+    request.app[METRICS].webhook("alertmanager", result).inc()
+    return web.Response(body=json.dumps(body).encode(), status=status, content_type="application/json", **kw)
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes | None:
@@ -210,10 +211,10 @@ async def _commit(request: web.Request, body: bytes, notification: alertmanager.
         app[WORKER].wake()
     for verdict, count in (("new", result.new), ("duplicate", result.duplicates), ("stale", result.stale)):
         if count:
-            metrics.transitions.labels(verdict=verdict).inc(count)
+            metrics.transition(verdict).inc(count)
     for event in result.events:
         if event.action == "trigger":
-            metrics.incidents.labels(event.event_class, event.group, event.severity.value).inc()
+            metrics.incident(event.event_class, event.group, event.severity.value).inc()
     return _answer(request, 200, "accepted", {
         "status": "accepted", "receipt": result.receipt_id, "alerts": len(notification.alerts), "new": result.new,
         "duplicates": result.duplicates, "stale": result.stale, "events": len(result.events),

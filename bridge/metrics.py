@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -22,6 +23,21 @@ from certpager import __version__
 log = logging.getLogger(__name__)
 NAMESPACE = "certpager_bridge"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class Children:
+    """The labelled children of one metric, looked up once: ``labels()`` costs ~3 us, this ~0.2 us."""
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        """The child for these label values, in the metric's label order."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class BridgeMetrics:
@@ -63,6 +79,12 @@ class BridgeMetrics:
             f"{NAMESPACE}_build_info", "certpager bridge build information.", ["version"], registry=registry,
         )
         build.labels(version=__version__).set(1)
+        # The hot paths (every webhook, every delivery) take their children from these.
+        self.webhook = Children(self.webhooks)
+        self.transition = Children(self.transitions)
+        self.incident = Children(self.incidents)
+        self.delivery = Children(self.deliveries)
+        self.latency = Children(self.delivery_latency)
         self.reload_ok.set(1)
         self.reload_time.set(time.time())
 

@@ -154,7 +154,7 @@ class OutboxWorker:
             await self._store.mark_delivered(item.id)
             self._count(name, "delivered")
             if self._metrics is not None:
-                self._metrics.delivery_latency.labels(sink=name).observe(max(now - item.created_at, 0.0))
+                self._metrics.latency(name).observe(max(now - item.created_at, 0.0))
         elif isinstance(outcome, RetryLater):
             delay = outcome.after if outcome.after is not None else self.backoff(item.attempts)
             at = now + max(delay, 0.0)
@@ -177,7 +177,7 @@ class OutboxWorker:
 
     def _count(self, sink: str, result: str) -> None:
         if self._metrics is not None:
-            self._metrics.deliveries.labels(sink=sink, result=result).inc()
+            self._metrics.delivery(sink, result).inc()
 
     async def _maybe_prune(self) -> None:
         now = self._clock()
