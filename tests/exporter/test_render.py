@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from exporter.config import Config, MetricsSettings, Module, Target
 from exporter.probes.base import Phase, Reason, VerifyReason
 from exporter.render import FAMILIES, TargetView, escape, format_value, join_families, render_target
@@ -212,7 +210,8 @@ def test_snapshot_is_immutable_and_reused_until_a_change():
     assert store.snapshot()["a.test:443"].success is False
 
 
-def test_render_10000_targets_is_fast():
+def test_render_10000_targets():
+    # Correctness at bench scale; how fast it renders is measured by bench/exporter_bench.py, not asserted.
     modules = {"tls": Module()}
     config = Config(modules=modules, targets=[Target(target=f"h{i}.test:443", labels={"env": "prod"})
                                               for i in range(10_000)])
@@ -221,17 +220,10 @@ def test_render_10000_targets_is_fast():
     result = [ok_result(durations={Phase.HANDSHAKE: 0.01})]
     for t in targets:
         store.record(t, result)
-    # CPU time, best of 5: the machine running the tests is shared, wall time is not this code's.
-    best = min(_timed(lambda: store.snapshot().render()) for _ in range(5))
     text = store.snapshot().render()
     assert text.count(b"\ntls_cert_info{") == 30_000
-    assert best < 0.1, f"render took {best:.3f}s"
-
-
-def _timed(fn):
-    start = time.process_time()
-    fn()
-    return time.process_time() - start
+    assert text.count(b"# TYPE tls_cert_info gauge\n") == 1
+    assert text.count(b'\ntls_probe_success{target="h9999.test:443",env="prod"} 1\n') == 1
 
 
 def test_shared_certificate_lines_are_stored_once_and_forgotten_after_rotation():
