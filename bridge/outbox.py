@@ -7,6 +7,10 @@
   (PagerDuty's dedup_key absorbs the duplicate). ``RetryLater`` keeps it at the head until ``after``
   (Retry-After, or the sink's own rate limiter) or, without one, an exponential backoff with jitter.
   ``DeadLetter`` moves it aside with the API's error and lets the key's next item go.
+- A sink with a local rate limiter (:class:`HoldsBack`) is asked, for each claimed item and before any
+  delivery starts, whether it must wait; the items held back are put back with one store write for the
+  whole claim, not one task and one write each. After an alert storm every new event is claimed once
+  and held back, so this is the outbox's cost per webhook while the limit is reached.
 - The worker wakes at once when an ingest queued something (:meth:`OutboxWorker.wake`), when a delivery
   finished, when a retry falls due, and at least every ``sweep_interval``.
 """
@@ -19,6 +23,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from typing import Protocol, runtime_checkable
 
 from bridge.metrics import BridgeMetrics
 from bridge.sinks.base import Delivered, DeliveryOutcome, OutboxItem, RetryLater, Sink
@@ -26,6 +31,15 @@ from bridge.store.base import Store
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 3600.0  # seconds between retention sweeps
+
+
+@runtime_checkable
+class HoldsBack(Protocol):
+    """A sink that can tell, without sending, that an item must wait for its local rate limit."""
+
+    def held_back(self, item: OutboxItem) -> RetryLater | None:
+        """The hold (``local=True``) if ``item`` may not be sent now, else None."""
+        ...
 
 
 class OutboxWorker:
@@ -120,18 +134,48 @@ class OutboxWorker:
 
     async def _fill(self) -> None:
         for name, sink in self._sinks.items():
-            free = self._max_in_flight - len(self._tasks)
-            if free <= 0 or self._stopping:
-                return
-            try:
-                items = await self._store.claim(name, now=self._clock(), limit=free, lease=self._lease)
-            except Exception as exc:
-                log.error("outbox claim failed", extra={"kv": {"sink": name, "err": str(exc)}})
-                return
-            for item in items:
-                task = asyncio.create_task(self._deliver(name, sink, item))
-                self._tasks.add(task)
-                task.add_done_callback(self._done)
+            while True:  # again while a full claim was (partly) held back: more may be due
+                free = self._max_in_flight - len(self._tasks)
+                if free <= 0 or self._stopping:
+                    return
+                try:
+                    items = await self._store.claim(name, now=self._clock(), limit=free, lease=self._lease)
+                except Exception as exc:
+                    log.error("outbox claim failed", extra={"kv": {"sink": name, "err": str(exc)}})
+                    return
+                held = self._start(name, sink, items)
+                if held:
+                    await self._hold(name, held)
+                if len(items) < free or not held:
+                    break
+
+    def _start(self, name: str, sink: Sink, items: list[OutboxItem]) -> list[tuple[OutboxItem, RetryLater]]:
+        """Start a delivery for each item the sink takes now; answer the ones it holds back."""
+        held: list[tuple[OutboxItem, RetryLater]] = []
+        check = sink.held_back if isinstance(sink, HoldsBack) else None
+        for item in items:
+            hold = check(item) if check is not None else None
+            if hold is not None:
+                held.append((item, hold))
+                continue
+            task = asyncio.create_task(self._deliver(name, sink, item))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+        return held
+
+    async def _hold(self, name: str, held: list[tuple[OutboxItem, RetryLater]]) -> None:
+        now = self._clock()
+        retries = [(item.id, now + max(hold.after or 0.0, 0.0), hold.error) for item, hold in held]
+        try:
+            await self._store.retry_many(retries)
+        except Exception as exc:  # the leases expire and the items are claimed again
+            kv = {"sink": name, "items": len(held), "err": str(exc)}
+            log.error("cannot record held-back items", extra={"kv": kv})
+            return
+        at = min(r[1] for r in retries)
+        self._next_retry = at if self._next_retry is None else min(self._next_retry, at)
+        if self._metrics is not None:
+            self._metrics.delivery(name, "throttled").inc(len(held))
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

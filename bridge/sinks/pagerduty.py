@@ -294,7 +294,7 @@ class PagerDutySink:
 
     async def deliver(self, item: OutboxItem) -> DeliveryOutcome:
         """Send one item; answer what the outbox should do with it."""
-        held = self._held_back(item)
+        held = self.held_back(item)
         if held is not None:
             return held
         event = read_event(item)
@@ -305,8 +305,8 @@ class PagerDutySink:
         self._log(item, event, outcome)
         return outcome
 
-    def _held_back(self, item: OutboxItem) -> RetryLater | None:
-        """The local rate limit's answer, asked before any decoding or encoding: a held-back item costs ~nothing."""
+    def held_back(self, item: OutboxItem) -> RetryLater | None:
+        """The local rate limit's hold for ``item``, or None; no decoding or encoding (the outbox asks first)."""
         route = item.payload.get("route")
         routing_key = self._routing_key_for(route) if isinstance(route, str) else None
         if not routing_key:

@@ -97,6 +97,10 @@ class Store(Protocol):
         """Keep the item at the head of its key; try again no sooner than ``at``."""
         ...
 
+    async def retry_many(self, retries: Sequence[tuple[int, float, str]]) -> None:
+        """:meth:`retry_at` for many ``(item_id, at, error)`` at once, in one write."""
+        ...
+
     async def dead_letter(self, item_id: int, *, error: str, status: int, now: float) -> None:
         """Move the item to the dead letters; the key's next item may go."""
         ...

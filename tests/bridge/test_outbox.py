@@ -175,3 +175,38 @@ async def test_concurrency_is_bounded(store, clock):
         release.set()
         await until(lambda: store.pending() == [])
         assert (len(sink.seen), peak) == (6, 2)
+
+
+class HoldingSink(RecordingSink):
+    """A sink whose local limit holds back every item until ``open_at`` (the worker asks before delivering)."""
+
+    def __init__(self, clock, open_at: float) -> None:
+        super().__init__()
+        self.clock = clock
+        self.open_at = open_at
+        self.asked = 0
+
+    def held_back(self, item):
+        self.asked += 1
+        wait = self.open_at - self.clock()
+        return RetryLater(after=wait, error="rate limit (local)", local=True) if wait > 0 else None
+
+
+async def test_held_back_items_are_put_back_without_a_delivery(store):
+    clock = Clock()
+    sink = HoldingSink(clock, open_at=clock.now + 60.0)
+    for i in range(5):
+        await ingest(store, alert(certificate=f"c{i}.example.com"))
+    commits = store.commits
+    # Two slots for five items: the worker claims again while whole claims are held back.
+    async with running(store, sink, clock, max_in_flight=2, sweep_interval=5.0) as (worker, registry):
+        await until(lambda: sample(registry, "throttled") == 5)
+        assert sink.seen == [] and sink.asked == 5 and worker.in_flight == 0
+        assert [(i.attempts, i.payload["component"]) for i in store.pending()] == [
+            (1, f"c{i}.example.com") for i in range(5)]
+        assert store.commits - commits <= 6  # 3 claims + 3 writes for the held-back items, not 5 of each
+        clock.advance(60.0)
+        worker.wake()
+        await until(lambda: sample(registry, "delivered") == 5)
+        assert sorted(i.payload["component"] for i in sink.seen) == [f"c{i}.example.com" for i in range(5)]
+        assert sample(registry, "throttled") == 5
