@@ -167,7 +167,7 @@ class OutboxWorker:
         now = self._clock()
         retries = [(item.id, now + max(hold.after or 0.0, 0.0), hold.error) for item, hold in held]
         try:
-            await self._store.retry_many(retries)
+            await self._store.retry_many(retries, attempted=False)
         except Exception as exc:  # the leases expire and the items are claimed again
             kv = {"sink": name, "items": len(held), "err": str(exc)}
             log.error("cannot record held-back items", extra={"kv": kv})
@@ -202,7 +202,7 @@ class OutboxWorker:
         elif isinstance(outcome, RetryLater):
             delay = outcome.after if outcome.after is not None else self.backoff(item.attempts)
             at = now + max(delay, 0.0)
-            await self._store.retry_at(item.id, at=at, error=outcome.error)
+            await self._store.retry_at(item.id, at=at, error=outcome.error, attempted=not outcome.local)
             self._next_retry = at if self._next_retry is None else min(self._next_retry, at)
             self._count(name, "throttled" if outcome.local else "retry")
             if not outcome.local:

@@ -93,11 +93,15 @@ class Store(Protocol):
 
     async def mark_delivered(self, item_id: int) -> None: ...
 
-    async def retry_at(self, item_id: int, *, at: float, error: str) -> None:
-        """Keep the item at the head of its key; try again no sooner than ``at``."""
+    async def retry_at(self, item_id: int, *, at: float, error: str, attempted: bool = True) -> None:
+        """Keep the item at the head of its key; try again no sooner than ``at``.
+
+        ``attempted=False`` when nothing was sent (a sink's local rate limit held it back): the item's
+        ``attempts``, which drives the retry backoff and is kept with dead letters, counts real sends only.
+        """
         ...
 
-    async def retry_many(self, retries: Sequence[tuple[int, float, str]]) -> None:
+    async def retry_many(self, retries: Sequence[tuple[int, float, str]], *, attempted: bool = True) -> None:
         """:meth:`retry_at` for many ``(item_id, at, error)`` at once, in one write."""
         ...
 

@@ -38,7 +38,7 @@ T = TypeVar("T")
 MAX_BATCH = 512  # operations per group commit; bounds one transaction's latency
 _CHUNK = 400  # parameters per IN (...) list (two lists share a statement: under SQLite's old 999)
 _RETRY_SQL = (
-    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, lease_until = 0, last_error = ? WHERE id = ?"
+    "UPDATE outbox SET attempts = attempts + ?, next_attempt_at = ?, lease_until = 0, last_error = ? WHERE id = ?"
 )
 _INCIDENT_COLS = "key, scope, event_class, route, open, trigger, updated_at"
 
@@ -193,11 +193,11 @@ class SqliteStore:
     async def mark_delivered(self, item_id: int) -> None:
         await self._submit(lambda conn: conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,)))
 
-    async def retry_at(self, item_id: int, *, at: float, error: str) -> None:
-        await self.retry_many([(item_id, at, error)])
+    async def retry_at(self, item_id: int, *, at: float, error: str, attempted: bool = True) -> None:
+        await self.retry_many([(item_id, at, error)], attempted=attempted)
 
-    async def retry_many(self, retries: Sequence[tuple[int, float, str]]) -> None:
-        rows = [(at, error, item_id) for item_id, at, error in retries]
+    async def retry_many(self, retries: Sequence[tuple[int, float, str]], *, attempted: bool = True) -> None:
+        rows = [(int(attempted), at, error, item_id) for item_id, at, error in retries]
         await self._submit(lambda conn: conn.executemany(_RETRY_SQL, rows))
 
     async def dead_letter(self, item_id: int, *, error: str, status: int, now: float) -> None:

@@ -202,11 +202,51 @@ async def test_held_back_items_are_put_back_without_a_delivery(store):
     async with running(store, sink, clock, max_in_flight=2, sweep_interval=5.0) as (worker, registry):
         await until(lambda: sample(registry, "throttled") == 5)
         assert sink.seen == [] and sink.asked == 5 and worker.in_flight == 0
+        # Nothing was sent, so nothing was attempted: backoff and dead letters count real sends only.
         assert [(i.attempts, i.payload["component"]) for i in store.pending()] == [
-            (1, f"c{i}.example.com") for i in range(5)]
+            (0, f"c{i}.example.com") for i in range(5)]
         assert store.commits - commits <= 6  # 3 claims + 3 writes for the held-back items, not 5 of each
         clock.advance(60.0)
         worker.wake()
         await until(lambda: sample(registry, "delivered") == 5)
         assert sorted(i.payload["component"] for i in sink.seen) == [f"c{i}.example.com" for i in range(5)]
         assert sample(registry, "throttled") == 5
+
+
+class LocallyLimitedThenFailingSink(RecordingSink):
+    """Holds every item back ``holds`` times from deliver() itself, then answers 503 once, then 202."""
+
+    def __init__(self, holds: int) -> None:
+        super().__init__()
+        self.holds = holds
+        self.calls = 0
+
+    async def deliver(self, item):
+        self.calls += 1
+        if self.calls <= self.holds:
+            return RetryLater(after=1.0, error="rate limit (local)", local=True)
+        if self.calls == self.holds + 1:
+            return RetryLater(after=None, error="503")
+        return await super().deliver(item)
+
+
+async def test_local_holds_do_not_inflate_the_backoff_of_a_real_failure(store):
+    # After an alert storm an event may be held back by the local rate limit many times; its first real
+    # failure must still get the first retry's backoff (1-2 s here), not the capped one (minutes).
+    clock = Clock()
+    sink = LocallyLimitedThenFailingSink(holds=10)
+    await ingest(store, alert())
+    async with running(store, sink, clock, sweep_interval=0.05, retry_initial=1.0, retry_max=300.0) as (
+        worker, registry,
+    ):
+        for calls in range(1, 11):
+            await until(lambda n=calls: sink.calls == n)
+            clock.advance(1.0)
+            worker.wake()
+        await until(lambda: sample(registry, "retry") == 1)
+        (item,) = store.pending()
+        assert item.attempts == 1
+        assert item.payload["component"] == "api.example.com"
+        clock.advance(2.0)  # the first retry waits at most retry_initial (1 s); a capped one 150-300 s
+        worker.wake()
+        await until(lambda: sample(registry, "delivered") == 1)
