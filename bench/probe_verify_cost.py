@@ -15,9 +15,9 @@ Variants (same server, same RSA-2048 root -> intermediate -> leaf chain, TLS 1.3
   openssl       VERIFY_PEER handshake against the CA file, read get_verified_chain() (pyOpenSSL has
                 no hostname check, so this slightly under-counts what OpenSSL verifying would cost)
   off-only      VERIFY_NONE handshake and chain read, no verification (the floor)
-  x25519-share  off-only with the groups list starting "X25519:" so that only an X25519 key share is
-                sent, not OpenSSL 4.0's default X25519MLKEM768 + X25519 (measurement only: set with
-                a cffi binding that pyOpenSSL does not use or expose; skipped when absent)
+  hybrid-share  off-only with OpenSSL 4.0's default key shares, X25519MLKEM768 and X25519, instead of the
+                engine's single X25519 share (exporter.probes.tls.offer_classical_groups); skipped when
+                cryptography's binding lacks SSL_CTX_set1_curves_list
   stdlib-off    off-only with the stdlib ``ssl`` module (Debian's OpenSSL): the probe before pyOpenSSL
 """
 
@@ -55,7 +55,8 @@ from exporter.probes.tls import (  # noqa: E402
     peer_chain_der,
 )
 
-X25519_FIRST = b"X25519:X25519MLKEM768:secp256r1:X448:secp384r1:secp521r1:ffdhe2048:ffdhe3072"
+# OpenSSL 3.5+'s default list: a "*" marks a group whose key share goes into the ClientHello.
+HYBRID_DEFAULT = b"*X25519MLKEM768:*X25519:secp256r1:X448:secp384r1:secp521r1:ffdhe2048:ffdhe3072"
 
 
 async def _handshake(port: int, ctx: SSL.Context, sni: str) -> SSL.Connection:
@@ -113,13 +114,13 @@ def strict_context(ca_file: Path) -> SSL.Context:
     return ctx
 
 
-def x25519_context() -> SSL.Context | None:
-    """The engine's context sending only an X25519 key share (None when the binding is gone)."""
+def hybrid_context() -> SSL.Context | None:
+    """The engine's context with OpenSSL's default hybrid + X25519 key shares (None without the binding)."""
     from cryptography.hazmat.bindings.openssl.binding import Binding
 
     ctx = build_context(TLSSettings())
     set_list = getattr(Binding.lib, "SSL_CTX_set1_curves_list", None)
-    if set_list is None or set_list(ctx._context, X25519_FIRST) != 1:
+    if set_list is None or set_list(ctx._context, HYBRID_DEFAULT) != 1:
         return None
     return ctx
 
@@ -130,7 +131,7 @@ def variants(port: int, files: pki.ChainFiles) -> dict[str, Callable[[], Awaitab
     off = build_context(module.tls)
     verifier = certs.ChainVerifier()
     strict = strict_context(files.ca_file)
-    x25519 = x25519_context()
+    hybrid = hybrid_context()
     old = stdlib_off()
 
     async def engine() -> object:
@@ -157,18 +158,18 @@ def variants(port: int, files: pki.ChainFiles) -> dict[str, Callable[[], Awaitab
     async def off_only() -> object:
         return peer_chain_der(await _handshake(port, off, "localhost"))
 
-    async def x25519_share() -> object:
-        assert x25519 is not None
-        return peer_chain_der(await _handshake(port, x25519, "localhost"))
+    async def hybrid_share() -> object:
+        assert hybrid is not None
+        return peer_chain_der(await _handshake(port, hybrid, "localhost"))
 
     async def stdlib() -> object:
         return await _stdlib_handshake(port, old, "localhost")
 
     fns: dict[str, Callable[[], Awaitable[object]]] = {
         "engine": engine, "off+cached": off_cached, "off+uncached": off_uncached, "openssl": openssl,
-        "off-only": off_only, "x25519-share": x25519_share, "stdlib-off": stdlib}
-    if x25519 is None:
-        del fns["x25519-share"]
+        "off-only": off_only, "hybrid-share": hybrid_share, "stdlib-off": stdlib}
+    if hybrid is None:
+        del fns["hybrid-share"]
     return fns
 
 
@@ -246,7 +247,7 @@ def memory_variants(files: pki.ChainFiles) -> dict[str, Callable[[], float]]:
     server = server_context(files.cert_file, files.key_file)
     off = build_context(TLSSettings())
     strict = strict_context(files.ca_file)
-    x25519 = x25519_context()
+    hybrid = hybrid_context()
     old = stdlib_off()
     verifier = certs.ChainVerifier()
 
@@ -283,15 +284,15 @@ def memory_variants(files: pki.ChainFiles) -> dict[str, Callable[[], float]]:
         cpu, c = _memory_handshake(strict, server)
         return cpu + timed(c.get_verified_chain)
 
-    def x25519_share() -> float:
-        assert x25519 is not None
-        cpu, c = _memory_handshake(x25519, server)
+    def hybrid_share() -> float:
+        assert hybrid is not None
+        cpu, c = _memory_handshake(hybrid, server)
         return cpu + timed(lambda: peer_chain_der(c))
 
     fns = {"off-only": off_only, "off+cached": off_cached, "off+uncached": off_uncached, "openssl": openssl,
-           "x25519-share": x25519_share, "stdlib-off": lambda: _stdlib_memory_handshake(old, server)}
-    if x25519 is None:
-        del fns["x25519-share"]
+           "hybrid-share": hybrid_share, "stdlib-off": lambda: _stdlib_memory_handshake(old, server)}
+    if hybrid is None:
+        del fns["hybrid-share"]
     return fns
 
 

@@ -3,18 +3,27 @@ STARTTLS through the memory-BIO loop, and the mapping of OpenSSL errors to reaso
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
+import uvloop
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from certpager import pki
 from certpager.tlsserver import TLSServer
 from exporter.config import Module, Policies, StartTLSSettings, TLSSettings
-from exporter.probes.base import Reason
-from exporter.probes.tls import classify_handshake_error
+from exporter.probes.base import Phase, Reason
+from exporter.probes.tls import (
+    TLSProber,
+    build_context,
+    classify_handshake_error,
+    new_connection,
+    offer_classical_groups,
+)
 from tests.exporter.conftest import LEAF_NOT_AFTER, ProbePKI, ts
 from tests.exporter.test_probe_tls import (
     LineNegotiator,
@@ -51,7 +60,7 @@ async def test_min_version_above_the_peers_is_tls_alert(prober, test_pki):
 @needs_openssl
 @pytest.mark.parametrize(("version_flag", "version"), [("-tls1_3", "TLS 1.3"), ("-tls1_2", "TLS 1.2")])
 async def test_server_with_one_uncommon_group_completes(prober, test_pki, version_flag, version):
-    # The client keeps OpenSSL's default groups: a server that only accepts P-384 still completes
+    # The client offers every classical group with one X25519 key share: a server that only accepts P-384 completes
     # (TLS 1.3 through a HelloRetryRequest, TLS 1.2 through the supported_groups list).
     module = Module(tls=TLSSettings(insecure_skip_verify=True))
     async with openssl_server(test_pki, "-groups", "secp384r1", version_flag) as address:
@@ -70,6 +79,91 @@ def _encrypted_key(test_pki: ProbePKI, tmp_path: Path, password: bytes) -> Path:
 def _client_module(test_pki: ProbePKI, key_file: Path, password_file: Path | None) -> Module:
     return Module(tls=TLSSettings(ca_file=test_pki.ca_file, max_version="TLS1.2", cert_file=test_pki.client.cert_file,
                                   key_file=key_file, key_password_file=password_file))
+
+
+X25519, SECP256R1, SECP384R1, X25519MLKEM768 = 0x001D, 0x0017, 0x0018, 0x11EC
+
+
+def client_hello_groups(context: SSL.Context) -> tuple[list[int], list[int]]:
+    """(supported_groups, groups with a key share) of the ClientHello a new connection sends (RFC 8446 4.1.2)."""
+    connection = new_connection(context, "example.test")
+    with contextlib.suppress(SSL.WantReadError):
+        connection.do_handshake()
+    hello = connection.bio_read(65536)
+    assert hello[0] == 22 and hello[5] == 1  # a handshake record holding a ClientHello
+    at = 5 + 4 + 2 + 32  # record header, handshake header, legacy_version, random
+    at += 1 + hello[at]  # legacy_session_id
+    at += 2 + struct.unpack_from("!H", hello, at)[0]  # cipher_suites
+    at += 1 + hello[at]  # legacy_compression_methods
+    end = at + 2 + struct.unpack_from("!H", hello, at)[0]
+    at += 2
+    supported: list[int] = []
+    shares: list[int] = []
+    while at < end:
+        kind, length = struct.unpack_from("!HH", hello, at)
+        body = hello[at + 4:at + 4 + length]
+        if kind == 10:  # supported_groups
+            count = struct.unpack_from("!H", body)[0] // 2
+            supported = [struct.unpack_from("!H", body, 2 + 2 * i)[0] for i in range(count)]
+        elif kind == 51:  # key_share: KeyShareEntry list
+            pos = 2
+            while pos < len(body):
+                group, size = struct.unpack_from("!HH", body, pos)
+                shares.append(group)
+                pos += 4 + size
+        at += 4 + length
+    return supported, shares
+
+
+def test_client_hello_offers_classical_groups_with_one_x25519_share():
+    supported, shares = client_hello_groups(build_context(TLSSettings()))
+    assert shares == [X25519]
+    assert supported[:2] == [X25519, SECP256R1] and SECP384R1 in supported
+    assert X25519MLKEM768 not in supported  # a server preferring it would answer with a HelloRetryRequest
+
+
+def test_without_the_binding_the_openssl_defaults_stay():
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    before = client_hello_groups(context)
+    assert offer_classical_groups(context, lib=object()) is False
+    assert client_hello_groups(context) == before
+
+
+def test_a_server_preferring_post_quantum_groups_needs_no_retry(test_pki):
+    # pyOpenSSL's own OpenSSL (4.0) prefers X25519MLKEM768 as a server: the probe's single X25519
+    # share must be accepted in one round trip, with no HelloRetryRequest.
+    files = test_pki.files["valid"]
+    server_context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    server_context.use_certificate_chain_file(str(files.cert_file))
+    server_context.use_privatekey_file(str(files.key_file))
+    server = SSL.Connection(server_context, None)
+    server.set_accept_state()
+    client = new_connection(build_context(TLSSettings()), "localhost")
+    with contextlib.suppress(SSL.WantReadError):
+        client.do_handshake()
+    server.bio_write(client.bio_read(65536))
+    with contextlib.suppress(SSL.WantReadError):
+        server.do_handshake()
+    client.bio_write(server.bio_read(65536))
+    client.do_handshake()  # raises WantReadError after a HelloRetryRequest (a second ClientHello to send)
+    assert client.get_protocol_version_name() == "TLSv1.3"
+
+
+def test_phase_durations_are_finer_than_uvloops_clock(test_pki):
+    # uvloop's loop.time() moves in whole milliseconds; phases are timed with perf_counter instead.
+    module = Module(tls=TLSSettings(insecure_skip_verify=True))
+
+    async def probe_on_uvloop() -> list[float]:
+        durations = []
+        async with serve(test_pki, "valid") as server:
+            for _ in range(3):
+                result = await probe_one(TLSProber(), server.address, module)
+                durations += [result.durations[Phase.CONNECT], result.durations[Phase.HANDSHAKE]]
+        return durations
+
+    durations = uvloop.run(probe_on_uvloop())
+    assert all(d > 0 for d in durations)
+    assert any(abs(d * 1000 - round(d * 1000)) > 1e-6 for d in durations)
 
 
 async def test_encrypted_client_key_with_password_file(prober, test_pki, tmp_path):
