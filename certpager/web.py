@@ -90,8 +90,10 @@ async def serve(
     await site.start()
     bound = port
     server = site._server  # aiohttp exposes no public accessor for the bound port
-    if port == 0 and isinstance(server, asyncio.base_events.Server) and server.sockets:
-        bound = server.sockets[0].getsockname()[1]
+    # Any server with sockets: under uvloop it is uvloop's own Server class, not an asyncio one.
+    sockets = getattr(server, "sockets", None)
+    if port == 0 and sockets:
+        bound = sockets[0].getsockname()[1]
     log.info("listening", extra={"kv": {"address": f"{host or ''}:{bound}"}})
     if started is not None:
         started(bound)

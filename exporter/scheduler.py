@@ -205,7 +205,9 @@ class Scheduler:
                                labels=target.labels, address=target.address, policies=self.policies)
         started = self._wall()
         try:
-            results = await asyncio.wait_for(self._probe(request), timeout + self._grace)
+            # A timeout scope, not wait_for: no extra task per probe.
+            async with asyncio.timeout(timeout + self._grace):
+                results = await self._probe(request)
         except TimeoutError:
             log.error("probe overran its timeout", extra={"kv": {"target": target.target, "timeout": timeout}})
             return [ProbeResult(success=False, reason=Reason.INTERNAL, detail="probe overran its timeout",
