@@ -50,7 +50,6 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 VERDICT_TTL = 300.0  # seconds a cached trust verdict is reused (bounded staleness for revoked anchors)
-IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class LRU(Generic[K, V]):
@@ -123,7 +122,7 @@ class ParsedCert:
 
     info: CertificateInfo
     dns_names: tuple[str, ...]
-    ip_addresses: tuple[IPAddr, ...]
+    ip_addresses: tuple[str, ...]  # canonical text (str(ipaddress.ip_address(...))), as in info.sans
 
 
 PARSE_CACHE_SIZE = 50_000  # certificates per generation; far above 10,000 targets' working set
@@ -184,12 +183,13 @@ def _key_ids_match(cert: x509.Certificate) -> bool:
     return aki is None or aki == ski
 
 
-def _names(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[IPAddr, ...]]:
+def _names(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return (), ()
-    ips = tuple(ip for ip in san.get_values_for_type(x509.IPAddress)
+    # IP SANs as canonical text, not ipaddress objects: 10,000 leaves hold them for as long as cached.
+    ips = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)
                 if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address))
     return tuple(san.get_values_for_type(x509.DNSName)), ips
 
@@ -221,11 +221,11 @@ def _parse(der: bytes, digest: bytes, index: int = 1) -> ParsedCert:
             serial=format(cert.serial_number, "x"),
             not_before=cert.not_valid_before_utc.timestamp(),
             not_after=cert.not_valid_after_utc.timestamp(),
-            sans=dns_names + tuple(str(ip) for ip in ips),
+            sans=dns_names + ips,  # the same tuple as dns_names when there is no IP SAN
             key_type=key_type,
             key_bits=key_bits,
             signature_algorithm=signature_algorithm(cert),
-            fingerprint_sha256=digest.hex(),
+            sha256=digest,
             self_signed=self_signed,
             is_ca=is_ca,
         )
@@ -297,7 +297,7 @@ def match_hostname(parsed: ParsedCert, name: str) -> bool:
     bare = name.strip("[]")
     if any(c == ":" for c in bare) or bare.replace(".", "").isdigit():  # cheap pre-check before ipaddress
         try:
-            return ipaddress.ip_address(bare) in parsed.ip_addresses
+            return str(ipaddress.ip_address(bare)) in parsed.ip_addresses
         except ValueError:
             pass
     wanted = name.rstrip(".").lower()
@@ -435,8 +435,8 @@ class ChainVerifier:
         except TrustStoreError as exc:
             return Verdict(False, VerifyReason.INVALID, f"trust store: {exc}")
         parsed = [parse(der) for der in ders]
-        # Fingerprints, not DER: they are already held by the parse cache (no second copy of each DER).
-        key = (tuple(p.info.fingerprint_sha256 for p in parsed), store.token)
+        # Digests, not DER: they are already held by the parse cache (no second copy of each DER).
+        key = (tuple(p.info.sha256 for p in parsed), store.token)
         cached = self._cache.get(key)
         if cached is not None and now < cached[1]:
             return cached[0]
@@ -470,7 +470,7 @@ def _own_subjects(leaf: ParsedCert) -> list[verification.Subject]:
     dns: list[verification.Subject] = [
         x509.DNSName("wildcard" + name[1:] if name.startswith("*.") else name) for name in leaf.dns_names
     ]
-    return dns + [x509.IPAddress(ip) for ip in leaf.ip_addresses]
+    return dns + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in leaf.ip_addresses]
 
 
 def _server_verifier(builder: verification.PolicyBuilder, leaf: ParsedCert) -> verification.ServerVerifier | None:

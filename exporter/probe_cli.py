@@ -152,6 +152,9 @@ def render_json(request: ProbeRequest, results: Sequence[ProbeResult]) -> str:
         item["durations"] = {str(k): v for k, v in result.durations.items()}
         item["policy_violations"] = dict(result.policy_violations)
         item["earliest_expiry"] = result.earliest_expiry
+        for cert_item, cert in zip(item["chain"], result.chain, strict=True):
+            del cert_item["sha256"]
+            cert_item["fingerprint_sha256"] = cert.fingerprint_sha256
         out.append(item)
     doc = {"target": request.target, "kind": request.module.kind, "exit_code": exit_code(results), "results": out}
     return json.dumps(doc, indent=2, default=str) + "\n"

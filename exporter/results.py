@@ -21,7 +21,7 @@ from exporter.render import (
     Blocks,
     TargetView,
     iter_families,
-    join_families,
+    join_target,
     relabel,
     render_target,
 )
@@ -142,4 +142,4 @@ class ResultStore:
 
 def render_single(target: ResolvedTarget, results: Sequence[ProbeResult], settings: MetricsSettings) -> bytes:
     """Render one on-demand probe (/probe) with the same renderer."""
-    return join_families([render_target(view_of(target), results, settings)])
+    return join_target(render_target(view_of(target), results, settings))

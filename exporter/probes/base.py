@@ -86,9 +86,14 @@ class CertificateInfo:
     key_type: str  # rsa | ec | ed25519 | ed448 | dsa
     key_bits: int
     signature_algorithm: str  # e.g. sha256WithRSAEncryption, ecdsa-with-SHA384
-    fingerprint_sha256: str  # lower-case hex
+    sha256: bytes  # SHA-256 of the DER (the parse cache's key object: no second copy per certificate)
     self_signed: bool
     is_ca: bool
+
+    @property
+    def fingerprint_sha256(self) -> str:
+        """The SHA-256 fingerprint in lower-case hex (computed when rendered, not stored)."""
+        return self.sha256.hex()
 
 
 @dataclass(frozen=True, slots=True)

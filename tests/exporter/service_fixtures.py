@@ -79,7 +79,7 @@ def cert(
 ) -> CertificateInfo:
     values: dict[str, object] = dict(
         serial=f"{index + 1:x}0a", sans=(subject_cn,), key_type="ec", key_bits=256,
-        signature_algorithm="ecdsa-with-SHA256", fingerprint_sha256=f"{index:02x}" * 32,
+        signature_algorithm="ecdsa-with-SHA256", sha256=bytes([index]) * 32,
         self_signed=position is Position.ROOT, is_ca=position is not Position.LEAF,
     )
     values.update(kw)

@@ -117,6 +117,8 @@ def test_aging_cache_is_bounded_by_size():
         (("127.0.0.1",), "127.0.0.1", True),
         (("::1",), "::1", True),
         (("::1",), "[::1]", True),
+        (("::1",), "0:0:0:0:0:0:0:1", True),  # IP SANs compare as addresses, not as text
+        (("2001:db8::1",), "[2001:DB8:0::1]", True),
         (("127.0.0.1",), "127.0.0.2", False),
         (("127.0.0.1.nip.test",), "127.0.0.1", False),
         (("*.example.com",), "127.0.0.1", False),

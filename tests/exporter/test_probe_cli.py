@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import io
 import json
 import socket
@@ -76,6 +77,9 @@ async def test_json_output(test_pki):
     assert result["chain"][0]["not_after"] == ts(LEAF_NOT_AFTER)
     assert result["earliest_expiry"] == ts(LEAF_NOT_AFTER)
     assert set(result["durations"]) == {"resolve", "connect", "handshake"}
+    leaf = test_pki.chains["valid"].leaf
+    assert result["chain"][0]["fingerprint_sha256"] == hashlib.sha256(leaf.der).hexdigest()
+    assert "sha256" not in result["chain"][0]  # the digest bytes are internal
 
 
 async def test_refused_exit_1():

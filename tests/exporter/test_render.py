@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from exporter.config import Config, MetricsSettings, Module, Target
 from exporter.probes.base import Phase, Reason, VerifyReason
-from exporter.render import FAMILIES, TargetView, escape, format_value, join_families, render_target
+from exporter.render import FAMILIES, TargetView, escape, format_value, join_families, join_target, render_target
 from exporter.results import ResultStore
 from exporter.targets import resolve_targets
 from tests.exporter.service_fixtures import (
@@ -263,3 +265,13 @@ def test_chunks_are_bounded_and_join_to_the_same_text(monkeypatch):
     assert max(len(c) for c in chunks) < 16 * 400
     assert len(chunks) > 13
     trim_memory()  # glibc: returns freed heap; elsewhere a no-op; never raises
+
+
+@pytest.mark.parametrize("settings", [MetricsSettings(),
+                                      MetricsSettings(cert_info_sans=False, cert_info_fingerprint=False)])
+def test_single_target_join_equals_the_many_target_join(settings):
+    # /probe uses join_target, /metrics join_families: one target must come out byte for byte the same,
+    # whatever the (cached) certificate lines were rendered with before.
+    for results in ([ok_result()], [failed_result()]):
+        blocks = render_target(VIEW, results, settings)
+        assert join_target(blocks) == join_families([blocks])
