@@ -195,8 +195,11 @@ class _Attempt:
 
     def close(self) -> None:
         self.finish()
-        if isinstance(self.transport, asyncio.WriteTransport):
-            self.transport.abort()
+        # By attribute, not isinstance(asyncio.WriteTransport): uvloop's transports are not subclasses
+        # of asyncio's, and an un-aborted one keeps the socket open (a leaked fd per STARTTLS probe).
+        abort = getattr(self.transport, "abort", None)
+        if abort is not None:
+            abort()
         if self.sock is not None:
             self.sock.close()  # idempotent; the transport may already own and have closed it
 
