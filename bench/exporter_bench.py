@@ -71,9 +71,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
 
 
-def hwm_mib(pid: int) -> float:
+def hwm_mib(pid: int, field: str = "VmHWM") -> float:
+    """Peak RSS (VmHWM), or another /proc/PID/status memory field, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -272,7 +273,9 @@ def probes_done(body: bytes) -> int:
                    if line.startswith(b"certpager_exporter_probes_total{")))
 
 
-async def run_certpager_scheduler(work: Path, targets: list[str], concurrency: int) -> tuple[Figures, list[float], int]:
+async def run_certpager_scheduler(
+    work: Path, targets: list[str], concurrency: int
+) -> tuple[Figures, list[float], int, float]:
     # 10,000 targets come from file_sd, as they would in production (not 10,000 YAML entries).
     (work / "targets.json").write_text(json.dumps([{"targets": targets, "labels": {"env": "bench"}}]))
     conf = work / "certpager-scheduler.yml"
@@ -294,7 +297,7 @@ async def run_certpager_scheduler(work: Path, targets: list[str], concurrency: i
                 1 for line in body.splitlines() if line.startswith(b"tls_probe_success{") and line.endswith(b" 1"))
             times = [(await scrape(session, url))[0] for _ in range(7)]
         figures = Figures("certpager scheduler", done, int(ok), cpu, wall, hwm_mib(proc.pid))
-        return figures, times, len(body)
+        return figures, times, len(body), hwm_mib(proc.pid, "VmRSS")
 
 
 async def compare_probe_endpoints(work: Path, targets: list[str], concurrency: int, certpager_first: bool,
@@ -336,8 +339,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 await compare_probe_endpoints(work, targets, args.concurrency, args.certpager_first, args.passes)
             if "scheduler" not in args.phases:
                 return
-            scheduled, times, size = await run_certpager_scheduler(work, targets, args.concurrency)
-            print(scheduled.line() + "  (CPU includes its progress scrapes)", flush=True)
+            scheduled, times, size, settled = await run_certpager_scheduler(work, targets, args.concurrency)
+            print(scheduled.line() + f" settled_rss={settled:.1f}MiB  (CPU includes its progress scrapes)", flush=True)
             print(f"certpager /metrics with {args.targets} targets cached: {size / 1e6:.1f} MB, "
                   f"median {statistics.median(times) * 1000:.0f} ms, best {min(times) * 1000:.0f} ms "
                   f"(client-side, full body)", flush=True)
