@@ -33,7 +33,7 @@ from bridge.store.sqlite import SqliteStore
 from certpager.errors import ConfigError
 from certpager.logs import setup_logging
 from certpager.runtime import tune_gc
-from certpager.web import serve, split_listen_address
+from certpager.web import listen_address_problem, serve, split_listen_address
 
 log = logging.getLogger("bridge")
 DEFAULT_CONFIG = "certpager-bridge.yml"
@@ -75,12 +75,9 @@ def run(args: argparse.Namespace) -> int:
         mode = "PagerDuty" if loaded.secrets.has_pagerduty else "dry-run (no routing key)"
         print(f"{loaded.path}: config is valid; delivery: {mode}")
         return 0
-    if args.listen_address:
-        try:
-            split_listen_address(args.listen_address)
-        except ValueError as exc:
-            print(f"--web.listen-address: {exc}", file=sys.stderr)
-            return 2
+    if args.listen_address and (problem := listen_address_problem(args.listen_address)):
+        print(problem, file=sys.stderr)
+        return 2
     tune_gc()
     try:
         # uvloop: the event loop's own work (sockets, callbacks, the store's wake-ups) in C; measured

@@ -62,6 +62,15 @@ def metrics_handler(registry: CollectorRegistry) -> Callable[[web.Request], Awai
     return handler
 
 
+def listen_address_problem(address: str) -> str | None:
+    """The error to print for a bad ``--web.listen-address`` (both CLIs exit 2 on it), or None."""
+    try:
+        split_listen_address(address)
+    except ValueError as exc:
+        return f"--web.listen-address: {exc}"
+    return None
+
+
 def split_listen_address(address: str) -> tuple[str | None, int]:
     """Split ``host:port`` / ``[::1]:port`` / ``:port`` into (host or None for all, port)."""
     host, sep, port = address.rpartition(":")

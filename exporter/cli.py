@@ -14,7 +14,7 @@ import uvloop
 from certpager.errors import ConfigError
 from certpager.logs import setup_logging
 from certpager.runtime import tune_gc
-from certpager.web import serve, split_listen_address
+from certpager.web import listen_address_problem, serve
 from exporter.config import Config, load
 
 DEFAULT_CONFIG = "certpager-exporter.yml"
@@ -39,10 +39,8 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_format)
     if args.config_check:
         return check_config(Path(args.config_file), sys.stdout, sys.stderr)
-    try:
-        split_listen_address(args.listen_address)
-    except ValueError as exc:
-        print(f"--web.listen-address: {exc}", file=sys.stderr)
+    if problem := listen_address_problem(args.listen_address):
+        print(problem, file=sys.stderr)
         return 2
     tune_gc()
     # uvloop: the event loop's own work (sockets, timers, callbacks) in C, as in the bridge.

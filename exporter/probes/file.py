@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import glob
 import logging
 import os
@@ -343,15 +344,10 @@ class FileProber:
                            started_at=started, duration=max(0.0, self.clock() - started))
 
 
-_default: FileProber | None = None
-
-
+@functools.cache
 def default_prober() -> FileProber:
     """The process-wide file prober (shared parse cache)."""
-    global _default
-    if _default is None:
-        _default = FileProber()
-    return _default
+    return FileProber()
 
 
 async def probe(request: ProbeRequest) -> list[ProbeResult]:

@@ -526,15 +526,10 @@ def _phase_failure(phase: Phase | None, exc: Exception) -> Exception:
     return exc
 
 
-_default: TLSProber | None = None
-
-
+@functools.cache
 def default_prober() -> TLSProber:
     """The process-wide prober (shared caches)."""
-    global _default
-    if _default is None:
-        _default = TLSProber()
-    return _default
+    return TLSProber()
 
 
 async def probe(request: ProbeRequest) -> list[ProbeResult]:

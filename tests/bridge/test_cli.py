@@ -29,6 +29,14 @@ def test_config_check_valid_and_invalid(tmp_path, capsys):
     assert capsys.readouterr().err == f"{bad}: store.kind: unknown key\n"
 
 
+def test_a_bad_listen_address_flag_exits_2_before_starting(tmp_path, capsys):
+    config = tmp_path / "bridge.yml"
+    config.write_text(f"store: {{path: {tmp_path / 'bridge.db'}}}\n")
+    assert main(["bridge", "--config.file", str(config), "--web.listen-address", "nowhere"]) == 2
+    assert capsys.readouterr().err.startswith("--web.listen-address: expected a listen address like")
+    assert not (tmp_path / "bridge.db").exists()  # refused before the store was opened
+
+
 def test_synthetic_payload_is_a_v4_webhook():
     from datetime import UTC, datetime
 

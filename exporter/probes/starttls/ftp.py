@@ -5,15 +5,13 @@ Sent: ``AUTH TLS``. Expected: a 220 greeting (after any 120 "ready in n minutes"
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from exporter.config import StartTLSSettings
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
-from exporter.probes.starttls.wire import Wire, closes_on_failure, protocol_error, show
+from exporter.probes.starttls.wire import Dialogue, Wire, protocol_error, show
 
 _FIRST_LINE = re.compile(rb"^([1-5][0-9]{2})(?:([ -])(.*))?$", re.DOTALL)
 _MAX_PRELIMINARY = 3  # 120 replies tolerated before the 220 greeting
@@ -40,21 +38,11 @@ async def read_reply(wire: Wire) -> tuple[int, bytes]:
 
 
 @dataclass
-class FTPNegotiator:
+class FTPNegotiator(Dialogue):
     """FTP AUTH TLS (explicit FTPS)."""
 
-    alpn_protocols: Sequence[str] | None = None
-
-    @closes_on_failure
-    async def negotiate(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        settings: StartTLSSettings,
-        host: str,
-    ) -> None:
+    async def dialogue(self, wire: Wire, settings: StartTLSSettings, host: str) -> None:
         """Greeting, AUTH TLS."""
-        wire = Wire(reader, writer)
         code, text = await read_reply(wire)
         for _ in range(_MAX_PRELIMINARY):
             if code != 120:

@@ -6,15 +6,13 @@ Sent: ``a1 CAPABILITY``, then ``a2 STARTTLS``. Expected: an ``* OK`` greeting, a
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from exporter.config import StartTLSSettings
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
-from exporter.probes.starttls.wire import Wire, closes_on_failure, protocol_error, show
+from exporter.probes.starttls.wire import Dialogue, Wire, protocol_error, show
 
 _LITERAL = re.compile(rb"\{[0-9]+\+?\}$")
 
@@ -65,21 +63,11 @@ async def _greeting(wire: Wire) -> None:
 
 
 @dataclass
-class IMAPNegotiator:
+class IMAPNegotiator(Dialogue):
     """IMAP STARTTLS."""
 
-    alpn_protocols: Sequence[str] | None = None
-
-    @closes_on_failure
-    async def negotiate(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        settings: StartTLSSettings,
-        host: str,
-    ) -> None:
+    async def dialogue(self, wire: Wire, settings: StartTLSSettings, host: str) -> None:
         """Greeting, CAPABILITY, STARTTLS."""
-        wire = Wire(reader, writer)
         await _greeting(wire)
         await wire.send(b"a1 CAPABILITY\r\n")
         status, text, untagged = await read_tagged(wire, b"a1")

@@ -7,14 +7,12 @@ definite-length TLVs involved are encoded and parsed here; no LDAP library is ne
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from exporter.config import StartTLSSettings
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
-from exporter.probes.starttls.wire import Wire, closes_on_failure, protocol_error, show
+from exporter.probes.starttls.wire import Dialogue, Wire, protocol_error, show
 
 STARTTLS_OID = b"1.3.6.1.4.1.1466.20037"
 _MESSAGE_ID = 1
@@ -92,21 +90,13 @@ def parse_extended_response(message: bytes) -> tuple[int, int, bytes]:
 
 
 @dataclass
-class LDAPNegotiator:
+class LDAPNegotiator(Dialogue):
     """LDAP StartTLS extended operation."""
 
-    alpn_protocols: Sequence[str] | None = None
+    max_total = _MAX_PDU + 8
 
-    @closes_on_failure
-    async def negotiate(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        settings: StartTLSSettings,
-        host: str,
-    ) -> None:
+    async def dialogue(self, wire: Wire, settings: StartTLSSettings, host: str) -> None:
         """Send the ExtendedRequest, check the ExtendedResponse's resultCode."""
-        wire = Wire(reader, writer, max_total=_MAX_PDU + 8)
         await wire.send(starttls_request())
         message_id, code, diagnostic = parse_extended_response(await read_message(wire))
         if message_id == 0:

@@ -8,15 +8,13 @@ blocked) is a refusal.
 
 from __future__ import annotations
 
-import asyncio
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from exporter.config import StartTLSSettings
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
-from exporter.probes.starttls.wire import Wire, closes_on_failure, protocol_error, show
+from exporter.probes.starttls.wire import Dialogue, Wire, protocol_error, show
 
 CLIENT_LONG_PASSWORD = 0x00000001  # MariaDB reads it as CLIENT_MYSQL; mirror what the server sets
 CLIENT_PROTOCOL_41 = 0x00000200
@@ -78,21 +76,13 @@ def ssl_request(handshake: Handshake) -> bytes:
 
 
 @dataclass
-class MySQLNegotiator:
+class MySQLNegotiator(Dialogue):
     """MySQL/MariaDB SSL request."""
 
-    alpn_protocols: Sequence[str] | None = None
+    max_total = _MAX_HANDSHAKE + 4
 
-    @closes_on_failure
-    async def negotiate(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        settings: StartTLSSettings,
-        host: str,
-    ) -> None:
+    async def dialogue(self, wire: Wire, settings: StartTLSSettings, host: str) -> None:
         """Read the Initial Handshake, check CLIENT_SSL, send the SSLRequest."""
-        wire = Wire(reader, writer, max_total=_MAX_HANDSHAKE + 4)
         sequence, payload = await read_packet(wire)
         handshake = parse_handshake(payload)
         if sequence != 0:

@@ -6,14 +6,12 @@ Sent: ``CAPA``, then ``STLS``. Expected: a ``+OK`` greeting, a ``+OK`` multi-lin
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from exporter.config import StartTLSSettings
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
-from exporter.probes.starttls.wire import Wire, closes_on_failure, protocol_error, show
+from exporter.probes.starttls.wire import Dialogue, Wire, protocol_error, show
 
 
 async def read_status(wire: Wire) -> tuple[bool, bytes]:
@@ -36,21 +34,11 @@ async def read_multiline(wire: Wire) -> list[bytes]:
 
 
 @dataclass
-class POP3Negotiator:
+class POP3Negotiator(Dialogue):
     """POP3 STLS."""
 
-    alpn_protocols: Sequence[str] | None = None
-
-    @closes_on_failure
-    async def negotiate(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        settings: StartTLSSettings,
-        host: str,
-    ) -> None:
+    async def dialogue(self, wire: Wire, settings: StartTLSSettings, host: str) -> None:
         """Greeting, CAPA, STLS."""
-        wire = Wire(reader, writer)
         ok, text = await read_status(wire)
         if not ok:
             raise StartTLSError(Reason.STARTTLS_REFUSED, f"greeting -ERR: {show(text)}")

@@ -9,7 +9,6 @@ servers before 17 ignore it.
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,29 +16,21 @@ from dataclasses import dataclass
 from exporter.config import StartTLSSettings
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
-from exporter.probes.starttls.wire import Wire, closes_on_failure, protocol_error, show
+from exporter.probes.starttls.wire import Dialogue, Wire, protocol_error, show
 
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
 
 @dataclass
-class PostgresNegotiator:
+class PostgresNegotiator(Dialogue):
     """PostgreSQL SSLRequest (or nothing, in direct mode)."""
 
     alpn_protocols: Sequence[str] | None = ("postgresql",)
 
-    @closes_on_failure
-    async def negotiate(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        settings: StartTLSSettings,
-        host: str,
-    ) -> None:
+    async def dialogue(self, wire: Wire, settings: StartTLSSettings, host: str) -> None:
         """Send SSLRequest and expect ``S``; in direct mode do nothing."""
         if settings.postgres_mode == "direct":
             return
-        wire = Wire(reader, writer)
         await wire.send(SSL_REQUEST)
         answer = await wire.read_exactly(1)
         if answer == b"N":

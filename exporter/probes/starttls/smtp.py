@@ -6,16 +6,14 @@ whose extension lines include ``STARTTLS``, and ``220`` to the STARTTLS command.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from exporter.config import StartTLSSettings
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
-from exporter.probes.starttls.wire import Wire, closes_on_failure, protocol_error, show
+from exporter.probes.starttls.wire import Dialogue, Wire, protocol_error, show
 
 # Reply-line = Reply-code ("-" / SP) [ textstring ], or the bare code (RFC 5321 section 4.2).
 _REPLY_LINE = re.compile(rb"^([2-5][0-9]{2})(?:([ -])(.*))?$", re.DOTALL)
@@ -57,22 +55,12 @@ def hello_name(settings: StartTLSSettings, host: str) -> str:
 
 
 @dataclass
-class SMTPNegotiator:
+class SMTPNegotiator(Dialogue):
     """SMTP when ``verb`` is EHLO, LMTP when it is LHLO."""
 
     verb: str = "EHLO"
-    alpn_protocols: Sequence[str] | None = None
-
-    @closes_on_failure
-    async def negotiate(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        settings: StartTLSSettings,
-        host: str,
-    ) -> None:
+    async def dialogue(self, wire: Wire, settings: StartTLSSettings, host: str) -> None:
         """Greeting, EHLO/LHLO, STARTTLS."""
-        wire = Wire(reader, writer)
         greeting = await read_reply(wire)
         if greeting.code != 220:
             raise StartTLSError(Reason.STARTTLS_REFUSED, f"greeting {greeting.code}: {show(greeting.lines[0])}")

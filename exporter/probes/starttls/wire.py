@@ -11,38 +11,15 @@ pipeline reports as ``connection_closed`` (the peer hung up; it did not speak an
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from collections.abc import Sequence
 
+from exporter.config import StartTLSSettings
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
 
 MAX_LINE = 4096  # bytes per text line; RFC 5321 allows 512 per reply line, IMAP servers send more
 MAX_TOTAL = 64 * 1024  # bytes per dialogue; a real greeting + capabilities is a few hundred
 _CHUNK = 4096
-
-
-F = TypeVar("F", bound=Callable[..., Awaitable[None]])
-
-
-def closes_on_failure(negotiate: F) -> F:
-    """Decorate ``negotiate`` to abort the connection when the dialogue fails or is cancelled.
-
-    The connection cannot be used after a failed dialogue, and closing it right here leaves no
-    half-open transport behind for the garbage collector to find.
-    """
-
-    @functools.wraps(negotiate)
-    async def wrapper(self: object, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      *args: Any, **kwargs: Any) -> None:
-        try:
-            await negotiate(self, reader, writer, *args, **kwargs)
-        except BaseException:
-            writer.transport.abort()
-            raise
-
-    return cast(F, wrapper)
 
 
 def protocol_error(detail: str) -> StartTLSError:
@@ -133,3 +110,29 @@ class Wire:
         """Fail when the server sent bytes after ``after`` (its go-ahead): they would precede TLS."""
         if self._buffer:
             raise protocol_error(f"server sent data after {after}: {show(bytes(self._buffer))}")
+
+
+class Dialogue:
+    """Base of every negotiator: :meth:`negotiate` (the pipeline's contract, starttls.base.Negotiator)
+    wraps the connection in a :class:`Wire` and runs the protocol's :meth:`dialogue` on it.
+
+    A failed or cancelled dialogue aborts the connection right here: it cannot be used afterwards,
+    and closing it at once leaves no half-open transport behind for the garbage collector to find.
+    """
+
+    alpn_protocols: Sequence[str] | None = None  # ALPN the TLS handshake offers afterwards
+    max_total: int = MAX_TOTAL  # the dialogue's byte budget
+
+    async def negotiate(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, settings: StartTLSSettings, host: str
+    ) -> None:
+        """Speak the protocol until the server is ready for the ClientHello; raise StartTLSError."""
+        try:
+            await self.dialogue(Wire(reader, writer, max_total=self.max_total), settings, host)
+        except BaseException:
+            writer.transport.abort()
+            raise
+
+    async def dialogue(self, wire: Wire, settings: StartTLSSettings, host: str) -> None:
+        """The protocol's part: read and write on ``wire`` up to the upgrade."""
+        raise NotImplementedError

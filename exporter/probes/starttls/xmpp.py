@@ -10,9 +10,7 @@ also shuts out entity-expansion tricks.
 
 from __future__ import annotations
 
-import asyncio
 import collections
-from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.etree.ElementTree import Element, ParseError, XMLPullParser
 from xml.sax.saxutils import quoteattr
@@ -20,7 +18,7 @@ from xml.sax.saxutils import quoteattr
 from exporter.config import StartTLSSettings
 from exporter.probes.base import Reason
 from exporter.probes.starttls.base import StartTLSError
-from exporter.probes.starttls.wire import Wire, closes_on_failure, protocol_error
+from exporter.probes.starttls.wire import Dialogue, Wire, protocol_error
 
 STREAMS_NS = "http://etherx.jabber.org/streams"
 TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
@@ -93,12 +91,10 @@ def _stream_error(element: Element) -> StartTLSError:
 
 
 @dataclass
-class XMPPNegotiator:
+class XMPPNegotiator(Dialogue):
     """XMPP STARTTLS on a client-to-server (``jabber:client``) or server-to-server stream."""
 
     namespace: str = "jabber:client"
-    alpn_protocols: Sequence[str] | None = None
-
     def header(self, domain: str) -> bytes:
         """The opening stream header the probe sends."""
         return (
@@ -106,16 +102,8 @@ class XMPPNegotiator:
             f"to={quoteattr(domain)} version='1.0'>"
         ).encode()
 
-    @closes_on_failure
-    async def negotiate(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        settings: StartTLSSettings,
-        host: str,
-    ) -> None:
+    async def dialogue(self, wire: Wire, settings: StartTLSSettings, host: str) -> None:
         """Open the stream, read features, request STARTTLS, expect <proceed/>."""
-        wire = Wire(reader, writer)
         stream = _Stream(wire)
         await wire.send(self.header(settings.hello_name or host))
         await self._check_header(stream)
