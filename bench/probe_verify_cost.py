@@ -50,7 +50,7 @@ from exporter.probes.base import ProbeRequest  # noqa: E402
 from exporter.probes.tls import (  # noqa: E402
     TLSProber,
     build_context,
-    handshake_on_socket,
+    handshake,
     new_connection,
     peer_chain_der,
 )
@@ -66,7 +66,7 @@ async def _handshake(port: int, ctx: SSL.Context, sni: str) -> SSL.Connection:
     try:
         sock.setblocking(False)
         await loop.sock_connect(sock, ("127.0.0.1", port))
-        return await handshake_on_socket(sock, ctx, sni)
+        return await handshake(sock, ctx, sni)
     finally:
         sock.close()
 

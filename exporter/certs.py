@@ -161,8 +161,8 @@ def signature_algorithm(cert: x509.Certificate) -> str:
     return oid.dotted_string if name == "Unknown OID" else name
 
 
-def _is_self_signed(cert: x509.Certificate) -> bool:
-    if cert.subject != cert.issuer:
+def _is_self_signed(cert: x509.Certificate, subject: x509.Name, issuer: x509.Name) -> bool:
+    if subject != issuer:
         return False
     try:
         cert.verify_directly_issued_by(cert)
@@ -208,7 +208,9 @@ def _parse(der: bytes, digest: bytes, index: int = 1) -> ParsedCert:
             cert = x509.load_der_x509_certificate(der)
         dns_names, ips = _names(cert)
         key_type, key_bits = key_type_bits(cert)
-        self_signed = _is_self_signed(cert)
+        # Each access builds the Name in Python (several µs per attribute): build each once.
+        subject, issuer = cert.subject, cert.issuer
+        self_signed = _is_self_signed(cert, subject, issuer)
         is_ca = _is_ca(cert)
         info = CertificateInfo(
             # The position and index of first sight: a leaf first seen at index 0 needs no positioned copy.
@@ -216,8 +218,8 @@ def _parse(der: bytes, digest: bytes, index: int = 1) -> ParsedCert:
             else Position.INTERMEDIATE,
             index=index,
             # Interned: every leaf of one CA repeats the issuer's name (10,000 copies otherwise).
-            subject_cn=sys.intern(_cn(cert.subject)),
-            issuer_cn=sys.intern(_cn(cert.issuer)),
+            subject_cn=sys.intern(_cn(subject)),
+            issuer_cn=sys.intern(_cn(issuer)),
             serial=format(cert.serial_number, "x"),
             not_before=cert.not_valid_before_utc.timestamp(),
             not_after=cert.not_valid_after_utc.timestamp(),

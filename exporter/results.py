@@ -134,7 +134,9 @@ class ResultStore:
         table: dict[bytes, bytes] = {}
         for entry in self._entries.values():
             for family in SHARED_FAMILIES:
-                for piece in entry.blocks[family][1::2]:
+                pieces = entry.blocks[family]
+                assert isinstance(pieces, tuple)
+                for piece in pieces[1::2]:
                     table[piece] = piece
         self._interned = table
         self._intern_limit = max(_MIN_INTERN_LIMIT, 2 * len(table))

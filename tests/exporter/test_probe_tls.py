@@ -352,15 +352,15 @@ class LineNegotiator:
         self.alpn_protocols = alpn
         self.hosts: list[str] = []
 
-    async def negotiate(self, reader, writer, settings, host):
+    async def negotiate(self, sock, settings, host):
         from exporter.probes.starttls.base import StartTLSError
 
         self.hosts.append(host)
-        writer.write(b"UPGRADE\r\n")
-        await writer.drain()
-        line = await reader.readline()
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, b"UPGRADE\r\n")
+        line = await loop.sock_recv(sock, 4)  # exactly "OK\r\n": the TLS bytes stay in the socket
         if not line:  # end of stream, as the real negotiators report it
-            raise asyncio.IncompleteReadError(b"", None)
+            raise EOFError("server closed the connection")
         if line != b"OK\r\n":
             raise StartTLSError(Reason.STARTTLS_REFUSED, f"server said {line!r}")
 

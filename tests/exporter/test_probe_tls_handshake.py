@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -84,8 +85,15 @@ def _client_module(test_pki: ProbePKI, key_file: Path, password_file: Path | Non
 X25519, SECP256R1, SECP384R1, X25519MLKEM768 = 0x001D, 0x0017, 0x0018, 0x11EC
 
 
-def client_hello_groups(context: SSL.Context) -> tuple[list[int], list[int]]:
-    """(supported_groups, groups with a key share) of the ClientHello a new connection sends (RFC 8446 4.1.2)."""
+@dataclass
+class ClientHello:
+    suites: list[int]  # cipher_suites, in the client's order of preference
+    supported_groups: list[int]
+    key_shares: list[int]  # groups with a key share
+
+
+def client_hello(context: SSL.Context) -> ClientHello:
+    """The ClientHello a new connection sends, parsed as far as the tests need (RFC 8446 4.1.2)."""
     connection = new_connection(context, "example.test")
     with contextlib.suppress(SSL.WantReadError):
         connection.do_handshake()
@@ -93,30 +101,31 @@ def client_hello_groups(context: SSL.Context) -> tuple[list[int], list[int]]:
     assert hello[0] == 22 and hello[5] == 1  # a handshake record holding a ClientHello
     at = 5 + 4 + 2 + 32  # record header, handshake header, legacy_version, random
     at += 1 + hello[at]  # legacy_session_id
-    at += 2 + struct.unpack_from("!H", hello, at)[0]  # cipher_suites
+    size = struct.unpack_from("!H", hello, at)[0]
+    parsed = ClientHello([struct.unpack_from("!H", hello, at + 2 + i)[0] for i in range(0, size, 2)], [], [])
+    at += 2 + size
     at += 1 + hello[at]  # legacy_compression_methods
     end = at + 2 + struct.unpack_from("!H", hello, at)[0]
     at += 2
-    supported: list[int] = []
-    shares: list[int] = []
     while at < end:
         kind, length = struct.unpack_from("!HH", hello, at)
         body = hello[at + 4:at + 4 + length]
         if kind == 10:  # supported_groups
             count = struct.unpack_from("!H", body)[0] // 2
-            supported = [struct.unpack_from("!H", body, 2 + 2 * i)[0] for i in range(count)]
+            parsed.supported_groups = [struct.unpack_from("!H", body, 2 + 2 * i)[0] for i in range(count)]
         elif kind == 51:  # key_share: KeyShareEntry list
             pos = 2
             while pos < len(body):
                 group, size = struct.unpack_from("!HH", body, pos)
-                shares.append(group)
+                parsed.key_shares.append(group)
                 pos += 4 + size
         at += 4 + length
-    return supported, shares
+    return parsed
 
 
 def test_client_hello_offers_classical_groups_with_one_x25519_share():
-    supported, shares = client_hello_groups(build_context(TLSSettings()))
+    hello = client_hello(build_context(TLSSettings()))
+    supported, shares = hello.supported_groups, hello.key_shares
     assert shares == [X25519]
     assert supported[:2] == [X25519, SECP256R1] and SECP384R1 in supported
     assert X25519MLKEM768 not in supported  # a server preferring it would answer with a HelloRetryRequest
@@ -124,14 +133,15 @@ def test_client_hello_offers_classical_groups_with_one_x25519_share():
 
 def test_without_the_binding_the_openssl_defaults_stay():
     context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    before = client_hello_groups(context)
+    before = client_hello(context)
     assert offer_classical_groups(context, lib=object()) is False
-    assert client_hello_groups(context) == before
+    assert client_hello(context).supported_groups == before.supported_groups
 
 
-def test_a_server_preferring_post_quantum_groups_needs_no_retry(test_pki):
-    # pyOpenSSL's own OpenSSL (4.0) prefers X25519MLKEM768 as a server: the probe's single X25519
-    # share must be accepted in one round trip, with no HelloRetryRequest.
+def handshake_in_memory(test_pki: ProbePKI) -> SSL.Connection:
+    """The probe's client against pyOpenSSL's own server (OpenSSL 4.0 defaults), over memory BIOs,
+    allowing exactly one round trip: the client's do_handshake raises WantReadError if the server
+    asked for more (a HelloRetryRequest means a second ClientHello to send)."""
     files = test_pki.files["valid"]
     server_context = SSL.Context(SSL.TLS_SERVER_METHOD)
     server_context.use_certificate_chain_file(str(files.cert_file))
@@ -145,8 +155,29 @@ def test_a_server_preferring_post_quantum_groups_needs_no_retry(test_pki):
     with contextlib.suppress(SSL.WantReadError):
         server.do_handshake()
     client.bio_write(server.bio_read(65536))
-    client.do_handshake()  # raises WantReadError after a HelloRetryRequest (a second ClientHello to send)
-    assert client.get_protocol_version_name() == "TLSv1.3"
+    client.do_handshake()
+    return client
+
+
+def test_a_server_preferring_post_quantum_groups_needs_no_retry(test_pki):
+    # pyOpenSSL's own OpenSSL (4.0) prefers X25519MLKEM768 as a server: the probe's single X25519
+    # share must be accepted in one round trip, with no HelloRetryRequest.
+    assert handshake_in_memory(test_pki).get_protocol_version_name() == "TLSv1.3"
+
+
+TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256 = 0x1301, 0x1302, 0x1303
+
+
+def test_client_hello_prefers_aes_128_gcm_like_go():
+    suites = client_hello(build_context(TLSSettings())).suites
+    tls13 = [s for s in suites if s >> 8 == 0x13]
+    assert tls13 == [TLS_AES_128_GCM_SHA256, TLS_CHACHA20_POLY1305_SHA256, TLS_AES_256_GCM_SHA384]
+    assert len(suites) > 20  # the TLS 1.2 list is untouched: weak servers still complete
+
+
+def test_a_server_following_the_clients_order_negotiates_aes_128(test_pki):
+    # OpenSSL servers (nginx's default among them) pick the TLS 1.3 suite in the client's order.
+    assert handshake_in_memory(test_pki).get_cipher_name() == "TLS_AES_128_GCM_SHA256"
 
 
 def test_phase_durations_are_finer_than_uvloops_clock(test_pki):

@@ -1,16 +1,17 @@
 """The contract between the TLS pipeline and the STARTTLS protocol dialogues.
 
-The TLS probe connects, then, for kind ``starttls``, hands the plaintext stream to the protocol's
+The TLS probe connects, then, for kind ``starttls``, hands the connected socket to the protocol's
 :class:`Negotiator`, which speaks the protocol up to the point where the next bytes on the wire are
-the TLS ClientHello, and returns. The pipeline then upgrades the same stream with
-``StreamWriter.start_tls``. A negotiator raises :class:`StartTLSError` with a bounded reason when the
-server does not offer the upgrade, refuses it, or does not speak the protocol; the pipeline turns it
-into a failed ``ProbeResult``. Timeouts are the pipeline's business (phase ``starttls``).
+the TLS ClientHello, and returns. The pipeline then runs the TLS handshake on the same socket; the
+socket stays the pipeline's, which closes it on every path. A negotiator raises
+:class:`StartTLSError` with a bounded reason when the server does not offer the upgrade, refuses
+it, or does not speak the protocol; the pipeline turns it into a failed ``ProbeResult``. Timeouts
+are the pipeline's business (phase ``starttls``).
 """
 
 from __future__ import annotations
 
-import asyncio
+import socket
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -34,12 +35,6 @@ class Negotiator(Protocol):
     # "postgresql"); None for none.
     alpn_protocols: Sequence[str] | None
 
-    async def negotiate(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        settings: StartTLSSettings,
-        host: str,
-    ) -> None:
+    async def negotiate(self, sock: socket.socket, settings: StartTLSSettings, host: str) -> None:
         """Speak the protocol until the server is ready for the ClientHello; raise StartTLSError."""
         ...

@@ -1,7 +1,9 @@
 """Bounded reading and writing of the plaintext dialogue, shared by every STARTTLS negotiator.
 
 A lying or broken peer must not make the exporter buffer without end: every line is capped and the
-whole dialogue has a byte budget. Reads take only what the peer has sent (``StreamReader.read``), and
+whole dialogue has a byte budget. The dialogue runs on the connected socket itself (the event loop's
+``sock_recv``/``sock_sendall``), so the TLS handshake continues on the same socket afterwards. Reads
+take only what the peer has sent, and
 :meth:`Wire.expect_drained` refuses bytes the server sent after its go-ahead: such bytes would be
 plaintext injected in front of the TLS session (the STARTTLS command-injection class of bugs).
 A peer that closes or resets mid-dialogue raises ``EOFError`` / ``ConnectionError``, which the TLS
@@ -11,6 +13,7 @@ pipeline reports as ``connection_closed`` (the peer hung up; it did not speak an
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Sequence
 
 from exporter.config import StartTLSSettings
@@ -36,16 +39,9 @@ def show(data: bytes | str, limit: int = 120) -> str:
 class Wire:
     """The plaintext side of one connection, with a line cap and a total byte budget."""
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        max_line: int = MAX_LINE,
-        max_total: int = MAX_TOTAL,
-    ) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, sock: socket.socket, *, max_line: int = MAX_LINE, max_total: int = MAX_TOTAL) -> None:
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
         self._buffer = bytearray()
         self._max_line = max_line
         self._max_total = max_total
@@ -54,8 +50,7 @@ class Wire:
     async def send(self, data: bytes) -> None:
         """Write ``data`` and wait until it is handed to the kernel."""
         try:
-            self._writer.write(data)
-            await self._writer.drain()
+            await self._loop.sock_sendall(self._sock, data)
         except (ConnectionError, TimeoutError):
             raise
         except OSError as exc:  # e.g. EHOSTUNREACH on a live socket: the connection is gone all the same
@@ -66,7 +61,7 @@ class Wire:
         if self._total >= self._max_total:
             raise protocol_error(f"server sent more than {self._max_total} bytes without finishing")
         try:
-            chunk = await self._reader.read(min(_CHUNK, self._max_total - self._total))
+            chunk = await self._loop.sock_recv(self._sock, min(_CHUNK, self._max_total - self._total))
         except (ConnectionError, TimeoutError):
             raise
         except OSError as exc:  # e.g. EHOSTUNREACH on a live socket: the connection is gone all the same
@@ -114,24 +109,15 @@ class Wire:
 
 class Dialogue:
     """Base of every negotiator: :meth:`negotiate` (the pipeline's contract, starttls.base.Negotiator)
-    wraps the connection in a :class:`Wire` and runs the protocol's :meth:`dialogue` on it.
-
-    A failed or cancelled dialogue aborts the connection right here: it cannot be used afterwards,
-    and closing it at once leaves no half-open transport behind for the garbage collector to find.
-    """
+    wraps the socket in a :class:`Wire` and runs the protocol's :meth:`dialogue` on it. The socket
+    stays the caller's: it closes it on every path, whatever the dialogue did."""
 
     alpn_protocols: Sequence[str] | None = None  # ALPN the TLS handshake offers afterwards
     max_total: int = MAX_TOTAL  # the dialogue's byte budget
 
-    async def negotiate(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, settings: StartTLSSettings, host: str
-    ) -> None:
+    async def negotiate(self, sock: socket.socket, settings: StartTLSSettings, host: str) -> None:
         """Speak the protocol until the server is ready for the ClientHello; raise StartTLSError."""
-        try:
-            await self.dialogue(Wire(reader, writer, max_total=self.max_total), settings, host)
-        except BaseException:
-            writer.transport.abort()
-            raise
+        await self.dialogue(Wire(sock, max_total=self.max_total), settings, host)
 
     async def dialogue(self, wire: Wire, settings: StartTLSSettings, host: str) -> None:
         """The protocol's part: read and write on ``wire`` up to the upgrade."""

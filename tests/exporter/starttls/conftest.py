@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import socket
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
@@ -44,18 +45,24 @@ def dialogue(test_pki: ProbePKI) -> Dialogue:
         context = ssl.create_default_context(cafile=str(test_pki.ca_file))
         if negotiator.alpn_protocols:
             context.set_alpn_protocols(list(negotiator.alpn_protocols))
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setblocking(False)
+        writer = None
         try:
             async with asyncio.timeout(timeout):
-                await negotiator.negotiate(reader, writer, StartTLSSettings(protocol=protocol, **settings), host)
-                await writer.start_tls(context, server_hostname=host)
+                await loop.sock_connect(sock, ("127.0.0.1", port))
+                await negotiator.negotiate(sock, StartTLSSettings(protocol=protocol, **settings), host)
+                _, writer = await asyncio.open_connection(sock=sock, ssl=context, server_hostname=host)
             der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
             writer.close()  # close_notify, so the server sees a clean end
             with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
             return x509.load_der_x509_certificate(der)
         finally:
-            writer.transport.abort()
+            if writer is not None:
+                writer.transport.abort()
+            sock.close()
 
     return run
 

@@ -79,7 +79,8 @@ class FakeServer:
                     self.errors.append(f"expected {step.data!r}, got {got!r}")
                     return
             elif isinstance(step, Upgrade):
-                await asyncio.wait_for(writer.start_tls(self.tls), STEP_TIMEOUT)
+                if writer.get_extra_info("ssl_object") is None:  # not already TLS from the accept
+                    await asyncio.wait_for(writer.start_tls(self.tls), STEP_TIMEOUT)
                 self.handshakes += 1
                 with contextlib.suppress(ConnectionError, ssl.SSLError):
                     await asyncio.wait_for(reader.read(), STEP_TIMEOUT)  # until the client closes
@@ -100,7 +101,10 @@ async def handshakes(fake: FakeServer, count: int = 1) -> int:
 async def serve(script: Sequence[Step], tls: ssl.SSLContext) -> AsyncIterator[FakeServer]:
     """Run a fake for the duration of the block; every connection task is cancelled on exit."""
     fake = FakeServer(script, tls)
-    server = await asyncio.start_server(fake._handle, "127.0.0.1", 0)
+    # A script that starts with the upgrade is direct TLS: the handshake runs at accept, because a
+    # ClientHello that arrives before a server-side start_tls would be read as plaintext.
+    direct = bool(script) and isinstance(script[0], Upgrade)
+    server = await asyncio.start_server(fake._handle, "127.0.0.1", 0, ssl=tls if direct else None)
     fake.port = server.sockets[0].getsockname()[1]
     try:
         yield fake
