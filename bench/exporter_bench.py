@@ -1,15 +1,16 @@
 """certpager exporter vs Debian's prometheus-blackbox-exporter on many loopback TLS endpoints.
 
 Not a test: prints figures. Starts one nginx serving a root -> intermediate -> leaf chain (3 certs
-presented) on N addresses 127.1.x.y:8443, then probes every endpoint through each exporter at the
-same client concurrency, in --passes passes (2 by default: first sight, then a repeat as Prometheus
-scrapes), and prints per exporter and pass: probes per exporter-CPU-second (utime+stime of the
+presented) on N addresses 127.1.x.y:8443, then probes every endpoint through both exporters, running
+side by side and taking turns on batches of --batch targets (so load from other jobs hits both), at
+the same client concurrency, in --passes passes (2 by default: first sight, then a repeat as
+Prometheus scrapes), and prints per exporter and pass: probes per exporter-CPU-second (utime+stime of the
 exporter process from /proc/PID/stat), wall time, peak RSS (VmHWM) and the certpager/blackbox ratio.
 Then a certpager process with the N targets in its config probes them with its own scheduler, and
 /metrics is timed with N targets cached.
 
 Everything is loopback; every process started is stopped. Usage (root, for nginx and apt):
-    .venv/bin/python bench/exporter_bench.py [--targets 10000] [--concurrency 256] [--certpager-first]
+    .venv/bin/python bench/exporter_bench.py [--targets 10000] [--concurrency 256] [--batch 1000]
                                              [--passes 2]
 """
 
@@ -215,32 +216,59 @@ async def probe_all(base: str, module: str, targets: list[str], concurrency: int
     return ok
 
 
-async def measure_probe_endpoint(name: str, proc: subprocess.Popen[bytes], base: str, module: str,
-                                 targets: list[str], concurrency: int, success_metric: str,
-                                 passes: int) -> list[Figures]:
-    """One Figures per pass over every target: pass 1 sees each certificate for the first time,
-    later passes are what Prometheus scraping the same targets again looks like."""
-    await probe_all(base, module, targets[:concurrency], concurrency, success_metric)  # warm up
-    figures = []
+@dataclass
+class Exporter:
+    """A running exporter under test and how to ask it for a probe."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    base: str
+    module: str
+    success_metric: str
+
+    async def probe(self, targets: list[str], concurrency: int) -> tuple[int, float, float]:
+        """Probe ``targets``; (successes, exporter CPU seconds, wall seconds)."""
+        cpu0, t0 = cpu_seconds(self.proc.pid), time.perf_counter()
+        ok = await probe_all(self.base, self.module, targets, concurrency, self.success_metric)
+        return ok, cpu_seconds(self.proc.pid) - cpu0, time.perf_counter() - t0
+
+
+async def interleaved_passes(exporters: list[Exporter], targets: list[str], concurrency: int, passes: int,
+                             batch: int) -> list[list[Figures]]:
+    """Per exporter, one Figures per pass over every target.
+
+    The exporters take turns on batches of the same targets (the first to go alternates), so load
+    from other jobs on a shared machine lands on both alike, instead of on whichever ran first.
+    Pass 1 sees each certificate for the first time; later passes repeat, as Prometheus does.
+    """
+    for exporter in exporters:  # warm up (imports, first contexts), outside the figures
+        await exporter.probe(targets[:concurrency], concurrency)
+    batches = [targets[i:i + batch] for i in range(0, len(targets), batch)]
+    figures: list[list[Figures]] = [[] for _ in exporters]
     for number in range(1, passes + 1):
-        cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
-        ok = await probe_all(base, module, targets, concurrency, success_metric)
-        wall, cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
-        figures.append(Figures(f"{name} pass {number}", len(targets), ok, cpu, wall, hwm_mib(proc.pid)))
+        totals = [[0, 0.0, 0.0] for _ in exporters]
+        for turn, chunk in enumerate(batches):
+            order = list(range(len(exporters)))
+            if turn % 2:
+                order.reverse()
+            for i in order:
+                ok, cpu, wall = await exporters[i].probe(chunk, concurrency)
+                totals[i][0] += ok
+                totals[i][1] += cpu
+                totals[i][2] += wall
+        for i, exporter in enumerate(exporters):
+            ok, cpu, wall = totals[i]
+            figures[i].append(Figures(f"{exporter.name} pass {number}", len(targets), int(ok), cpu, wall,
+                                      hwm_mib(exporter.proc.pid)))
     return figures
 
 
-async def run_blackbox(work: Path, targets: list[str], concurrency: int, passes: int) -> list[Figures]:
+def blackbox_argv(work: Path, port: int) -> list[str]:
     conf = work / "blackbox.yml"
     conf.write_text("modules:\n  tls:\n    prober: tcp\n    timeout: 10s\n    tcp:\n      tls: true\n"
                     "      tls_config:\n        insecure_skip_verify: true\n")
-    port = free_port()
     binary = shutil.which("prometheus-blackbox-exporter") or "/usr/bin/prometheus-blackbox-exporter"
-    with process([binary, f"--config.file={conf}", f"--web.listen-address=127.0.0.1:{port}"],
-                 work / "blackbox.log") as proc:
-        await wait_http(f"http://127.0.0.1:{port}/-/healthy", proc)
-        return await measure_probe_endpoint("blackbox /probe", proc, f"http://127.0.0.1:{port}", "tls", targets,
-                                            concurrency, "probe_success", passes)
+    return [binary, f"--config.file={conf}", f"--web.listen-address=127.0.0.1:{port}"]
 
 
 def certpager_argv(conf: Path, port: int) -> list[str]:
@@ -249,16 +277,6 @@ def certpager_argv(conf: Path, port: int) -> list[str]:
 
 
 BENCH_MODULE = "modules:\n  bench:\n    timeout: 10s\n    ip_protocol: ip4\n    tls: {insecure_skip_verify: true}\n"
-
-
-async def run_certpager_probe(work: Path, targets: list[str], concurrency: int, passes: int) -> list[Figures]:
-    conf = work / "certpager-probe.yml"
-    conf.write_text(BENCH_MODULE)
-    port = free_port()
-    with process(certpager_argv(conf, port), work / "certpager-probe.log") as proc:
-        await wait_http(f"http://127.0.0.1:{port}/-/ready", proc)
-        return await measure_probe_endpoint("certpager /probe", proc, f"http://127.0.0.1:{port}", "bench",
-                                            targets, concurrency, "tls_probe_success", passes)
 
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> tuple[float, bytes]:
@@ -300,17 +318,19 @@ async def run_certpager_scheduler(
         return figures, times, len(body), hwm_mib(proc.pid, "VmRSS")
 
 
-async def compare_probe_endpoints(work: Path, targets: list[str], concurrency: int, certpager_first: bool,
-                                  passes: int) -> None:
-    # The machine is shared: run the bench in each order, so a load change hits both exporters.
-    if certpager_first:
-        certpager = await run_certpager_probe(work, targets, concurrency, passes)
-        print("\n".join(f.line() for f in certpager), flush=True)
-    blackbox = await run_blackbox(work, targets, concurrency, passes)
-    print("\n".join(f.line() for f in blackbox), flush=True)
-    if not certpager_first:
-        certpager = await run_certpager_probe(work, targets, concurrency, passes)
-        print("\n".join(f.line() for f in certpager), flush=True)
+async def compare_probe_endpoints(work: Path, targets: list[str], concurrency: int, passes: int,
+                                  batch: int) -> None:
+    bb_port, cp_port = free_port(), free_port()
+    (work / "certpager-probe.yml").write_text(BENCH_MODULE)
+    with process(blackbox_argv(work, bb_port), work / "blackbox.log") as bb_proc, \
+            process(certpager_argv(work / "certpager-probe.yml", cp_port), work / "certpager-probe.log") as cp_proc:
+        await wait_http(f"http://127.0.0.1:{bb_port}/-/healthy", bb_proc)
+        await wait_http(f"http://127.0.0.1:{cp_port}/-/ready", cp_proc)
+        exporters = [Exporter("blackbox /probe", bb_proc, f"http://127.0.0.1:{bb_port}", "tls", "probe_success"),
+                     Exporter("certpager /probe", cp_proc, f"http://127.0.0.1:{cp_port}", "bench",
+                              "tls_probe_success")]
+        blackbox, certpager = await interleaved_passes(exporters, targets, concurrency, passes, batch)
+    print("\n".join(f.line() for f in blackbox + certpager), flush=True)
     for number, (ours, theirs) in enumerate(zip(certpager, blackbox, strict=True), start=1):
         ratio = ours.per_cpu_second / theirs.per_cpu_second
         print(f"ratio certpager/blackbox, pass {number}: probes per CPU-second x{ratio:.2f}, wall "
@@ -336,7 +356,7 @@ async def main_async(args: argparse.Namespace) -> None:
             print(f"nginx serving {args.targets} endpoints (3-certificate chains, {leaves}, one intermediate "
                   f"and root), client concurrency {args.concurrency}", flush=True)
             if "probe" in args.phases:
-                await compare_probe_endpoints(work, targets, args.concurrency, args.certpager_first, args.passes)
+                await compare_probe_endpoints(work, targets, args.concurrency, args.passes, args.batch)
             if "scheduler" not in args.phases:
                 return
             scheduled, times, size, settled = await run_certpager_scheduler(work, targets, args.concurrency)
@@ -352,8 +372,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--shared-leaf", action="store_true",
                         help="serve one leaf on every address (default: a distinct leaf per address)")
-    parser.add_argument("--certpager-first", action="store_true",
-                        help="probe phase: certpager before blackbox (default: blackbox first)")
+    parser.add_argument("--batch", type=int, default=1000,
+                        help="probe phase: the exporters take turns on batches of this many targets")
     parser.add_argument("--passes", type=int, default=2,
                         help="probe phase: passes over every target per exporter (pass 1 is first sight; "
                              "later ones repeat, as Prometheus does)")
@@ -362,6 +382,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.targets <= 60_000:
         raise SystemExit("--targets must be between 1 and 60000")
+    if args.batch < args.concurrency:
+        raise SystemExit("--batch must be at least --concurrency (a batch keeps every client slot busy)")
     if not 1 <= args.passes <= 5:
         raise SystemExit("--passes must be between 1 and 5")
     try:
