@@ -68,6 +68,7 @@ _CLIENT_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25
 # would report a 0.4 ms loopback handshake as 0 or 0.001 s. Deadlines stay on the loop's clock.
 _phase_clock = time.perf_counter
 
+
 def _mtime(path: Path | None) -> int | None:
     try:
         return None if path is None else path.stat().st_mtime_ns

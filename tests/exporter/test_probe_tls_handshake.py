@@ -250,6 +250,8 @@ def test_openssl_reason_strings_are_classified(reason_text, expected):
 
 
 @pytest.mark.parametrize("exc", [SSL.SysCallError(-1, "Unexpected EOF"), SSL.ZeroReturnError(),
-                                 ConnectionResetError("reset")])
+                                 ConnectionResetError("reset"),
+                                 # OpenSSL 3 on a socket: the peer's FIN mid-handshake is an SSL error
+                                 SSL.Error([("SSL routines", "", "unexpected eof while reading")])])
 def test_closing_peers_are_connection_closed(exc):
     assert classify_handshake_error(exc)[0] == Reason.CONNECTION_CLOSED
