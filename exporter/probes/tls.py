@@ -235,19 +235,14 @@ def _wake(future: asyncio.Future[None]) -> None:
 
 async def _ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, write: bool) -> None:
     """Wait until ``sock`` is readable (or writable): an EOF or error counts as ready, and OpenSSL reports it."""
+    add, remove = (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
     future = loop.create_future()
     fd = sock.fileno()
-    if write:
-        loop.add_writer(fd, _wake, future)
-    else:
-        loop.add_reader(fd, _wake, future)
+    add(fd, _wake, future)
     try:
         await future
     finally:
-        if write:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
+        remove(fd)
 
 
 def _error_text(exc: BaseException) -> str:
