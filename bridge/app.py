@@ -1,10 +1,10 @@
-"""The bridge's aiohttp application: the Alertmanager webhook, /metrics and the lifecycle routes.
+"""The bridge's HTTP application: the Alertmanager webhook, /metrics and the lifecycle routes.
 
 ``POST /api/v1/alerts/alertmanager`` answers only after the store committed the webhook and the events it
 produced (fsync'd): 200 with a JSON summary; 401 without valid credentials; 413 over
 ``server.max_body_bytes``; 400/422 for a payload that can never be accepted (see
 :mod:`bridge.alertmanager`); 503 when the store failed, so Alertmanager retries. The outbox worker runs
-inside the app (``cleanup_ctx``) and is woken by every commit that queued events.
+for as long as the server does (the app's lifespan) and is woken by every commit that queued events.
 """
 
 from __future__ import annotations
@@ -12,15 +12,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from aiohttp import web
-from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 
 from bridge import alertmanager
@@ -31,11 +30,11 @@ from bridge.metrics import BridgeMetrics, OutboxCollector
 from bridge.outbox import OutboxWorker
 from bridge.sinks.base import Sink
 from bridge.store.base import Receipt, Store, StoreError
-from certpager.web import add_lifecycle_routes, metrics_handler
+from certpager.web import App, Request, Response, add_lifecycle_routes, metrics_handler
 
 log = logging.getLogger(__name__)
 ALERTMANAGER_PATH = "/api/v1/alerts/alertmanager"
-_READ_CHUNK = 64 * 1024
+JSON = "application/json"
 
 
 class ConfigHolder:
@@ -66,13 +65,115 @@ class ConfigHolder:
         self.policy = Policy.from_config(loaded.config)
 
 
-HOLDER = web.AppKey("holder", ConfigHolder)
-STORE = web.AppKey("store", Store)
-WORKER = web.AppKey("worker", OutboxWorker)
-METRICS = web.AppKey("metrics", BridgeMetrics)
-SINKS: web.AppKey[tuple[str, ...]] = web.AppKey("sinks")
-CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
-RELOAD: web.AppKey[Callable[[], Awaitable[None]]] = web.AppKey("reload")  # for SIGHUP, same as POST /-/reload
+class Bridge:
+    """The bridge's parts (config, store, outbox worker, metrics) and :attr:`app`, the HTTP app serving them.
+
+    The app's lifespan opens the store and runs the outbox worker; :meth:`reload` is what both
+    ``POST /-/reload`` and SIGHUP call.
+    """
+
+    def __init__(
+        self,
+        config: ConfigHolder | LoadedConfig,
+        *,
+        store: Store,
+        sinks: Mapping[str, Sink],
+        clock: Callable[[], float] = time.time,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.holder = config if isinstance(config, ConfigHolder) else ConfigHolder(config)
+        self.store, self.sinks, self.clock = store, tuple(sinks), clock
+        registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = BridgeMetrics(registry)
+        registry.register(OutboxCollector(store, sinks=sinks.keys(), clock=clock))
+        settings = self.holder.current.config.outbox
+        self.worker = OutboxWorker(
+            store, sinks, clock=clock, metrics=self.metrics, max_in_flight=settings.max_in_flight,
+            retry_initial=settings.retry_initial, retry_max=settings.retry_max,
+            sweep_interval=settings.sweep_interval, retention=self.holder.current.config.store.retention,
+        )
+        self.app = App()
+        self.app.on_lifespan(self._running)
+        self.app.route("POST", ALERTMANAGER_PATH, self.alertmanager_webhook)
+        self.app.route("GET", "/metrics", metrics_handler(registry))
+        add_lifecycle_routes(self.app, ready=self.ready, reload=self.reload)
+
+    def ready(self) -> bool:
+        """Whether the store is open and the outbox worker runs."""
+        return self.store.is_open and self.worker.running
+
+    async def reload(self) -> None:
+        """Load the config again (``POST /-/reload`` and SIGHUP); on error keep the old one and raise."""
+        try:
+            self.holder.reload()
+        except Exception:
+            self.metrics.reload_ok.set(0)
+            raise
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_time.set(time.time())
+        log.info("config reloaded", extra={"kv": {"file": str(self.holder.current.path)}})
+
+    @contextlib.asynccontextmanager
+    async def _running(self) -> AsyncIterator[None]:
+        await self.store.open()
+        task = asyncio.create_task(self.worker.run(), name="certpager-outbox")
+        try:
+            yield
+        finally:
+            await self.worker.stop()
+            await task
+            await self.store.close()
+
+    async def alertmanager_webhook(self, request: Request) -> Response:
+        """Authenticate, parse, commit, then answer (see module docstring)."""
+        loaded = self.holder.current
+        if not authorized(request.headers.get("authorization", ""), loaded):
+            return self._answer(401, "unauthorized", {"status": "error", "error": "unauthorized"},
+                                _challenge(loaded.config.server))
+        limit = loaded.config.server.max_body_bytes
+        body = await request.body(limit)
+        if body is None:
+            return self._answer(413, "too_large", {"status": "error", "error": f"body over {limit} bytes"})
+        try:
+            notification = alertmanager.parse(body)
+        except alertmanager.PayloadError as exc:
+            result = "unprocessable" if exc.status == 422 else "bad_request"
+            return self._answer(exc.status, result, {"status": "error", "error": exc.reason})
+        return await self._commit(body, notification)
+
+    async def _commit(self, body: bytes, notification: alertmanager.Notification) -> Response:
+        metrics = self.metrics
+        if notification.truncated_alerts:
+            metrics.truncated.inc(notification.truncated_alerts)
+            log.warning(
+                "alertmanager left alerts out of a webhook (max_alerts): they are not seen until a later "
+                "notification",
+                extra={"kv": {"truncated_alerts": notification.truncated_alerts, "group_key": notification.group_key}},
+            )
+        receipt = Receipt(source="alertmanager", body=body, received_at=self.clock())
+        try:
+            result = await self.store.ingest(receipt, notification, self.holder.policy, sinks=self.sinks)
+        except StoreError as exc:
+            log.error("cannot commit webhook; answering 503 so alertmanager retries", extra={"kv": {"err": str(exc)}})
+            return self._answer(503, "store_error", {"status": "error", "error": "store unavailable, retry"})
+        if result.events:
+            self.worker.wake()
+        for verdict, count in (("new", result.new), ("duplicate", result.duplicates), ("stale", result.stale)):
+            if count:
+                metrics.transition(verdict).inc(count)
+        for event in result.events:
+            if event.action == "trigger":
+                metrics.incident(event.event_class, event.group, event.severity.value).inc()
+        return self._answer(200, "accepted", {
+            "status": "accepted", "receipt": result.receipt_id, "alerts": len(notification.alerts),
+            "new": result.new, "duplicates": result.duplicates, "stale": result.stale, "events": len(result.events),
+        })
+
+    def _answer(
+        self, status: int, result: str, body: dict[str, Any], headers: tuple[tuple[str, str], ...] = ()
+    ) -> Response:
+        self.metrics.webhook("alertmanager", result).inc()
+        return Response(status, json.dumps(body).encode(), JSON, headers)
 
 
 def create_app(
@@ -82,59 +183,19 @@ def create_app(
     sinks: Mapping[str, Sink],
     clock: Callable[[], float] = time.time,
     registry: CollectorRegistry | None = None,
-) -> web.Application:
-    """Build the app; the store is opened and the outbox worker started by the app's cleanup context."""
-    holder = config if isinstance(config, ConfigHolder) else ConfigHolder(config)
-    registry = registry if registry is not None else CollectorRegistry()
-    metrics = BridgeMetrics(registry)
-    registry.register(OutboxCollector(store, sinks=sinks.keys(), clock=clock))
-    settings = holder.current.config.outbox
-    worker = OutboxWorker(
-        store, sinks, clock=clock, metrics=metrics, max_in_flight=settings.max_in_flight,
-        retry_initial=settings.retry_initial, retry_max=settings.retry_max, sweep_interval=settings.sweep_interval,
-        retention=holder.current.config.store.retention,
-    )
-    app = web.Application()
-    app[HOLDER], app[STORE], app[WORKER], app[METRICS] = holder, store, worker, metrics
-    app[SINKS], app[CLOCK] = tuple(sinks), clock
-    app.cleanup_ctx.append(_lifecycle)
-    app.router.add_post(ALERTMANAGER_PATH, alertmanager_webhook)
-    app.router.add_get("/metrics", metrics_handler(registry))
-
-    async def reload() -> None:
-        try:
-            holder.reload()
-        except Exception:
-            metrics.reload_ok.set(0)
-            raise
-        metrics.reload_ok.set(1)
-        metrics.reload_time.set(time.time())
-        log.info("config reloaded", extra={"kv": {"file": str(holder.current.path)}})
-
-    app[RELOAD] = reload
-    add_lifecycle_routes(app, ready=lambda: store.is_open and worker.running, reload=reload)
-    return app
+) -> App:
+    """The bridge's app; its lifespan opens the store and runs the outbox worker (the CLI uses :class:`Bridge`)."""
+    return Bridge(config, store=store, sinks=sinks, clock=clock, registry=registry).app
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    store, worker = app[STORE], app[WORKER]
-    await store.open()
-    task = asyncio.create_task(worker.run(), name="certpager-outbox")
-    try:
-        yield
-    finally:
-        await worker.stop()
-        await task
-        await store.close()
-
-
-def _challenge(server: Server) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
+def _challenge(server: Server) -> tuple[tuple[str, str], ...]:
+    """One ``WWW-Authenticate`` header per configured scheme."""
+    challenges: list[tuple[str, str]] = []
     if server.auth.bearer_token is not None or server.auth.bearer_token_file is not None:
-        headers.add("WWW-Authenticate", 'Bearer realm="certpager"')
+        challenges.append(("WWW-Authenticate", 'Bearer realm="certpager"'))
     if server.auth.basic_auth is not None:
-        headers.add("WWW-Authenticate", 'Basic realm="certpager"')
-    return headers
+        challenges.append(("WWW-Authenticate", 'Basic realm="certpager"'))
+    return tuple(challenges)
 
 
 def authorized(header: str, loaded: LoadedConfig) -> bool:
@@ -153,69 +214,3 @@ def authorized(header: str, loaded: LoadedConfig) -> bool:
         user_ok = hmac.compare_digest(user.encode(), basic.username.encode())
         return hmac.compare_digest(password.encode(), secrets.basic_password.encode()) and user_ok
     return False
-
-
-def _answer(request: web.Request, status: int, result: str, body: dict[str, Any], **kw: Any) -> web.Response:
-    request.app[METRICS].webhook("alertmanager", result).inc()
-    return web.Response(body=json.dumps(body).encode(), status=status, content_type="application/json", **kw)
-
-
-async def _read_limited(request: web.Request, limit: int) -> bytes | None:
-    if request.content_length is not None:
-        # The HTTP parser stops at Content-Length, so one read is bounded.
-        return None if request.content_length > limit else await request.content.read()
-    body = bytearray()
-    while chunk := await request.content.read(_READ_CHUNK):
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
-
-
-async def alertmanager_webhook(request: web.Request) -> web.Response:
-    """Authenticate, parse, commit, then answer (see module docstring)."""
-    app = request.app
-    loaded = app[HOLDER].current
-    if not authorized(request.headers.get("Authorization", ""), loaded):
-        return _answer(request, 401, "unauthorized", {"status": "error", "error": "unauthorized"},
-                       headers=_challenge(loaded.config.server))
-    limit = loaded.config.server.max_body_bytes
-    body = await _read_limited(request, limit)
-    if body is None:
-        return _answer(request, 413, "too_large", {"status": "error", "error": f"body over {limit} bytes"})
-    try:
-        notification = alertmanager.parse(body)
-    except alertmanager.PayloadError as exc:
-        result = "unprocessable" if exc.status == 422 else "bad_request"
-        return _answer(request, exc.status, result, {"status": "error", "error": exc.reason})
-    return await _commit(request, body, notification)
-
-
-async def _commit(request: web.Request, body: bytes, notification: alertmanager.Notification) -> web.Response:
-    app = request.app
-    metrics = app[METRICS]
-    if notification.truncated_alerts:
-        metrics.truncated.inc(notification.truncated_alerts)
-        log.warning(
-            "alertmanager left alerts out of a webhook (max_alerts): they are not seen until a later notification",
-            extra={"kv": {"truncated_alerts": notification.truncated_alerts, "group_key": notification.group_key}},
-        )
-    receipt = Receipt(source="alertmanager", body=body, received_at=app[CLOCK]())
-    sinks: tuple[str, ...] = app[SINKS]
-    try:
-        result = await app[STORE].ingest(receipt, notification, app[HOLDER].policy, sinks=sinks)
-    except StoreError as exc:
-        log.error("cannot commit webhook; answering 503 so alertmanager retries", extra={"kv": {"err": str(exc)}})
-        return _answer(request, 503, "store_error", {"status": "error", "error": "store unavailable, retry"})
-    if result.events:
-        app[WORKER].wake()
-    for verdict, count in (("new", result.new), ("duplicate", result.duplicates), ("stale", result.stale)):
-        if count:
-            metrics.transition(verdict).inc(count)
-    for event in result.events:
-        if event.action == "trigger":
-            metrics.incident(event.event_class, event.group, event.severity.value).inc()
-    return _answer(request, 200, "accepted", {
-        "status": "accepted", "receipt": result.receipt_id, "alerts": len(notification.alerts), "new": result.new,
-        "duplicates": result.duplicates, "stale": result.stale, "events": len(result.events),
-    })

@@ -23,7 +23,7 @@ import httpx
 import uvloop
 
 from bridge.alertmanager import label_fingerprint
-from bridge.app import ALERTMANAGER_PATH, RELOAD, ConfigHolder, create_app
+from bridge.app import ALERTMANAGER_PATH, Bridge, ConfigHolder
 from bridge.config import LoadedConfig, load
 from bridge.sinks.base import Sink
 from bridge.sinks.dryrun import DryRunSink
@@ -119,13 +119,13 @@ async def _serve(
     holder = ConfigHolder(loaded)
     sink = make_sink(holder)
     store = SqliteStore(loaded.config.store.path)
-    app = create_app(holder, store=store, sinks={"pagerduty": sink})
+    bridge = Bridge(holder, store=store, sinks={"pagerduty": sink})
     auth = loaded.config.server.auth
     if auth.bearer_token is None and auth.bearer_token_file is None and auth.basic_auth is None:
         log.warning("server.auth is not configured: anyone who can reach the bridge can post alerts")
     try:
-        await serve(app, listen_address or loaded.config.server.listen_address, reload=app[RELOAD], stop=stop,
-                    started=started)
+        await serve(bridge.app, listen_address or loaded.config.server.listen_address, reload=bridge.reload,
+                    stop=stop, started=started)
     finally:
         await sink.aclose()
     return 0

@@ -36,13 +36,13 @@ class FailingStore(SqliteStore):
         raise StoreError("store commit failed: database or disk is full")
 
 
-async def make_client(aiohttp_client, tmp_path, *, store=None, extra=""):
+async def make_client(serve_app, tmp_path, *, store=None, extra=""):
     holder = write_config(tmp_path, extra)
     sink = RecordingSink()
     registry = CollectorRegistry()
     store = store or SqliteStore(tmp_path / "b.db")
     app = create_app(holder, store=store, sinks={"pagerduty": sink}, registry=registry)
-    client = await aiohttp_client(app)
+    client = await serve_app(app)
     return client, sink, registry, store
 
 
@@ -55,8 +55,8 @@ def metric(registry, result):
         "certpager_bridge_webhooks_total", {"source": "alertmanager", "result": result})
 
 
-async def test_accepts_commits_and_delivers(aiohttp_client, tmp_path):
-    client, sink, registry, _store = await make_client(aiohttp_client, tmp_path)
+async def test_accepts_commits_and_delivers(serve_app, tmp_path):
+    client, sink, registry, _store = await make_client(serve_app, tmp_path)
     resp = await client.post(ALERTMANAGER_PATH, data=(PAYLOADS / "firing.json").read_bytes(), headers=bearer())
     assert resp.status == 200
     assert await resp.json() == {
@@ -73,8 +73,8 @@ async def test_accepts_commits_and_delivers(aiohttp_client, tmp_path):
         "class": "certificate_expired", "environment": "production", "severity": "critical"}) == 1
 
 
-async def test_basic_auth(aiohttp_client, tmp_path):
-    client, *_ = await make_client(aiohttp_client, tmp_path)
+async def test_basic_auth(serve_app, tmp_path):
+    client, *_ = await make_client(serve_app, tmp_path)
     good = base64.b64encode(b"am:pw").decode()
     bad = base64.b64encode(b"am:nope").decode()
     assert (await client.post(ALERTMANAGER_PATH, data=body(alert()), headers={"Authorization": f"Basic {good}"})
@@ -85,8 +85,8 @@ async def test_basic_auth(aiohttp_client, tmp_path):
     assert resp.status == 401
 
 
-async def test_unauthorized_gets_a_challenge(aiohttp_client, tmp_path):
-    client, sink, registry, _ = await make_client(aiohttp_client, tmp_path)
+async def test_unauthorized_gets_a_challenge(serve_app, tmp_path):
+    client, sink, registry, _ = await make_client(serve_app, tmp_path)
     for headers in ({}, bearer("wrong"), {"Authorization": "Token x"}):
         resp = await client.post(ALERTMANAGER_PATH, data=body(alert()), headers=headers)
         assert resp.status == 401
@@ -96,8 +96,8 @@ async def test_unauthorized_gets_a_challenge(aiohttp_client, tmp_path):
     assert sink.seen == []
 
 
-async def test_body_over_the_limit_is_413(aiohttp_client, tmp_path):
-    client, _, registry, _ = await make_client(aiohttp_client, tmp_path)
+async def test_body_over_the_limit_is_413(serve_app, tmp_path):
+    client, _, registry, _ = await make_client(serve_app, tmp_path)
     big = body(*[alert(certificate=f"c{i}.example.com") for i in range(20)])
     assert len(big) > 4096
     resp = await client.post(ALERTMANAGER_PATH, data=big, headers=bearer())
@@ -112,8 +112,8 @@ async def test_body_over_the_limit_is_413(aiohttp_client, tmp_path):
     assert metric(registry, "too_large") == 2
 
 
-async def test_bad_payloads_get_specific_reasons(aiohttp_client, tmp_path):
-    client, _, registry, _ = await make_client(aiohttp_client, tmp_path)
+async def test_bad_payloads_get_specific_reasons(serve_app, tmp_path):
+    client, _, registry, _ = await make_client(serve_app, tmp_path)
     cases = [
         ("garbage-not-json.txt", 400, "body is not JSON: Expecting value: line 1 column 1 (char 0)"),
         ("garbage-wrong-version.json", 422, "version: unsupported webhook version '3', expected '4'"),
@@ -126,21 +126,21 @@ async def test_bad_payloads_get_specific_reasons(aiohttp_client, tmp_path):
     assert (metric(registry, "bad_request"), metric(registry, "unprocessable")) == (3, 1)
 
 
-async def test_store_failure_is_503_so_alertmanager_retries(aiohttp_client, tmp_path):
-    client, _sink, registry, _ = await make_client(aiohttp_client, tmp_path, store=FailingStore(tmp_path / "b.db"))
+async def test_store_failure_is_503_so_alertmanager_retries(serve_app, tmp_path):
+    client, _sink, registry, _ = await make_client(serve_app, tmp_path, store=FailingStore(tmp_path / "b.db"))
     resp = await client.post(ALERTMANAGER_PATH, data=body(alert()), headers=bearer())
     assert (resp.status, await resp.json()) == (503, {"status": "error", "error": "store unavailable, retry"})
     assert metric(registry, "store_error") == 1
 
 
-async def test_truncated_alerts_are_counted(aiohttp_client, tmp_path):
-    client, _, registry, _ = await make_client(aiohttp_client, tmp_path)
+async def test_truncated_alerts_are_counted(serve_app, tmp_path):
+    client, _, registry, _ = await make_client(serve_app, tmp_path)
     resp = await client.post(ALERTMANAGER_PATH, data=(PAYLOADS / "truncated.json").read_bytes(), headers=bearer())
     assert resp.status == 200
     assert registry.get_sample_value("certpager_bridge_truncated_alerts_total") == 3
 
 
-async def test_metrics_ready_and_outbox_gauges(aiohttp_client, tmp_path):
+async def test_metrics_ready_and_outbox_gauges(serve_app, tmp_path):
     release = asyncio.Event()
     stuck = RecordingSink()
 
@@ -151,7 +151,7 @@ async def test_metrics_ready_and_outbox_gauges(aiohttp_client, tmp_path):
     holder = write_config(tmp_path)
     registry = CollectorRegistry()
     app = create_app(holder, store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": stuck}, registry=registry)
-    client = await aiohttp_client(app)
+    client = await serve_app(app)
     assert (await client.get("/-/ready")).status == 200
     assert (await client.post(ALERTMANAGER_PATH, data=body(alert()), headers=bearer())).status == 200
     text = await (await client.get("/metrics")).text()
@@ -162,8 +162,8 @@ async def test_metrics_ready_and_outbox_gauges(aiohttp_client, tmp_path):
     release.set()
 
 
-async def test_reload_rotates_the_token_and_keeps_old_config_on_error(aiohttp_client, tmp_path):
-    client, _, registry, _ = await make_client(aiohttp_client, tmp_path)
+async def test_reload_rotates_the_token_and_keeps_old_config_on_error(serve_app, tmp_path):
+    client, _, registry, _ = await make_client(serve_app, tmp_path)
     (tmp_path / "token").write_text("rotated-token")
     assert (await client.post("/-/reload")).status == 200
     assert (await client.post(ALERTMANAGER_PATH, data=body(alert()), headers=bearer())).status == 401
@@ -177,11 +177,11 @@ async def test_reload_rotates_the_token_and_keeps_old_config_on_error(aiohttp_cl
     assert (await client.post(ALERTMANAGER_PATH, data=body(alert()), headers=bearer("rotated-token"))).status == 200
 
 
-async def test_no_auth_configured_is_open(aiohttp_client, tmp_path):
+async def test_no_auth_configured_is_open(serve_app, tmp_path):
     path = tmp_path / "bridge.yml"
     path.write_text("")
     app = create_app(load(path, env={}), store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": RecordingSink()})
-    client = await aiohttp_client(app)
+    client = await serve_app(app)
     resp = await client.post(ALERTMANAGER_PATH, data=body(alert()))
     assert resp.status == 200
     assert json.loads(await resp.text())["events"] == 1

@@ -58,14 +58,14 @@ async def run_cli(*args: str) -> tuple[int, str]:
     return proc.returncode, out.decode()
 
 
-async def test_test_alert_fires_and_resolves_through_the_endpoint(aiohttp_server, tmp_path):
+async def test_test_alert_fires_and_resolves_through_the_endpoint(serve_app, tmp_path):
     (tmp_path / "token").write_text("tok")
     config = tmp_path / "bridge.yml"
     config.write_text("server:\n  auth: {bearer_token_file: token}\n")
     sink = RecordingSink()
     app = create_app(load(config, env={}), store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": sink})
-    server = await aiohttp_server(app)
-    url = f"http://127.0.0.1:{server.port}"
+    client = await serve_app(app)
+    url = str((await client.get("/-/healthy")).url.origin())  # the served app's base URL, as the CLI takes it
     base = ("test-alert", "--class", "certificate_expired", "--certificate", "example.com",
             "--environment", "production", "--url", url)
     code, out = await run_cli(*base)

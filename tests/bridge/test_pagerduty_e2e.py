@@ -21,7 +21,7 @@ KEY_A, KEY_B = "A" * 32, "B" * 32
 EXPIRED = incident_key("certificate_expired", "api.example.com", "production")
 
 
-async def start(aiohttp_client, tmp_path, fake_url: str):
+async def start(serve_app, tmp_path, fake_url: str):
     (tmp_path / "pd.key").write_text(KEY_A)
     path = tmp_path / "bridge.yml"
     path.write_text(
@@ -32,7 +32,7 @@ async def start(aiohttp_client, tmp_path, fake_url: str):
     sink = PagerDutySink(httpx.AsyncClient(timeout=5), url=fake_url, routing_key_for=holder.routing_key_for)
     registry = CollectorRegistry()
     app = create_app(holder, store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": sink}, registry=registry)
-    client = await aiohttp_client(app)
+    client = await serve_app(app)
     return client, registry, sink
 
 
@@ -43,9 +43,9 @@ async def until(condition, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_ha_pair_with_a_stale_snapshot_pages_once_and_resolves_once(aiohttp_client, tmp_path):
+async def test_ha_pair_with_a_stale_snapshot_pages_once_and_resolves_once(serve_app, tmp_path):
     async with run_fake_pagerduty() as fake:
-        client, _, sink = await start(aiohttp_client, tmp_path, fake.url)
+        client, _, sink = await start(serve_app, tmp_path, fake.url)
         for data in (body(alert()), body(alert()), body(alert("resolved")), body(alert()), body(alert("resolved"))):
             assert (await client.post(ALERTMANAGER_PATH, data=data)).status == 200  # peer 1, peer 2, ...
         await until(lambda: len(fake.actions()) == 2)
@@ -54,10 +54,10 @@ async def test_ha_pair_with_a_stale_snapshot_pages_once_and_resolves_once(aiohtt
         await sink.aclose()
 
 
-async def test_a_problem_during_an_outage_is_recorded_in_order_afterwards(aiohttp_client, tmp_path):
+async def test_a_problem_during_an_outage_is_recorded_in_order_afterwards(serve_app, tmp_path):
     async with run_fake_pagerduty() as fake:
         fake.fail_next(6, status=503)
-        client, registry, sink = await start(aiohttp_client, tmp_path, fake.url)
+        client, registry, sink = await start(serve_app, tmp_path, fake.url)
         assert (await client.post(ALERTMANAGER_PATH, data=body(alert()))).status == 200
         assert (await client.post(ALERTMANAGER_PATH, data=body(alert("resolved")))).status == 200
         await until(lambda: len(fake.actions()) == 2)
@@ -68,10 +68,10 @@ async def test_a_problem_during_an_outage_is_recorded_in_order_afterwards(aiohtt
         await sink.aclose()
 
 
-async def test_429_retry_after_then_delivered(aiohttp_client, tmp_path):
+async def test_429_retry_after_then_delivered(serve_app, tmp_path):
     async with run_fake_pagerduty() as fake:
         fake.fail_next(1, status=429, retry_after=1)
-        client, _, sink = await start(aiohttp_client, tmp_path, fake.url)
+        client, _, sink = await start(serve_app, tmp_path, fake.url)
         started = time.monotonic()
         assert (await client.post(ALERTMANAGER_PATH, data=body(alert()))).status == 200
         await until(lambda: len(fake.actions()) == 1)
@@ -79,10 +79,10 @@ async def test_429_retry_after_then_delivered(aiohttp_client, tmp_path):
         await sink.aclose()
 
 
-async def test_a_400_is_a_dead_letter_and_the_key_moves_on(aiohttp_client, tmp_path):
+async def test_a_400_is_a_dead_letter_and_the_key_moves_on(serve_app, tmp_path):
     async with run_fake_pagerduty() as fake:
         fake.fail_next(1, status=400)
-        client, registry, sink = await start(aiohttp_client, tmp_path, fake.url)
+        client, registry, sink = await start(serve_app, tmp_path, fake.url)
         assert (await client.post(ALERTMANAGER_PATH, data=body(alert()))).status == 200
         assert (await client.post(ALERTMANAGER_PATH, data=body(alert("resolved")))).status == 200
         await until(lambda: len(fake.actions()) == 1)
@@ -94,11 +94,11 @@ async def test_a_400_is_a_dead_letter_and_the_key_moves_on(aiohttp_client, tmp_p
         await sink.aclose()
 
 
-async def test_rotated_routing_key_applies_to_queued_events(aiohttp_client, tmp_path):
+async def test_rotated_routing_key_applies_to_queued_events(serve_app, tmp_path):
     async with run_fake_pagerduty() as fake:
         # The trigger's first attempt answers 503 only after the rotation; its retry must use the new key.
         fake.fail_next(1, status=503, delay=0.3)
-        client, _, sink = await start(aiohttp_client, tmp_path, fake.url)
+        client, _, sink = await start(serve_app, tmp_path, fake.url)
         assert (await client.post(ALERTMANAGER_PATH, data=body(alert()))).status == 200
         (tmp_path / "pd.key").write_text(KEY_B)
         assert (await client.post("/-/reload")).status == 200
