@@ -51,5 +51,5 @@ def setup_logging(level: str = "info", fmt: LogFormat = "logfmt", stream: TextIO
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp's access log duplicates our own request metrics; keep it at warning.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # uvicorn logs its own start and stop at info; certpager logs "listening" itself (certpager.web).
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)

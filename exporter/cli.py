@@ -52,7 +52,7 @@ async def serve_config(
     started: Callable[[int], None] | None = None,
 ) -> int:
     """Run the exporter from ``config_file`` on ``address`` until SIGTERM/SIGINT or ``stop`` (the demo runs it)."""
-    # Imported here so --config.check stays light (no aiohttp app, no probe engine).
+    # Imported here so --config.check stays light (no HTTP server, no probe engine).
     from exporter.app import Exporter
     from exporter.web import create_app
 

@@ -1,64 +1,58 @@
 """The exporter's HTTP app: /metrics (cached), /probe (on demand), lifecycle routes, a landing page.
 
-:func:`create_app` takes a ready :class:`~exporter.app.Exporter`; with ``background=True`` the app's
-cleanup_ctx runs the exporter's scheduler and file watcher for the app's lifetime.
+:func:`create_app` takes a ready :class:`~exporter.app.Exporter`; with ``background=True`` the exporter's
+scheduler and file watcher run for as long as the app is served (a lifespan context of the app).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import html
 import math
 from collections.abc import AsyncIterator
 
-from aiohttp import web
-
-from certpager.web import add_lifecycle_routes
+from certpager.web import App, Request, Response, add_lifecycle_routes, text
 from exporter.app import Exporter, UnknownModuleError
 from exporter.config import endpoint_problem
 
-EXPORTER_KEY = web.AppKey("exporter", Exporter)
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def create_app(exporter: Exporter, *, background: bool = True) -> web.Application:
-    """Build the aiohttp app serving ``exporter``."""
-    app = web.Application()
-    app[EXPORTER_KEY] = exporter
-    app.router.add_get("/", landing)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/probe", probe)
+def create_app(exporter: Exporter, *, background: bool = True) -> App:
+    """Build the app serving ``exporter``."""
+    app = App()
+    app.route("GET", "/", functools.partial(landing, exporter))
+    app.route("GET", "/metrics", functools.partial(metrics, exporter))
+    app.route("GET", "/probe", functools.partial(probe, exporter))
     add_lifecycle_routes(app, ready=lambda: True, reload=exporter.reload)
     if background:
-        app.cleanup_ctx.append(_run_background)
+        app.on_lifespan(functools.partial(_run_background, exporter))
     return app
 
 
-async def _run_background(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[EXPORTER_KEY].run())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+@contextlib.asynccontextmanager
+async def _run_background(exporter: Exporter) -> AsyncIterator[None]:
+    task = asyncio.create_task(exporter.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
-async def metrics(request: web.Request) -> web.StreamResponse:
+async def metrics(exporter: Exporter, _: Request) -> Response:
     """Cached results of background probes plus self metrics; never probes.
 
     Streamed family by family: at 10,000 targets the body is tens of MB and must not be held twice.
     """
-    response = web.StreamResponse(headers={"Content-Type": TEXT_FORMAT})
-    await response.prepare(request)
-    for chunk in request.app[EXPORTER_KEY].metrics_chunks():
-        await response.write(chunk)
-    await response.write_eof()
-    return response
+    return Response(body=exporter.metrics_chunks(), content_type=TEXT_FORMAT)
 
 
-async def probe(request: web.Request) -> web.Response:
+async def probe(exporter: Exporter, request: Request) -> Response:
     """Probe ``target`` with ``module`` now, blackbox-style."""
-    exporter = request.app[EXPORTER_KEY]
     target = request.query.get("target", "").strip()
     module_name = request.query.get("module", "tls")
     if not target:
@@ -72,7 +66,7 @@ async def probe(request: web.Request) -> web.Response:
         # Reading any path the caller names would let anyone who reaches the port probe the host's files.
         return _bad_request(f"module {module_name!r} reads files: only configured targets can be probed")
     try:
-        cap = _timeout_cap(request.headers.get("X-Prometheus-Scrape-Timeout-Seconds"),
+        cap = _timeout_cap(request.headers.get("x-prometheus-scrape-timeout-seconds"),
                            exporter.config.global_.timeout_offset)
     except ValueError as exc:
         return _bad_request(str(exc))
@@ -80,7 +74,7 @@ async def probe(request: web.Request) -> web.Response:
         body = await exporter.probe_now(target, module_name, cap)
     except UnknownModuleError:  # the config was reloaded between the check and the probe
         return _bad_request(f"unknown module {module_name!r}")
-    return web.Response(body=body, headers={"Content-Type": TEXT_FORMAT})
+    return Response(body=body, content_type=TEXT_FORMAT)
 
 
 def _timeout_cap(header: str | None, offset: float) -> float | None:
@@ -97,13 +91,12 @@ def _timeout_cap(header: str | None, offset: float) -> float | None:
     return max(seconds - offset, seconds / 2 if seconds <= offset else 0.0)
 
 
-def _bad_request(reason: str) -> web.Response:
-    return web.Response(status=400, text=reason + "\n")
+def _bad_request(reason: str) -> Response:
+    return text(reason + "\n", 400)
 
 
-async def landing(request: web.Request) -> web.Response:
+async def landing(exporter: Exporter, _: Request) -> Response:
     """A small page linking the endpoints."""
-    exporter = request.app[EXPORTER_KEY]
     modules = "".join(f"<li>{html.escape(name)}</li>" for name in sorted(exporter.config.all_modules))
     page = (
         "<html><head><title>certpager exporter</title></head><body><h1>certpager exporter</h1>"
@@ -112,4 +105,4 @@ async def landing(request: web.Request) -> web.Response:
         '<li><a href="/-/healthy">/-/healthy</a></li><li><a href="/-/ready">/-/ready</a></li></ul>'
         f"<p>{len(exporter.scheduler)} targets; modules:</p><ul>{modules}</ul></body></html>"
     )
-    return web.Response(text=page, content_type="text/html")
+    return Response(body=page.encode(), content_type="text/html; charset=utf-8")

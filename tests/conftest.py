@@ -7,6 +7,7 @@ on asyncio's own loop and on uvloop (test ids end in ``[asyncio]`` / ``[uvloop]`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
 
 import pytest
@@ -19,3 +20,16 @@ LOOPS: Mapping[str, LoopFactory] = {"asyncio": asyncio.new_event_loop, "uvloop":
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, LoopFactory]:
     """pytest-asyncio's hook: every async test runs once per loop."""
     return LOOPS
+
+
+@pytest.fixture
+async def serve_app():
+    """``await serve_app(app)``: the app served on 127.0.0.1 (real uvicorn), an aiohttp session bound to it."""
+    from tests.webclient import serving
+
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(app, host="127.0.0.1"):
+            return await stack.enter_async_context(serving(app, host))
+
+        yield start

@@ -18,13 +18,13 @@ def config_text(test_pki, targets: str) -> str:
     )
 
 
-async def test_probe_endpoint_against_real_tls_server(aiohttp_client, tmp_path, test_pki):
+async def test_probe_endpoint_against_real_tls_server(serve_app, tmp_path, test_pki):
     chain = test_pki.chains["valid"]
     files = test_pki.files["valid"]
     async with TLSServer(files.cert_file, files.key_file) as server:
         path = write(tmp_path / "c.yml", config_text(test_pki, f"  - target: {server.address}\n"
                                                                "    labels: {env: prod}\n"))
-        client = await aiohttp_client(create_app(Exporter(path), background=False))
+        client = await serve_app(create_app(Exporter(path), background=False))
         response = await client.get("/probe", params={"target": server.address, "module": "trusting"},
                                     headers={"X-Prometheus-Scrape-Timeout-Seconds": "5"})
         assert response.status == 200
@@ -48,14 +48,14 @@ async def test_probe_endpoint_against_real_tls_server(aiohttp_client, tmp_path, 
     assert value(s, "tls_probe_duration_seconds", phase="handshake") > 0
 
 
-async def test_background_metrics_from_real_servers_and_refused_port(aiohttp_client, tmp_path, test_pki):
+async def test_background_metrics_from_real_servers_and_refused_port(serve_app, tmp_path, test_pki):
     good, expired = test_pki.files["valid"], test_pki.files["expired"]
     async with TLSServer(good.cert_file, good.key_file) as ok_server, \
             TLSServer(expired.cert_file, expired.key_file) as expired_server:
         targets = (f"  - {{target: '{ok_server.address}', module: trusting}}\n"
                    f"  - {{target: '{expired_server.address}', module: trusting, labels: {{env: old}}}}\n"
                    "  - {target: '127.0.0.1:1', module: trusting}\n")
-        client = await aiohttp_client(create_app(Exporter(write(tmp_path / "c.yml", config_text(test_pki, targets)))))
+        client = await serve_app(create_app(Exporter(write(tmp_path / "c.yml", config_text(test_pki, targets)))))
         for _ in range(100):  # bounded: 10 s for three loopback probes
             s = sample_map(await (await client.get("/metrics")).text())
             if value(s, "certpager_exporter_probes_total", module="trusting", result="failure") == 1 and value(

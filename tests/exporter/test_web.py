@@ -65,8 +65,8 @@ def exporter(config_path, probe, clock):
 
 
 @pytest.fixture
-async def client(aiohttp_client, exporter):
-    return await aiohttp_client(create_app(exporter))
+async def client(serve_app, exporter):
+    return await serve_app(create_app(exporter))
 
 
 async def scrape(client):
@@ -206,12 +206,12 @@ async def test_lifecycle_and_landing(client):
     assert page.status == 200 and 'href="/metrics"' in text and "2 targets" in text and "<li>quick</li>" in text
 
 
-async def test_probe_uses_scheduler_guard_for_raising_probe(aiohttp_client, config_path, clock):
+async def test_probe_uses_scheduler_guard_for_raising_probe(serve_app, config_path, clock):
     async def broken(request):
         raise RuntimeError("bug")
 
     exporter = Exporter(config_path, probe=broken, clock=clock, wall_clock=lambda: WALL, sleep=clock.sleep)
-    client = await aiohttp_client(create_app(exporter, background=False))
+    client = await serve_app(create_app(exporter, background=False))
     response = await client.get("/probe", params={"target": "a.test:443"})
     s = sample_map(await response.text())
     assert value(s, "tls_probe_error_info", reason="internal") == 1
@@ -324,12 +324,12 @@ async def test_sighup_reload_on_a_real_process(tmp_path):
     assert any("reload on SIGHUP failed" in line and "targets[0].target" in line for line in lines)
 
 
-async def test_probe_file_module_reads_only_configured_targets(aiohttp_client, tmp_path, clock):
+async def test_probe_file_module_reads_only_configured_targets(serve_app, tmp_path, clock):
     path = write(tmp_path / "c.yml", "modules: {files: {kind: file}}\n"
                                      "targets: [{target: /etc/certpager/*.pem, module: files}]\n")
     probe = FakeProbe(clock=clock)
     exporter = Exporter(path, probe=probe, clock=clock, wall_clock=lambda: WALL, sleep=clock.sleep)
-    client = await aiohttp_client(create_app(exporter, background=False))
+    client = await serve_app(create_app(exporter, background=False))
     response = await client.get("/probe", params={"target": "/etc/certpager/*.pem", "module": "files"})
     assert response.status == 200
     assert [r.target for r in probe.requests] == ["/etc/certpager/*.pem"]

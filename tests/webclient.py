@@ -1,0 +1,44 @@
+"""Serve a certpager App on a real loopback port for a test, and talk to it with an aiohttp client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp.connector import Connection
+
+from certpager.web import App, serve
+
+
+@contextlib.asynccontextmanager
+async def serving(app: App, host: str = "127.0.0.1") -> AsyncIterator[aiohttp.ClientSession]:
+    """Run ``app`` with :func:`certpager.web.serve` on ``host``, port 0; yield a session bound to it."""
+    stop = asyncio.Event()
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(app, f"{host}:0", stop=stop, started=port.set_result))
+    await asyncio.wait([task, port], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # raises what stopped it
+        raise RuntimeError("serve() returned before listening")
+    base = f"http://[{host}]:{port.result()}" if ":" in host else f"http://{host}:{port.result()}"
+    responses: list[aiohttp.ClientResponse] = []
+
+    class Tracked(aiohttp.ClientResponse):
+        """Released when the test ends, read or not (as pytest-aiohttp's test client does)."""
+
+        async def start(self, connection: Connection) -> aiohttp.ClientResponse:
+            responses.append(self)
+            return await super().start(connection)
+
+    try:
+        async with aiohttp.ClientSession(base_url=base, response_class=Tracked) as session:
+            try:
+                yield session
+            finally:
+                for response in responses:
+                    response.release()
+    finally:
+        stop.set()
+        await task
