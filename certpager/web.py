@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl
 import uvicorn
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ Lifespan = Callable[[], contextlib.AbstractAsyncContextManager[None]]
 TEXT = "text/plain; charset=utf-8"
 KEEP_ALIVE_SECONDS = 75  # an idle client connection is kept this long (aiohttp's and nginx's default)
 SHUTDOWN_GRACE_SECONDS = 10  # requests still running at shutdown get this long to finish
+MAX_REQUEST_HEAD_BYTES = 64 * 1024  # request line plus headers; Prometheus and Alertmanager send < 1 KB
 
 
 class ClientDisconnect(Exception):
@@ -232,6 +234,35 @@ def bind(address: str) -> socket.socket:
     return socket.create_server((host, port), family=family)
 
 
+class _BoundedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bound on the request head.
+
+    llhttp buffers a header of any length (100 MB sent as one header grew the process by 170 MB), so
+    the bytes received while a request's head is incomplete are counted here and a head over
+    :data:`MAX_REQUEST_HEAD_BYTES` gets a 400 and a closed connection. Bodies are bounded elsewhere:
+    uvicorn stops reading above 64 KB the app has not taken, and :meth:`Request.body` takes a limit.
+    """
+
+    _head_bytes: int | None = 0  # None while a request's body is being read (its head is complete)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_bytes is not None:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._head_bytes is not None and self._head_bytes > MAX_REQUEST_HEAD_BYTES:
+            self._head_bytes = None
+            if not self.transport.is_closing():
+                self.send_400_response(f"request line and headers over {MAX_REQUEST_HEAD_BYTES} bytes")
+
+    def on_headers_complete(self) -> None:
+        self._head_bytes = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._head_bytes = 0  # what follows is the next request's head
+        super().on_message_complete()
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server without its signal handling: :func:`serve` owns SIGTERM/SIGINT/SIGHUP."""
 
@@ -251,7 +282,7 @@ class _Server(uvicorn.Server):
 
 def _uvicorn_config(app: App) -> uvicorn.Config:
     return uvicorn.Config(
-        app, http="httptools", ws="none", lifespan="off", log_config=None, access_log=False,
+        app, http=_BoundedHttpTools, ws="none", lifespan="off", log_config=None, access_log=False,
         proxy_headers=False, server_header=False, timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from certpager.web import (
+    MAX_REQUEST_HEAD_BYTES,
     App,
     Request,
     Response,
@@ -34,12 +36,17 @@ def echo_app() -> App:
         body = await request.body(limit=10)
         return text("too large\n", 413) if body is None else text(f"got {body!r}\n")
 
+    async def big_upload(request: Request) -> Response:
+        body = await request.body(limit=4_000_000)
+        return text(f"{len(body or b'')} bytes\n")
+
     async def boom(_: Request) -> Response:
         raise RuntimeError("secret detail")
 
     app.route("GET", "/echo", echo)
     app.route("GET", "/stream", stream)
     app.route("POST", "/upload", upload)
+    app.route("POST", "/big", big_upload)
     app.route("GET", "/boom", boom)
     return app
 
@@ -166,3 +173,89 @@ async def test_busy_address_raises_before_running():
                                               ("127.0.0.1:0", ("127.0.0.1", 0))])
 def test_split_listen_address(address, expected):
     assert split_listen_address(address) == expected
+
+
+async def raw_exchange(port: int, *requests: bytes) -> list[bytes]:
+    """Send ``requests`` one after the other on one keep-alive connection; each answer's status line and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answers = []
+    try:
+        for request in requests:
+            writer.write(request)
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))
+            body = await asyncio.wait_for(reader.readexactly(length), 5)
+            answers.append(head.split(b"\r\n", 1)[0].removeprefix(b"HTTP/1.1 ") + b"\n" + body)
+    finally:
+        writer.close()
+    return answers
+
+
+async def started_port(app: App, stop: asyncio.Event) -> tuple[asyncio.Task[None], int]:
+    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(app, "127.0.0.1:0", stop=stop, started=port.set_result))
+    return task, await port
+
+
+def get(path: str, header_bytes: int = 0) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: t\r\nX-Pad: {'a' * header_bytes}\r\n\r\n".encode()
+
+
+async def send_endless_head(port: int) -> tuple[bytes, bool]:
+    """Send a header that never ends (up to 4 MB, 64 KB at a time) while reading the answer.
+
+    Returns what was read and whether the server reset the connection: it closes with our bytes
+    unread, so the kernel may reset it before the answer is read.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    read = asyncio.create_task(reader.read())
+    try:
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\nX-Pad: ")
+        for _ in range(64):
+            if read.done():
+                break
+            writer.write(b"a" * 65536)
+            await writer.drain()
+        writer.write_eof()
+    except ConnectionError:
+        pass
+    finally:
+        try:
+            data, reset = await asyncio.wait_for(read, 5), False
+        except ConnectionResetError:
+            data, reset = b"", True
+        writer.close()
+    return data, reset
+
+
+async def test_request_head_over_the_limit_is_a_400_and_the_server_goes_on():
+    stop = asyncio.Event()
+    task, port = await started_port(echo_app(), stop)
+    try:
+        # Unbounded, llhttp would buffer all 4 MB and the server would close at our EOF without an answer.
+        data, reset = await send_endless_head(port)
+        assert reset or data.startswith(b"HTTP/1.1 400 Bad Request"), data[:100]
+        if data:
+            assert data.endswith(f"request line and headers over {MAX_REQUEST_HEAD_BYTES} bytes".encode())
+        [ok] = await raw_exchange(port, get("/echo", MAX_REQUEST_HEAD_BYTES - 1000))
+        assert ok.startswith(b"200 OK")
+    finally:
+        stop.set()
+        await task
+
+
+async def test_the_head_bound_is_per_request_and_does_not_count_bodies():
+    stop = asyncio.Event()
+    task, port = await started_port(echo_app(), stop)
+    try:
+        half = MAX_REQUEST_HEAD_BYTES // 2 + 1000  # two such heads on one connection exceed one bound
+        answers = await raw_exchange(port, get("/echo", half), get("/echo", half))
+        assert [a[:6] for a in answers] == [b"200 OK", b"200 OK"]
+        body = b"x" * 1_000_000
+        post = b"POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        [answer] = await raw_exchange(port, post)
+        assert answer.startswith(b"200 OK") and answer.endswith(b"1000000 bytes\n")
+    finally:
+        stop.set()
+        await task
