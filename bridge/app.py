@@ -176,18 +176,6 @@ class Bridge:
         return Response(status, json.dumps(body).encode(), JSON, headers)
 
 
-def create_app(
-    config: ConfigHolder | LoadedConfig,
-    *,
-    store: Store,
-    sinks: Mapping[str, Sink],
-    clock: Callable[[], float] = time.time,
-    registry: CollectorRegistry | None = None,
-) -> App:
-    """The bridge's app; its lifespan opens the store and runs the outbox worker (the CLI uses :class:`Bridge`)."""
-    return Bridge(config, store=store, sinks=sinks, clock=clock, registry=registry).app
-
-
 def _challenge(server: Server) -> tuple[tuple[str, str], ...]:
     """One ``WWW-Authenticate`` header per configured scheme."""
     challenges: list[tuple[str, str]] = []

@@ -9,7 +9,7 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from bridge.app import ALERTMANAGER_PATH, ConfigHolder, create_app
+from bridge.app import ALERTMANAGER_PATH, Bridge, ConfigHolder
 from bridge.config import load
 from bridge.store.base import StoreError
 from bridge.store.sqlite import SqliteStore
@@ -41,7 +41,7 @@ async def make_client(serve_app, tmp_path, *, store=None, extra=""):
     sink = RecordingSink()
     registry = CollectorRegistry()
     store = store or SqliteStore(tmp_path / "b.db")
-    app = create_app(holder, store=store, sinks={"pagerduty": sink}, registry=registry)
+    app = Bridge(holder, store=store, sinks={"pagerduty": sink}, registry=registry).app
     client = await serve_app(app)
     return client, sink, registry, store
 
@@ -150,7 +150,7 @@ async def test_metrics_ready_and_outbox_gauges(serve_app, tmp_path):
     stuck.gate = gate
     holder = write_config(tmp_path)
     registry = CollectorRegistry()
-    app = create_app(holder, store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": stuck}, registry=registry)
+    app = Bridge(holder, store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": stuck}, registry=registry).app
     client = await serve_app(app)
     assert (await client.get("/-/ready")).status == 200
     assert (await client.post(ALERTMANAGER_PATH, data=body(alert()), headers=bearer())).status == 200
@@ -180,7 +180,7 @@ async def test_reload_rotates_the_token_and_keeps_old_config_on_error(serve_app,
 async def test_no_auth_configured_is_open(serve_app, tmp_path):
     path = tmp_path / "bridge.yml"
     path.write_text("")
-    app = create_app(load(path, env={}), store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": RecordingSink()})
+    app = Bridge(load(path, env={}), store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": RecordingSink()}).app
     client = await serve_app(app)
     resp = await client.post(ALERTMANAGER_PATH, data=body(alert()))
     assert resp.status == 200

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from bridge.app import create_app
+from bridge.app import Bridge
 from bridge.cli import synthetic_payload
 from bridge.config import load
 from bridge.store.sqlite import SqliteStore
@@ -63,7 +63,7 @@ async def test_test_alert_fires_and_resolves_through_the_endpoint(serve_app, tmp
     config = tmp_path / "bridge.yml"
     config.write_text("server:\n  auth: {bearer_token_file: token}\n")
     sink = RecordingSink()
-    app = create_app(load(config, env={}), store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": sink})
+    app = Bridge(load(config, env={}), store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": sink}).app
     client = await serve_app(app)
     url = str((await client.get("/-/healthy")).url.origin())  # the served app's base URL, as the CLI takes it
     base = ("test-alert", "--class", "certificate_expired", "--certificate", "example.com",

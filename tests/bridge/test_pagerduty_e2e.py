@@ -9,7 +9,7 @@ import time
 import httpx
 from prometheus_client import CollectorRegistry
 
-from bridge.app import ALERTMANAGER_PATH, ConfigHolder, create_app
+from bridge.app import ALERTMANAGER_PATH, Bridge, ConfigHolder
 from bridge.config import load
 from bridge.keys import incident_key
 from bridge.sinks.pagerduty import PagerDutySink
@@ -31,7 +31,7 @@ async def start(serve_app, tmp_path, fake_url: str):
     holder = ConfigHolder(load(path, env={}), loader=lambda: load(path, env={}))
     sink = PagerDutySink(httpx.AsyncClient(timeout=5), url=fake_url, routing_key_for=holder.routing_key_for)
     registry = CollectorRegistry()
-    app = create_app(holder, store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": sink}, registry=registry)
+    app = Bridge(holder, store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": sink}, registry=registry).app
     client = await serve_app(app)
     return client, registry, sink
 
