@@ -305,17 +305,19 @@ async def serve(
     bound = sock.getsockname()[1]
     server = _Server(_uvicorn_config(app))
     stop = stop or asyncio.Event()
-    async with app.running():
-        task = asyncio.create_task(server.serve(sockets=[sock]), name="certpager-http")
-        with _signals(stop, reload):
-            if await _until(task, server.listening):
-                host = split_listen_address(address)[0] or ""
-                log.info("listening", extra={"kv": {"address": f"{host}:{bound}"}})
-                if started is not None:
-                    started(bound)
-                await _until(task, stop)
-            server.should_exit = True
-            await task
+    # uvicorn closes the socket when it stops; `with` closes it also when a lifespan context fails first.
+    with sock:
+        async with app.running():
+            task = asyncio.create_task(server.serve(sockets=[sock]), name="certpager-http")
+            with _signals(stop, reload):
+                if await _until(task, server.listening):
+                    host = split_listen_address(address)[0] or ""
+                    log.info("listening", extra={"kv": {"address": f"{host}:{bound}"}})
+                    if started is not None:
+                        started(bound)
+                    await _until(task, stop)
+                server.should_exit = True
+                await task
 
 
 async def _until(task: asyncio.Task[None], event: asyncio.Event) -> bool:

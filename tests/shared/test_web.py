@@ -157,6 +157,23 @@ async def test_lifespan_contexts_wrap_the_server(serve_app):
     assert events == ["enter", "listening", "exit"]
 
 
+async def test_a_failing_lifespan_context_releases_the_port():
+    @contextlib.asynccontextmanager
+    async def broken():
+        raise OSError("store cannot open")
+        yield
+
+    with socket.socket() as probe_sock:
+        probe_sock.bind(("127.0.0.1", 0))
+        port = probe_sock.getsockname()[1]
+    app = App()
+    app.on_lifespan(broken)
+    with pytest.raises(OSError, match="store cannot open"):
+        await serve(app, f"127.0.0.1:{port}")
+    with socket.create_server(("127.0.0.1", port)):  # free again: bind would fail if it leaked
+        pass
+
+
 async def test_ipv6_loopback(serve_app):
     client = await serve_app(echo_app(), "::1")
     assert (await client.get("/echo")).status == 200
