@@ -105,12 +105,13 @@ class Exporter:
             log.warning("duplicate target ignored", extra={"kv": {"err": warning}})
         self.scheduler.set_targets(targets)
 
-    def _state(self) -> tuple[int, int, dict[str, bool]]:
+    def _state(self) -> tuple[int, int, int, dict[str, bool]]:
         scheduler = getattr(self, "scheduler", None)
         watcher = getattr(self, "watcher", None)
         return (
             len(scheduler) if scheduler is not None else 0,
             scheduler.in_flight if scheduler is not None else 0,
+            scheduler.admission.limit if scheduler is not None else 0,
             watcher.file_status() if watcher is not None else {},
         )
 

@@ -8,6 +8,16 @@ that starts the probes that are due, at most ``concurrency`` at once. Timing rul
 - after a success: ``interval * (1 + u)``, ``u`` uniform in ``[-jitter/2, +jitter/2]``;
 - after a failure: ``retry_backoff`` doubling per consecutive failure, capped at the interval.
 
+``concurrency`` is a ceiling, not a target: the number of probes admitted grows by one per probe
+that finished since the scheduler last ran, when that wake-up was prompt, and shrinks by a quarter
+when it waited more than ``LOOP_LAG_LIMIT`` behind other callbacks (like TCP's congestion window in
+slow start). While the limit is full and targets wait, a timer every ``ADMISSION_TICK`` checks the
+loop too: on time, nothing is queued, the probes in flight wait on their peers (slow or dead ones),
+and the limit doubles. When the CPU is the bottleneck (10,000 targets due at once),
+more probes in flight would only queue in the event loop, hold ~45 KB of OpenSSL state each and time
+the queue instead of the peer. The limit never falls below ``MIN_ADMITTED``, so a loop kept busy by
+other work still probes.
+
 A probe that raises or overruns its module timeout (plus a grace) becomes a failed result with reason
 ``internal``: the loop never dies of a probe bug. Removing a target drops its schedule and results;
 a probe of a removed target that finishes later is discarded.
@@ -36,6 +46,33 @@ ProbeHook = Callable[[ResolvedTarget, Sequence[ProbeResult], float], None]
 
 # A probe gets this much beyond its module timeout before the scheduler gives up on it.
 TIMEOUT_GRACE = 1.0
+# A finishing probe's wake-up of the scheduler that waits longer than this behind other callbacks
+# means the event loop (the CPU), not the peers, limits the probes.
+LOOP_LAG_LIMIT = 0.010
+MIN_ADMITTED = 16  # probes admitted whatever the lag (fewer if concurrency is lower)
+ADMISSION_TICK = 0.1  # seconds between checks of the loop while the limit is full and targets wait
+
+
+class Admission:
+    """How many probes may be in flight now, within [min(concurrency, MIN_ADMITTED), concurrency]."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.limit = self.floor(concurrency)
+
+    @staticmethod
+    def floor(concurrency: int) -> int:
+        return min(concurrency, MIN_ADMITTED)
+
+    def update(self, lag: float, finished: int, concurrency: int) -> None:
+        """``finished`` probes ended since the scheduler last ran; the first one's wake-up took ``lag`` seconds."""
+        if lag > LOOP_LAG_LIMIT:
+            self.limit = max(self.floor(concurrency), self.limit * 3 // 4)
+        else:
+            self.limit = min(concurrency, self.limit + finished)
+
+    def clamp(self, concurrency: int) -> None:
+        """Apply a new ceiling (reload)."""
+        self.limit = max(self.floor(concurrency), min(concurrency, self.limit))
 
 
 @dataclass(slots=True)
@@ -87,11 +124,16 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0
+        self.admission = Admission(timing.concurrency)
+        self._woken_at: float | None = None  # when a finishing probe first woke the scheduler
+        self._finished = 0  # probes finished since the scheduler last ran
+        self._tick_at: float | None = None  # when the admission check's timer is due
         self.policies = Policies()  # replaced on reload
 
     def set_timing(self, timing: Timing) -> None:
         """Apply new global knobs (reload); the concurrency limit applies to probes started from now."""
         self._timing = timing
+        self.admission.clamp(timing.concurrency)
         self._wake.set()
 
     def set_targets(self, targets: Sequence[ResolvedTarget]) -> None:
@@ -137,6 +179,7 @@ class Scheduler:
         """Run until cancelled; cancelling also cancels the probes in flight."""
         try:
             while True:
+                self._adapt()
                 self._start_due()
                 await self._wait_next()
         finally:
@@ -145,11 +188,29 @@ class Scheduler:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def _adapt(self) -> None:
+        # Lags are read on the scheduler's own clock: virtual in tests, where they are 0 unless a test moves it.
+        now, concurrency = self._clock(), self._timing.concurrency
+        if self._woken_at is not None:
+            self.admission.update(now - self._woken_at, self._finished, concurrency)
+            self._woken_at, self._finished = None, 0
+        if self._tick_at is not None and self._tick_at <= now <= self._tick_at + LOOP_LAG_LIMIT:
+            # The timer fired on time with the limit full: the loop is idle and the probes in flight
+            # wait on their peers, so twice as many may run. A late timer says nothing new (the
+            # finishing probes' wake-ups measure the lag).
+            self.admission.update(0.0, self.admission.limit, concurrency)
+        self._tick_at = None
+
     async def _wait_next(self) -> None:
         self._wake.clear()
         delay = self._heap[0][0] - self._clock() if self._heap else None
-        if self.in_flight >= self._timing.concurrency:
-            delay = None  # at the limit: only a finishing probe (or a change) can let another start
+        if self.in_flight >= self.admission.limit:
+            # At the limit: a finishing probe (or a change) lets another start; while targets wait
+            # below the ceiling, the admission timer checks whether the loop could take more.
+            waiting = delay is not None and delay <= 0
+            delay = ADMISSION_TICK if waiting and self.admission.limit < self._timing.concurrency else None
+            if delay is not None:
+                self._tick_at = self._clock() + delay
         elif delay is not None and delay <= 0:
             return
         waiter = asyncio.ensure_future(self._wake.wait())
@@ -165,7 +226,7 @@ class Scheduler:
         # A task is created only when a probe may start: 10,000 due targets wait as heap entries,
         # not as 10,000 suspended tasks (memory), and the limit needs no semaphore.
         now = self._clock()
-        while self._heap and self._heap[0][0] <= now and self.in_flight < self._timing.concurrency:
+        while self._heap and self._heap[0][0] <= now and self.in_flight < self.admission.limit:
             _, _, key, generation = heapq.heappop(self._heap)
             slot = self._slots.get(key)
             if slot is None or slot.generation != generation or slot.running:
@@ -185,6 +246,9 @@ class Scheduler:
         finally:
             self.in_flight -= 1
             slot.running = False
+            if self._woken_at is None:
+                self._woken_at = self._clock()
+            self._finished += 1
             self._wake.set()
         if self._slots.get(key) is not slot:
             return  # removed while probing: its results must not come back

@@ -24,13 +24,18 @@ PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 class _StateCollector:
     """Gauges computed from live state on every scrape."""
 
-    def __init__(self, state: Callable[[], tuple[int, int, Mapping[str, bool]]]) -> None:
+    def __init__(self, state: Callable[[], tuple[int, int, int, Mapping[str, bool]]]) -> None:
         self._state = state
 
     def collect(self) -> Iterable[Metric]:
-        targets, in_flight, files = self._state()
+        targets, in_flight, admitted, files = self._state()
         yield GaugeMetricFamily("certpager_exporter_targets", "Targets currently scheduled.", value=targets)
         yield GaugeMetricFamily("certpager_exporter_probes_in_flight", "Probes running now.", value=in_flight)
+        yield GaugeMetricFamily(
+            "certpager_exporter_probe_admission_limit",
+            "Background probes allowed in flight now: global.concurrency, or fewer while the event loop lags.",
+            value=admitted,
+        )
         valid = GaugeMetricFamily(
             "certpager_exporter_target_file_valid",
             "1 if the target file parsed at its last read, 0 if its last good content is in use.",
@@ -44,7 +49,7 @@ class _StateCollector:
 class SelfMetrics:
     """Holds the registry and the instruments the scheduler, watcher and reload update."""
 
-    def __init__(self, state: Callable[[], tuple[int, int, Mapping[str, bool]]]) -> None:
+    def __init__(self, state: Callable[[], tuple[int, int, int, Mapping[str, bool]]]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.probes = Counter("certpager_exporter_probes", "Background and on-demand probes by module and result.",

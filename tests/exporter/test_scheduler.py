@@ -12,7 +12,7 @@ import pytest
 from exporter.config import Config, Module, Target
 from exporter.probes.base import Reason
 from exporter.results import ResultStore
-from exporter.scheduler import TIMEOUT_GRACE, Scheduler, Timing
+from exporter.scheduler import ADMISSION_TICK, LOOP_LAG_LIMIT, MIN_ADMITTED, TIMEOUT_GRACE, Admission, Scheduler, Timing
 from exporter.targets import resolve_targets
 from tests.exporter.service_fixtures import FakeClock, FakeProbe, failed_result, ok_result, sample_map, value
 
@@ -96,6 +96,82 @@ async def test_concurrency_limit_is_respected():
         await clock.advance(1)
     assert probe.max_running == 3
     assert len(probe.calls) == 10
+
+
+def test_admission_grows_with_prompt_finishes_and_shrinks_with_lag_within_floor_and_concurrency():
+    admission = Admission(256)
+    assert admission.limit == MIN_ADMITTED
+    admission.update(0.0, 16, 256)  # 16 probes finished, promptly: twice as many may run
+    assert admission.limit == 32
+    for _ in range(10):
+        admission.update(0.0, admission.limit, 256)
+    assert admission.limit == 256
+    admission.update(LOOP_LAG_LIMIT * 2, 40, 256)
+    assert admission.limit == 192
+    for _ in range(50):
+        admission.update(1.0, 1, 256)
+    assert admission.limit == MIN_ADMITTED
+    admission.update(LOOP_LAG_LIMIT, 1, 256)  # at the limit is still prompt
+    assert admission.limit == MIN_ADMITTED + 1
+    assert Admission(3).limit == 3
+    admission.clamp(8)
+    assert admission.limit == 8
+
+
+async def busy_loop_run(busy: bool, n: int = 200):
+    """n targets due at once; each finishing probe costs 20 ms of (virtual) loop time when busy."""
+    clock = FakeClock()
+    probe = FakeProbe(clock=clock)
+    gate = asyncio.Event()
+    probe.gate = gate
+    limits = []
+
+    def on_result(target, results, elapsed):
+        if busy:
+            clock.now += 2 * LOOP_LAG_LIMIT  # the CPU spent rendering, handshaking: the scheduler waits
+        limits.append(scheduler.admission.limit)
+
+    scheduler = Scheduler(probe, ResultStore(), timing=Timing(concurrency=256, jitter=0.0), clock=clock,
+                          wall_clock=clock, sleep=clock.sleep, rng=random.Random(1), on_result=on_result)
+    scheduler.set_targets(make_targets(n))
+    task = asyncio.create_task(scheduler.run())
+    try:
+        await clock.advance(0.001)
+        first = probe.running
+        gate.set()
+        await clock.advance(10)  # past the 200 x 20 ms the busy probes add to the clock
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return first, probe, limits
+
+
+async def test_a_saturated_loop_keeps_admissions_at_the_floor_and_still_probes_everything():
+    first, probe, limits = await busy_loop_run(busy=True)
+    assert first == MIN_ADMITTED  # no burst of 200 handshakes before the loop's lag is known
+    assert probe.max_running == MIN_ADMITTED and max(limits) == MIN_ADMITTED
+    assert len(probe.calls) == 200
+
+
+async def test_a_prompt_loop_lets_admissions_climb_towards_concurrency():
+    first, probe, limits = await busy_loop_run(busy=False)
+    assert first == MIN_ADMITTED
+    assert max(limits) == 128  # 16 + 32 + 64 admitted, doubling each prompt round, then the last 88
+    assert len(probe.calls) == 200
+
+
+async def test_stalled_peers_let_admissions_double_each_tick_up_to_concurrency():
+    gate = asyncio.Event()  # never set: every peer stalls, nothing finishes
+    probe = FakeProbe(gate=gate)
+    async with running(probe, timing=Timing(concurrency=256, jitter=0.0), targets=make_targets(300)) as (
+            clock, sch, *_):
+        await clock.advance(0.001)
+        assert probe.running == MIN_ADMITTED
+        await clock.advance(ADMISSION_TICK)
+        assert probe.running == 2 * MIN_ADMITTED
+        await clock.advance(4 * ADMISSION_TICK)
+        assert probe.running == 256 and sch.admission.limit == 256
 
 
 async def test_removed_target_is_dropped_with_its_results_and_not_probed_again():

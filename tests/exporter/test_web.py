@@ -89,6 +89,7 @@ async def test_metrics_serves_cached_results_and_self_metrics(client, clock, pro
                  **{"class": "certificate_expiring_7_days"}) == 864000
     assert value(s, "certpager_exporter_targets") == 2
     assert value(s, "certpager_exporter_probes_in_flight") == 0
+    assert value(s, "certpager_exporter_probe_admission_limit") == 18  # 16, then one per prompt finish
     assert value(s, "certpager_exporter_probes_total", module="tls", result="success") == 1
     assert value(s, "certpager_exporter_probes_total", module="quick", result="failure") == 1
     assert value(s, "certpager_exporter_probe_duration_seconds_count", module="tls") == 1
