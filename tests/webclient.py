@@ -13,8 +13,8 @@ from certpager.web import App, serve
 
 
 @contextlib.asynccontextmanager
-async def serving(app: App, host: str = "127.0.0.1") -> AsyncIterator[aiohttp.ClientSession]:
-    """Run ``app`` with :func:`certpager.web.serve` on ``host``, port 0; yield a session bound to it."""
+async def listening(app: App, host: str = "127.0.0.1") -> AsyncIterator[int]:
+    """Run ``app`` with :func:`certpager.web.serve` on ``host``, port 0; yield the port; stop it after."""
     stop = asyncio.Event()
     port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(app, f"{host}:0", stop=stop, started=port.set_result))
@@ -22,7 +22,16 @@ async def serving(app: App, host: str = "127.0.0.1") -> AsyncIterator[aiohttp.Cl
     if task.done():
         task.result()  # raises what stopped it
         raise RuntimeError("serve() returned before listening")
-    base = f"http://[{host}]:{port.result()}" if ":" in host else f"http://{host}:{port.result()}"
+    try:
+        yield port.result()
+    finally:
+        stop.set()
+        await task
+
+
+@contextlib.asynccontextmanager
+async def serving(app: App, host: str = "127.0.0.1") -> AsyncIterator[aiohttp.ClientSession]:
+    """:func:`listening`, with an aiohttp session bound to the served app."""
     responses: list[aiohttp.ClientResponse] = []
 
     class Tracked(aiohttp.ClientResponse):
@@ -32,13 +41,11 @@ async def serving(app: App, host: str = "127.0.0.1") -> AsyncIterator[aiohttp.Cl
             responses.append(self)
             return await super().start(connection)
 
-    try:
+    async with listening(app, host) as port:
+        base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         async with aiohttp.ClientSession(base_url=base, response_class=Tracked) as session:
             try:
                 yield session
             finally:
                 for response in responses:
                     response.release()
-    finally:
-        stop.set()
-        await task

@@ -21,6 +21,7 @@ from certpager.web import (
     split_listen_address,
     text,
 )
+from tests.webclient import listening
 
 
 def echo_app() -> App:
@@ -137,7 +138,7 @@ async def test_metrics_handler_negotiates_openmetrics(serve_app):
     assert (await om.text()).endswith("# EOF\n")
 
 
-async def test_lifespan_contexts_wrap_the_server(serve_app):
+async def test_lifespan_contexts_wrap_the_server():
     events: list[str] = []
 
     @contextlib.asynccontextmanager
@@ -148,12 +149,8 @@ async def test_lifespan_contexts_wrap_the_server(serve_app):
 
     app = App()
     app.on_lifespan(context)
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(app, "127.0.0.1:0", stop=stop, started=lambda port: events.append("listening")))
-    while "listening" not in events:
-        await asyncio.sleep(0.01)
-    stop.set()
-    await task
+    async with listening(app):
+        events.append("listening")
     assert events == ["enter", "listening", "exit"]
 
 
@@ -209,12 +206,6 @@ async def raw_exchange(port: int, *requests: bytes) -> list[bytes]:
     return answers
 
 
-async def started_port(app: App, stop: asyncio.Event) -> tuple[asyncio.Task[None], int]:
-    port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(app, "127.0.0.1:0", stop=stop, started=port.set_result))
-    return task, await port
-
-
 def get(path: str, header_bytes: int = 0) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: t\r\nX-Pad: {'a' * header_bytes}\r\n\r\n".encode()
 
@@ -247,9 +238,7 @@ async def send_endless_head(port: int) -> tuple[bytes, bool]:
 
 
 async def test_request_head_over_the_limit_is_a_400_and_the_server_goes_on():
-    stop = asyncio.Event()
-    task, port = await started_port(echo_app(), stop)
-    try:
+    async with listening(echo_app()) as port:
         # Unbounded, llhttp would buffer all 4 MB and the server would close at our EOF without an answer.
         data, reset = await send_endless_head(port)
         assert reset or data.startswith(b"HTTP/1.1 400 Bad Request"), data[:100]
@@ -257,15 +246,10 @@ async def test_request_head_over_the_limit_is_a_400_and_the_server_goes_on():
             assert data.endswith(f"request line and headers over {MAX_REQUEST_HEAD_BYTES} bytes".encode())
         [ok] = await raw_exchange(port, get("/echo", MAX_REQUEST_HEAD_BYTES - 1000))
         assert ok.startswith(b"200 OK")
-    finally:
-        stop.set()
-        await task
 
 
 async def test_the_head_bound_is_per_request_and_does_not_count_bodies():
-    stop = asyncio.Event()
-    task, port = await started_port(echo_app(), stop)
-    try:
+    async with listening(echo_app()) as port:
         half = MAX_REQUEST_HEAD_BYTES // 2 + 1000  # two such heads on one connection exceed one bound
         answers = await raw_exchange(port, get("/echo", half), get("/echo", half))
         assert [a[:6] for a in answers] == [b"200 OK", b"200 OK"]
@@ -273,6 +257,3 @@ async def test_the_head_bound_is_per_request_and_does_not_count_bodies():
         post = b"POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         [answer] = await raw_exchange(port, post)
         assert answer.startswith(b"200 OK") and answer.endswith(b"1000000 bytes\n")
-    finally:
-        stop.set()
-        await task
