@@ -36,12 +36,11 @@ from typing import Generic, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509 import verification
-from cryptography.x509.oid import NameOID
 
+from exporter import der
 from exporter.probes.base import CertificateInfo, Position, VerifyReason
 
 log = logging.getLogger(__name__)
@@ -132,38 +131,9 @@ VERDICT_CACHE_SIZE = 50_000
 _parsed: AgingCache[bytes, ParsedCert] = AgingCache(PARSE_CACHE_SIZE)
 
 
-def _cn(name: x509.Name) -> str:
-    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    value = attrs[0].value if attrs else ""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def key_type_bits(cert: x509.Certificate) -> tuple[str, int]:
-    """Public key type (rsa, ec, ed25519, ed448, dsa) and size in bits."""
-    key = cert.public_key()
-    if isinstance(key, rsa.RSAPublicKey):
-        return "rsa", key.key_size
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return "ec", key.curve.key_size
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return "ed25519", 256
-    if isinstance(key, ed448.Ed448PublicKey):
-        return "ed448", 456
-    if isinstance(key, dsa.DSAPublicKey):
-        return "dsa", key.key_size
-    return "unknown", 0
-
-
-def signature_algorithm(cert: x509.Certificate) -> str:
-    """The signature algorithm's OpenSSL-style name (sha256WithRSAEncryption, ecdsa-with-SHA384, ...)."""
-    oid = cert.signature_algorithm_oid
-    name = oid._name
-    return oid.dotted_string if name == "Unknown OID" else name
-
-
-def _is_self_signed(cert: x509.Certificate, subject: x509.Name, issuer: x509.Name) -> bool:
-    if subject != issuer:
-        return False
+def _is_self_signed(der_bytes: bytes) -> bool:
+    """Is a self-issued certificate signed by its own key? (cryptography, the only signature checker)"""
+    cert = _load(der_bytes)
     try:
         cert.verify_directly_issued_by(cert)
     except InvalidSignature:
@@ -172,6 +142,12 @@ def _is_self_signed(cert: x509.Certificate, subject: x509.Name, issuer: x509.Nam
         # cryptography will not check some signatures (SHA-1, MD5): fall back to the key identifiers.
         return _key_ids_match(cert)
     return True
+
+
+def _load(der_bytes: bytes) -> x509.Certificate:
+    with warnings.catch_warnings():  # peers send odd certificates (a serial of 0); report them, do not warn
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return x509.load_der_x509_certificate(der_bytes)
 
 
 def _key_ids_match(cert: x509.Certificate) -> bool:
@@ -183,57 +159,32 @@ def _key_ids_match(cert: x509.Certificate) -> bool:
     return aki is None or aki == ski
 
 
-def _names(cert: x509.Certificate) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _parse(der_bytes: bytes, digest: bytes, index: int = 1) -> ParsedCert:
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return (), ()
-    # IP SANs as canonical text, not ipaddress objects: 10,000 leaves hold them for as long as cached.
-    ips = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress)
-                if isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address))
-    return tuple(san.get_values_for_type(x509.DNSName)), ips
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
-
-
-def _parse(der: bytes, digest: bytes, index: int = 1) -> ParsedCert:
-    try:
-        with warnings.catch_warnings():  # peers send odd certificates; report them, do not warn
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            cert = x509.load_der_x509_certificate(der)
-        dns_names, ips = _names(cert)
-        key_type, key_bits = key_type_bits(cert)
-        # Each access builds the Name in Python (several µs per attribute): build each once.
-        subject, issuer = cert.subject, cert.issuer
-        self_signed = _is_self_signed(cert, subject, issuer)
-        is_ca = _is_ca(cert)
-        info = CertificateInfo(
-            # The position and index of first sight: a leaf first seen at index 0 needs no positioned copy.
-            position=Position.LEAF if index == 0 else Position.ROOT if self_signed and is_ca
-            else Position.INTERMEDIATE,
-            index=index,
-            # Interned: every leaf of one CA repeats the issuer's name (10,000 copies otherwise).
-            subject_cn=sys.intern(_cn(subject)),
-            issuer_cn=sys.intern(_cn(issuer)),
-            serial=format(cert.serial_number, "x"),
-            not_before=cert.not_valid_before_utc.timestamp(),
-            not_after=cert.not_valid_after_utc.timestamp(),
-            sans=dns_names + ips,  # the same tuple as dns_names when there is no IP SAN
-            key_type=key_type,
-            key_bits=key_bits,
-            signature_algorithm=signature_algorithm(cert),
-            sha256=digest,
-            self_signed=self_signed,
-            is_ca=is_ca,
-        )
-    except ValueError as exc:  # cryptography raises ValueError for malformed DER and extensions
+        fields = der.certificate_fields(der_bytes)
+        self_signed = fields.self_issued and _is_self_signed(der_bytes)
+    except ValueError as exc:  # der.DerError, and cryptography's for what it cannot load
         raise CertificateParseError(str(exc)) from exc
-    return ParsedCert(info, dns_names, ips)
+    info = CertificateInfo(
+        # The position and index of first sight: a leaf first seen at index 0 needs no positioned copy.
+        position=Position.LEAF if index == 0 else Position.ROOT if self_signed and fields.is_ca
+        else Position.INTERMEDIATE,
+        index=index,
+        # Interned: every leaf of one CA repeats the issuer's name (10,000 copies otherwise).
+        subject_cn=sys.intern(fields.subject_cn),
+        issuer_cn=sys.intern(fields.issuer_cn),
+        serial=fields.serial,
+        not_before=fields.not_before,
+        not_after=fields.not_after,
+        sans=fields.dns_names + fields.ip_addresses,  # dns_names itself when there is no IP SAN
+        key_type=fields.key_type,
+        key_bits=fields.key_bits,
+        signature_algorithm=fields.signature_algorithm,
+        sha256=digest,
+        self_signed=self_signed,
+        is_ca=fields.is_ca,
+    )
+    return ParsedCert(info, fields.dns_names, fields.ip_addresses)
 
 
 def parse(der: bytes) -> ParsedCert:
@@ -458,7 +409,7 @@ class ChainVerifier:
         verifier = _server_verifier(verification.PolicyBuilder().store(store.store).time(moment), leaf)
         if verifier is None:
             return Verdict(False, VerifyReason.INVALID, "the leaf has no usable subjectAltName")
-        certs = [x509.load_der_x509_certificate(der) for der in ders]
+        certs = [_load(der) for der in ders]
         try:
             verifier.verify(certs[0], certs[1:])
         except verification.VerificationError as exc:
