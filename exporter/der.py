@@ -43,6 +43,8 @@ _DNS_NAME, _IP_ADDRESS = 0x82, 0x87  # [2] and [7] IMPLICIT GeneralName choices
 _COMMON_NAME = bytes.fromhex("550403")  # 2.5.4.3
 _SUBJECT_ALT_NAME = bytes.fromhex("551d11")  # 2.5.29.17
 _BASIC_CONSTRAINTS = bytes.fromhex("551d13")  # 2.5.29.19
+_COMMON_NAME_TLV, _SUBJECT_ALT_NAME_TLV, _BASIC_CONSTRAINTS_TLV = (
+    bytes([OID, len(oid)]) + oid for oid in (_COMMON_NAME, _SUBJECT_ALT_NAME, _BASIC_CONSTRAINTS))
 _RSA = bytes.fromhex("2a864886f70d010101")  # 1.2.840.113549.1.1.1 rsaEncryption
 _RSA_PSS = bytes.fromhex("2a864886f70d01010a")  # 1.2.840.113549.1.1.10 RSASSA-PSS
 _EC = bytes.fromhex("2a8648ce3d0201")  # 1.2.840.10045.2.1 id-ecPublicKey
@@ -214,9 +216,8 @@ def common_name(der: bytes, name: Element) -> str:
     """The name's first commonName, as text ("" when there is none)."""
     for _, start, end in elements(der, name[1], name[2]):  # RDNs
         for _, attr_start, attr_end in elements(der, start, end):
-            _, oid_start, oid_end = expect(der, attr_start, attr_end, OID)
-            if der[oid_start:oid_end] == _COMMON_NAME:
-                tag, value_start, value_end = element(der, oid_end, attr_end)
+            if der.startswith(_COMMON_NAME_TLV, attr_start, attr_end):  # the attribute's type, encoded
+                tag, value_start, value_end = element(der, attr_start + len(_COMMON_NAME_TLV), attr_end)
                 value = _decode_string(tag, der[value_start:value_end], value_start)
                 return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
     return ""
@@ -273,25 +274,22 @@ def find_extensions(der: bytes, extensions: Element) -> tuple[Element | None, El
 
     Only these two are read; either appearing twice is an error (RFC 5280 4.2).
     """
-    alt_names: Element | None = None
-    constraints: Element | None = None
+    found: list[Element | None] = [None, None]
     for _, start, end in elements(der, extensions[1], extensions[2]):
-        _, oid_start, oid_end = expect(der, start, end, OID)
-        oid = der[oid_start:oid_end]
-        if oid != _SUBJECT_ALT_NAME and oid != _BASIC_CONSTRAINTS:
+        # Compared encoded (tag, length, OID): the other extensions are skipped without decoding.
+        which = 0 if der.startswith(_SUBJECT_ALT_NAME_TLV, start, end) else \
+            1 if der.startswith(_BASIC_CONSTRAINTS_TLV, start, end) else None
+        if which is None:
             continue
-        value = element(der, oid_end, end)
+        value = element(der, start + len(_SUBJECT_ALT_NAME_TLV), end)
         if value[0] == BOOLEAN:  # critical
             value = element(der, value[2], end)
         if value[0] != OCTET_STRING or value[2] != end:
             raise DerError(f"malformed Extension at byte {start}")
-        if (alt_names if oid == _SUBJECT_ALT_NAME else constraints) is not None:
-            raise DerError(f"extension {dotted(oid)} appears twice")
-        if oid == _SUBJECT_ALT_NAME:
-            alt_names = value
-        else:
-            constraints = value
-    return alt_names, constraints
+        if found[which] is not None:
+            raise DerError(f"extension {dotted((_SUBJECT_ALT_NAME, _BASIC_CONSTRAINTS)[which])} appears twice")
+        found[which] = value
+    return found[0], found[1]
 
 
 def read_alt_names(der: bytes, value: Element) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -304,8 +302,10 @@ def read_alt_names(der: bytes, value: Element) -> tuple[tuple[str, ...], tuple[s
             dns_names.append(_decode_text(der[name_start:name_end], name_start))
         elif tag == _IP_ADDRESS:
             size = name_end - name_start
-            if size in (4, 16):
-                ips.append(str(ipaddress.ip_address(der[name_start:name_end])))
+            if size == 4:  # as str(IPv4Address), without building one
+                ips.append(".".join(map(str, der[name_start:name_end])))
+            elif size == 16:
+                ips.append(str(ipaddress.IPv6Address(der[name_start:name_end])))
             elif size not in (8, 32):  # address and mask: a range, as in name constraints
                 raise DerError(f"an iPAddress of {size} bytes at byte {name_start}")
     return tuple(dns_names), tuple(ips)
