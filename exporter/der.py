@@ -134,7 +134,7 @@ def certificate_fields(der: bytes) -> CertFields:
         raise DerError(f"not a TBSCertificate at byte {tbs[1]}")
     serial, _, issuer, validity, subject, spki = fields[:6]
     not_before, not_after = read_validity(der, validity)
-    subject_cn, issuer_cn = common_name(der, subject), common_name(der, issuer)
+    subject_rdns, issuer_rdns = elements(der, subject[1], subject[2]), elements(der, issuer[1], issuer[2])
     key_type, key_bits = read_key(der, spki)
     alt_names: Element | None = None
     constraints: Element | None = None
@@ -146,9 +146,12 @@ def certificate_fields(der: bytes) -> CertFields:
         serial=format(_integer(der, serial), "x"),
         not_before=not_before,
         not_after=not_after,
-        subject_cn=subject_cn,
-        issuer_cn=issuer_cn,
-        self_issued=_same_name(der, issuer, subject) if subject_cn == issuer_cn else False,
+        subject_cn=common_name(der, subject_rdns),
+        issuer_cn=common_name(der, issuer_rdns),
+        # Equal names have as many RDNs; other bytes may still be one name in other string types.
+        self_issued=len(subject_rdns) == len(issuer_rdns) and (
+            der[subject[1]:subject[2]] == der[issuer[1]:issuer[2]]
+            or same_name(read_name(der, subject_rdns), read_name(der, issuer_rdns))),
         key_type=key_type,
         key_bits=key_bits,
         signature_algorithm=_algorithm_name(der[slice(*expect(der, signature[1], signature[2], OID)[1:])]),
@@ -212,9 +215,9 @@ def read_time(der: bytes, time: Element) -> float:
 # --- names ---------------------------------------------------------------------------------------
 
 
-def common_name(der: bytes, name: Element) -> str:
-    """The name's first commonName, as text ("" when there is none)."""
-    for _, start, end in elements(der, name[1], name[2]):  # RDNs
+def common_name(der: bytes, rdns: list[Element]) -> str:
+    """The first commonName of a name's RDNs, as text ("" when there is none)."""
+    for _, start, end in rdns:
         for _, attr_start, attr_end in elements(der, start, end):
             if der.startswith(_COMMON_NAME_TLV, attr_start, attr_end):  # the attribute's type, encoded
                 tag, value_start, value_end = element(der, attr_start + len(_COMMON_NAME_TLV), attr_end)
@@ -223,10 +226,10 @@ def common_name(der: bytes, name: Element) -> str:
     return ""
 
 
-def read_name(der: bytes, name: Element) -> Name:
-    """A Name's RDNs, each a tuple of (attribute type OID bytes, decoded value)."""
-    rdns = []
-    for tag, start, end in elements(der, name[1], name[2]):
+def read_name(der: bytes, rdns: list[Element]) -> Name:
+    """A name's RDNs, each a tuple of (attribute type OID bytes, decoded value)."""
+    name = []
+    for tag, start, end in rdns:
         if tag != SET:
             raise DerError(f"expected a SET (RDN) at byte {start}")
         attributes = []
@@ -239,13 +242,8 @@ def read_name(der: bytes, name: Element) -> Name:
                 raise DerError(f"trailing bytes in the attribute at byte {attr_start}")
             value = _decode_string(value_tag, der[value_start:value_end], value_start)
             attributes.append((der[oid_start:oid_end], value))
-        rdns.append(tuple(attributes))
-    return tuple(rdns)
-
-
-def _same_name(der: bytes, a: Element, b: Element) -> bool:
-    # Different bytes may still be one name written with other string types.
-    return der[a[1]:a[2]] == der[b[1]:b[2]] or same_name(read_name(der, a), read_name(der, b))
+        name.append(tuple(attributes))
+    return tuple(name)
 
 
 def _decode_string(tag: int, value: bytes, pos: int) -> NameValue:

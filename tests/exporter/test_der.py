@@ -165,6 +165,21 @@ def test_reads_what_cryptography_reads(cert: x509.Certificate) -> None:
     assert der.certificate_fields(cert.public_bytes(Encoding.DER)) == oracle(cert)
 
 
+def test_a_multi_valued_rdn_is_compared_as_a_set() -> None:
+    # DER sorts a SET OF by encoding: as UTF8Strings the two CNs come out in the other order, and the
+    # name is still the same one for x509.Name (hence self-issued). Found by the property test above.
+    printable = x509.Name([x509.RelativeDistinguishedName([
+        x509.NameAttribute(NameOID.COMMON_NAME, "00", _type=_ASN1Type.PrintableString),
+        x509.NameAttribute(NameOID.COMMON_NAME, "0", _type=_ASN1Type.BMPString)])])
+    now = pki.utcnow()
+    cert = (x509.CertificateBuilder().subject_name(printable).issuer_name(restring(printable))
+            .public_key(key("ec256").public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1)).sign(key("ec256"), hashes.SHA256()))
+    fields = der.certificate_fields(cert.public_bytes(Encoding.DER))
+    assert fields == oracle(cert)
+    assert fields.self_issued
+
+
 @pytest.mark.parametrize("spec", KEYS)
 def test_every_key_type_and_size(spec: str) -> None:
     cert = pki.make_leaf(None, ("k.test",)).cert
