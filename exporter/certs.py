@@ -409,7 +409,10 @@ class ChainVerifier:
         verifier = _server_verifier(verification.PolicyBuilder().store(store.store).time(moment), leaf)
         if verifier is None:
             return Verdict(False, VerifyReason.INVALID, "the leaf has no usable subjectAltName")
-        certs = [_load(der) for der in ders]
+        try:
+            certs = [_load(der) for der in ders]
+        except ValueError as exc:  # read by exporter/der.py, but not a certificate cryptography accepts
+            return Verdict(False, VerifyReason.INVALID, f"a certificate cannot be verified: {exc}")
         try:
             verifier.verify(certs[0], certs[1:])
         except verification.VerificationError as exc:

@@ -7,6 +7,11 @@ import hashlib
 import os
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.name import _ASN1Type
+from cryptography.x509.oid import NameOID
 
 from certpager import pki
 from exporter import certs
@@ -156,6 +161,25 @@ def test_verifier_verdicts(test_pki):
     sha1 = verifier.verify(ders(test_pki.chains["sha1"]), ca)
     assert (sha1.verified, sha1.reason) == (False, VerifyReason.INVALID)
     assert "signature algorithm" in sha1.detail.lower()
+
+
+def test_a_certificate_cryptography_refuses_is_reported_and_not_trusted(test_pki):
+    # exporter/der.py does not check a PrintableString's alphabet; cryptography refuses '*' in one.
+    # The chain is still reported (dates, names), and the verdict says why it cannot be trusted.
+    leaf = test_pki.chains["valid"].leaf
+    organization = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Q", _type=_ASN1Type.PrintableString)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost"), organization]))
+               .issuer_name(leaf.cert.issuer).public_key(leaf.cert.public_key()).serial_number(7)
+               .not_valid_before(leaf.cert.not_valid_before_utc).not_valid_after(leaf.cert.not_valid_after_utc)
+               .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False))
+    good = builder.sign(test_pki.intermediate.key, hashes.SHA256()).public_bytes(Encoding.DER)
+    bad = good.replace(b"\x13\x01Q", b"\x13\x01*")
+    (info,) = certs.chain_info([bad])
+    assert (info.subject_cn, info.sans) == ("localhost", ("localhost",))
+    verdict = certs.ChainVerifier().verify([bad, test_pki.intermediate.der], test_pki.ca_file)
+    assert (verdict.verified, verdict.reason) == (False, VerifyReason.INVALID)
+    assert verdict.detail.startswith("a certificate cannot be verified: ")
 
 
 def test_wrong_name_does_not_affect_trust(test_pki):
