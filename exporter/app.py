@@ -66,7 +66,7 @@ class Exporter:
         self._sleep = sleep
         self.metrics = SelfMetrics(self._state)
         self._probes_since_trim = 0
-        self.config = self._load_or_record()
+        self.config = self._load()
         self.store = ResultStore(self.config.metrics)
         self.scheduler = Scheduler(probe, self.store, timing=_timing(self.config), clock=clock, wall_clock=wall_clock,
                                    sleep=sleep, rng=rng, on_result=self._on_result)
@@ -75,6 +75,7 @@ class Exporter:
         self._files_changed = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._apply_targets()
+        self.metrics.reloaded(True, self._wall())
 
     def _on_result(self, target: ResolvedTarget, results: Sequence[ProbeResult], elapsed: float) -> None:
         self.metrics.observe_probe(target, results, elapsed)
@@ -83,14 +84,13 @@ class Exporter:
             self._probes_since_trim = 0
             trim_memory()
 
-    def _load_or_record(self) -> Config:
+    def _load(self) -> Config:
+        """The config file's content; a failure is recorded (success is, once the config is applied)."""
         try:
-            config = self._loader(self.config_path)
+            return self._loader(self.config_path)
         except ConfigError:
             self.metrics.reloaded(False, self._wall())
             raise
-        self.metrics.reloaded(True, self._wall())
-        return config
 
     def _new_watcher(self, config: Config) -> TargetFileWatcher:
         watcher = TargetFileWatcher(config.target_files, base_dir=self.config_path.parent, clock=self._clock,
@@ -118,13 +118,15 @@ class Exporter:
     async def reload(self) -> None:
         """Load the config file again; on error keep the old config and re-raise (ConfigError)."""
         async with self._reload_lock:
-            config = await asyncio.to_thread(self._load_or_record)
+            config = await asyncio.to_thread(self._load)
             watcher = await asyncio.to_thread(self._new_watcher, config)
             self.config, self.watcher = config, watcher
             self.scheduler.set_timing(_timing(config))
             self.scheduler.policies = config.policies
             self.store.set_settings(config.metrics)
             self._apply_targets()
+            # Only now: a scrape must not see "reloaded" next to the old targets (it did, in a thread's gap).
+            self.metrics.reloaded(True, self._wall())
             self._files_changed.set()
             log.info("config reloaded", extra={"kv": {"file": str(self.config_path), "targets": len(
                 self.scheduler.targets())}})

@@ -13,6 +13,7 @@ import sys
 import aiohttp
 import pytest
 
+from certpager.errors import ConfigError
 from exporter.app import Exporter
 from exporter.probes.base import Reason
 from exporter.web import create_app
@@ -132,6 +133,30 @@ async def test_reload_bad_config_keeps_old_one_and_sets_gauge_to_zero(client, cl
     assert value(await scrape(client), "certpager_exporter_config_last_reload_successful") == 1
 
 
+async def test_reload_reports_success_only_once_the_new_targets_are_in_place(exporter, config_path):
+    # A scrape between loading the file and applying it saw "reloaded" next to the old targets.
+    seen = []
+    set_targets = exporter.scheduler.set_targets
+
+    def reload_ok():
+        return exporter.metrics.registry.get_sample_value("certpager_exporter_config_last_reload_successful")
+
+    def spy(targets):
+        seen.append(reload_ok())
+        set_targets(targets)
+
+    exporter.scheduler.set_targets = spy
+    config_path.write_text("targets:\n  - target: c.test\n")
+    with pytest.raises(ConfigError):
+        await exporter.reload()
+    assert reload_ok() == 0.0
+    config_path.write_text("targets:\n  - target: c.test:443\n")
+    await exporter.reload()
+    assert seen == [0.0]  # still the failed reload's 0 while the targets change
+    assert reload_ok() == 1.0
+    assert len(exporter.scheduler) == 1
+
+
 async def test_file_sd_changes_are_picked_up_without_restart(client, clock, config_path, tmp_path):
     config_path.write_text("global: {jitter: 0}\ntarget_files:\n  - files: [sd/*.json]\n    refresh_interval: 5s\n")
     assert (await client.post("/-/reload")).status == 200
@@ -219,7 +244,6 @@ async def test_probe_uses_scheduler_guard_for_raising_probe(serve_app, config_pa
 
 
 def test_bad_initial_config_raises_config_error(tmp_path):
-    from certpager.errors import ConfigError
 
     path = write(tmp_path / "bad.yml", "targets: 3\n")
     with pytest.raises(ConfigError, match=r"bad.yml: targets: Input should be a valid list"):
