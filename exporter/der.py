@@ -154,7 +154,7 @@ def certificate_fields(der: bytes) -> CertFields:
             or same_name(read_name(der, subject_rdns), read_name(der, issuer_rdns))),
         key_type=key_type,
         key_bits=key_bits,
-        signature_algorithm=_algorithm_name(der[slice(*expect(der, signature[1], signature[2], OID)[1:])]),
+        signature_algorithm=_algorithm_name(_algorithm_oid(der, signature)),
         dns_names=dns_names,
         ip_addresses=ips,
         is_ca=read_ca_flag(der, constraints) if constraints else False,
@@ -162,6 +162,12 @@ def certificate_fields(der: bytes) -> CertFields:
 
 
 _TBS_TAGS = [INTEGER, SEQUENCE, SEQUENCE, SEQUENCE, SEQUENCE, SEQUENCE]
+
+
+def _algorithm_oid(der: bytes, algorithm: Element) -> bytes:
+    """The OID of an AlgorithmIdentifier (SEQUENCE { OID, parameters })."""
+    _, start, end = expect(der, algorithm[1], algorithm[2], OID)
+    return der[start:end]
 
 
 def _integer(der: bytes, integer: Element) -> int:
@@ -217,8 +223,8 @@ def read_time(der: bytes, time: Element) -> float:
 
 def common_name(der: bytes, rdns: list[Element]) -> str:
     """The first commonName of a name's RDNs, as text ("" when there is none)."""
-    for _, start, end in rdns:
-        for _, attr_start, attr_end in elements(der, start, end):
+    for rdn in rdns:
+        for _, attr_start, attr_end in _attributes(der, rdn):
             if der.startswith(_COMMON_NAME_TLV, attr_start, attr_end):  # the attribute's type, encoded
                 tag, value_start, value_end = element(der, attr_start + len(_COMMON_NAME_TLV), attr_end)
                 value = _decode_string(tag, der[value_start:value_end], value_start)
@@ -229,13 +235,9 @@ def common_name(der: bytes, rdns: list[Element]) -> str:
 def read_name(der: bytes, rdns: list[Element]) -> Name:
     """A name's RDNs, each a tuple of (attribute type OID bytes, decoded value)."""
     name = []
-    for tag, start, end in rdns:
-        if tag != SET:
-            raise DerError(f"expected a SET (RDN) at byte {start}")
+    for rdn in rdns:
         attributes = []
-        for attr_tag, attr_start, attr_end in elements(der, start, end):
-            if attr_tag != SEQUENCE:
-                raise DerError(f"expected an AttributeTypeAndValue at byte {attr_start}")
+        for _, attr_start, attr_end in _attributes(der, rdn):
             _, oid_start, oid_end = expect(der, attr_start, attr_end, OID)
             value_tag, value_start, value_end = element(der, oid_end, attr_end)
             if value_end != attr_end:
@@ -244,6 +246,17 @@ def read_name(der: bytes, rdns: list[Element]) -> Name:
             attributes.append((der[oid_start:oid_end], value))
         name.append(tuple(attributes))
     return tuple(name)
+
+
+def _attributes(der: bytes, rdn: Element) -> list[Element]:
+    """The AttributeTypeAndValue SEQUENCEs of one RDN (a SET)."""
+    if rdn[0] != SET:
+        raise DerError(f"expected a SET (RDN) at byte {rdn[1]}")
+    found = elements(der, rdn[1], rdn[2])
+    for tag, start, _ in found:
+        if tag != SEQUENCE:
+            raise DerError(f"expected an AttributeTypeAndValue at byte {start}")
+    return found
 
 
 def _decode_string(tag: int, value: bytes, pos: int) -> NameValue:
@@ -273,7 +286,9 @@ def find_extensions(der: bytes, extensions: Element) -> tuple[Element | None, El
     Only these two are read; either appearing twice is an error (RFC 5280 4.2).
     """
     found: list[Element | None] = [None, None]
-    for _, start, end in elements(der, extensions[1], extensions[2]):
+    for tag, start, end in elements(der, extensions[1], extensions[2]):
+        if tag != SEQUENCE:
+            raise DerError(f"expected an Extension at byte {start}")
         # Compared encoded (tag, length, OID): the other extensions are skipped without decoding.
         which = 0 if der.startswith(_SUBJECT_ALT_NAME_TLV, start, end) else \
             1 if der.startswith(_BASIC_CONSTRAINTS_TLV, start, end) else None

@@ -268,6 +268,17 @@ def test_a_repeated_subject_alt_name_is_a_parse_error() -> None:
         certs._parse(doubled, b"d" * 32)
 
 
+def test_a_name_that_is_not_a_set_of_attributes_says_so() -> None:
+    original = _leaf_der()
+    _, start, end = der.expect(original, 0, len(original), der.SEQUENCE)
+    tbs = der.expect(original, start, end, der.SEQUENCE)
+    subject = der.elements(original, tbs[1], tbs[2])[1:][4]  # after the version: serial, sig, issuer, validity
+    changed = bytearray(original)
+    changed[subject[1]] = der.SEQUENCE  # the first RDN's SET tag
+    with pytest.raises(der.DerError, match=f"expected a SET \\(RDN\\) at byte {subject[1] + 2}"):
+        der.certificate_fields(bytes(changed))
+
+
 def test_an_explicit_ca_false_is_read_as_not_a_ca() -> None:
     # DER omits a DEFAULT value, but some CAs wrote cA FALSE: report the chain rather than fail it.
     tweaked = _with_extensions(_leaf_der(), [_extension(BC_OID, _tlv(der.SEQUENCE, b"\x01\x01\x00"), critical=True),
