@@ -127,7 +127,8 @@ CHAIN_FAMILIES = (NOT_AFTER, NOT_BEFORE, INFO, EARLIEST, VERIFIED, VERIFY_ERROR,
 """The families that describe a chain (kept from the last good probe while a target fails)."""
 SHARED_FAMILIES = (NOT_AFTER, NOT_BEFORE, INFO, THRESHOLD)
 """Families stored as (head, suffix) pieces, because their line ends are shared between targets
-(certificates of a common intermediate or root, thresholds); every odd piece is an interned suffix."""
+(certificates of a common intermediate or root, thresholds); every odd piece is a line end, interned
+unless it is a leaf's."""
 TEXT_FAMILIES = tuple(i for i in range(len(FAMILIES)) if i not in SHARED_FAMILIES)
 """Families stored as one bytes object per target."""
 
@@ -232,9 +233,14 @@ def _render_certs(pieces: list[list[bytes]], p: str, chain: Sequence[Certificate
     heads = {i: f"{FAMILIES[i][0]}{{{p}".encode() for i in (NOT_AFTER, NOT_BEFORE, INFO)}
     for cert in chain:
         not_after, not_before, info = _cert_suffixes(cert, settings.cert_info_sans, settings.cert_info_fingerprint)
-        pieces[NOT_AFTER] += [heads[NOT_AFTER], intern(not_after)]
-        pieces[NOT_BEFORE] += [heads[NOT_BEFORE], intern(not_before)]
-        pieces[INFO] += [heads[INFO], intern(info)]
+        if cert.index:
+            # An intermediate or root recurs behind many targets: one copy of its line ends. A leaf
+            # is not interned: most are one target's own (10,000 of them made a 1.25 MiB table), and
+            # a leaf many targets present (a wildcard) is one object already, from _cert_suffixes.
+            not_after, not_before, info = intern(not_after), intern(not_before), intern(info)
+        pieces[NOT_AFTER] += [heads[NOT_AFTER], not_after]
+        pieces[NOT_BEFORE] += [heads[NOT_BEFORE], not_before]
+        pieces[INFO] += [heads[INFO], info]
 
 
 @functools.lru_cache(maxsize=256)

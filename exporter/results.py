@@ -132,12 +132,14 @@ class ResultStore:
     def _rebuild_interned(self) -> None:
         """Forget suffixes no entry uses any more (rotated certificates); amortised O(1) per record."""
         table: dict[bytes, bytes] = {}
+        interned = self._interned
         for entry in self._entries.values():
             for family in SHARED_FAMILIES:
                 pieces = entry.blocks[family]
                 assert isinstance(pieces, tuple)
                 for piece in pieces[1::2]:
-                    table[piece] = piece
+                    if piece in interned:  # a leaf's line ends are not interned (exporter/render.py)
+                        table[piece] = piece
         self._interned = table
         self._intern_limit = max(_MIN_INTERN_LIMIT, 2 * len(table))
 

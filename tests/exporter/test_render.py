@@ -239,14 +239,15 @@ def test_shared_certificate_lines_are_stored_once_and_forgotten_after_rotation()
     blocks = [store.get(t.key).blocks[INFO] for t in targets]
     # pieces: head, suffix per certificate; the intermediate's suffix is one object for every target
     assert blocks[0][3] is blocks[1][3] is blocks[2][3]
+    assert blocks[0][1] is blocks[1][1] is blocks[2][1]  # the shared leaf too (the renderer's cache)
     assert blocks[0][0] is not blocks[1][0]
     s = sample_map(store.snapshot().render().decode())
     assert value(s, "tls_cert_info", target="s2.test:443", position="intermediate") == 1
     store._intern_limit = 0  # force the rebuild on the next record
     store.record(targets[0], [ok_result(chain=(cert(not_after=7.0),))])
-    # s1 and s2 still share 3 certificates x 3 families; s0's new leaf differs only in notAfter (1 more);
-    # plus the 3 threshold line ends. Nothing else survives the rebuild.
-    assert len(store._interned) == 3 * 3 + 1 + 3
+    # The intermediate and the root x 3 families, and the 3 threshold line ends: leaves are not
+    # interned (one target's own, most of them). Nothing else survives the rebuild.
+    assert len(store._interned) == 2 * 3 + 3
 
 
 def test_chunks_are_bounded_and_join_to_the_same_text(monkeypatch):
