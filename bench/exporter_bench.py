@@ -53,6 +53,7 @@ class Figures:
     cpu: float
     wall: float
     hwm_mib: float
+    batch_cpu: tuple[float, ...] = ()  # CPU seconds of each batch, in target order (interleaved passes)
 
     @property
     def per_cpu_second(self) -> float:
@@ -247,6 +248,7 @@ async def interleaved_passes(exporters: list[Exporter], targets: list[str], conc
     figures: list[list[Figures]] = [[] for _ in exporters]
     for number in range(1, passes + 1):
         totals = [[0, 0.0, 0.0] for _ in exporters]
+        batch_cpu: list[list[float]] = [[] for _ in exporters]
         for turn, chunk in enumerate(batches):
             order = list(range(len(exporters)))
             if turn % 2:
@@ -256,11 +258,22 @@ async def interleaved_passes(exporters: list[Exporter], targets: list[str], conc
                 totals[i][0] += ok
                 totals[i][1] += cpu
                 totals[i][2] += wall
+                batch_cpu[i].append(cpu)
         for i, exporter in enumerate(exporters):
-            ok, cpu, wall = totals[i]
-            figures[i].append(Figures(f"{exporter.name} pass {number}", len(targets), int(ok), cpu, wall,
-                                      hwm_mib(exporter.proc.pid)))
+            successes, cpu_total, wall_total = totals[i]
+            figures[i].append(Figures(f"{exporter.name} pass {number}", len(targets), int(successes), cpu_total,
+                                      wall_total, hwm_mib(exporter.proc.pid), tuple(batch_cpu[i])))
     return figures
+
+
+def batch_ratios(ours: Figures, theirs: Figures) -> str:
+    """The ratio of each batch pair, which ran back to back on the same targets: its spread shows how
+    much of a pass's ratio is the machine's noise (a CPU time is read in 10 ms ticks)."""
+    ratios = sorted(t / o for o, t in zip(ours.batch_cpu, theirs.batch_cpu, strict=True) if o > 0)
+    if not ratios:
+        return "no batches"
+    return (f"median x{statistics.median(ratios):.2f}, range x{ratios[0]:.2f}-x{ratios[-1]:.2f} "
+            f"over {len(ratios)} batches")
 
 
 def blackbox_argv(work: Path, port: int) -> list[str]:
@@ -336,6 +349,7 @@ async def compare_probe_endpoints(work: Path, targets: list[str], concurrency: i
         print(f"ratio certpager/blackbox, pass {number}: probes per CPU-second x{ratio:.2f}, wall "
               f"{ours.wall:.1f}s vs {theirs.wall:.1f}s, peak RSS {ours.hwm_mib:.0f} vs {theirs.hwm_mib:.0f} MiB",
               flush=True)
+        print(f"  per batch (same targets, back to back): {batch_ratios(ours, theirs)}", flush=True)
 
 
 async def main_async(args: argparse.Namespace) -> None:
