@@ -235,8 +235,9 @@ def _render_certs(pieces: list[list[bytes]], p: str, chain: Sequence[Certificate
         not_after, not_before, info = _cert_suffixes(cert, settings.cert_info_sans, settings.cert_info_fingerprint)
         if cert.index:
             # An intermediate or root recurs behind many targets: one copy of its line ends. A leaf
-            # is not interned: most are one target's own (10,000 of them made a 1.25 MiB table), and
-            # a leaf many targets present (a wildcard) is one object already, from _cert_suffixes.
+            # is not interned: most are one target's own (10,000 of them made a 1.25 MiB table); a
+            # leaf many targets present (a wildcard) is shared through _cert_suffixes' cache while
+            # it is among the 256 certificates rendered last, which a frequently probed one is.
             not_after, not_before, info = intern(not_after), intern(not_before), intern(info)
         pieces[NOT_AFTER] += [heads[NOT_AFTER], not_after]
         pieces[NOT_BEFORE] += [heads[NOT_BEFORE], not_before]
