@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -133,12 +135,12 @@ async def resolve(host: str, port: int, module: Module, resolver: Resolver) -> l
 async def connect(ip: str, port: int, source_ip: str | None) -> socket.socket:
     """A connected non-blocking TCP socket to ``ip``; the caller owns (and must close) it."""
     family = ip_family(ip) or socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # Non-blocking from its creation: one ioctl less than setblocking(False).
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
-        sock.setblocking(False)
         if source_ip is not None:
             sock.bind((source_ip, 0))
-        await asyncio.get_running_loop().sock_connect(sock, (ip, port))
+        await _connect_socket(sock, (ip, port))
     except ConnectionRefusedError as exc:
         sock.close()
         raise PhaseFailure(Reason.REFUSED, f"connection refused by {ip} port {port}") from exc
@@ -152,6 +154,38 @@ async def connect(ip: str, port: int, source_ip: str | None) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+async def _connect_socket(sock: socket.socket, address: tuple[str, int]) -> None:
+    """connect(2) on a non-blocking socket to an IP literal; raises OSError (ConnectionRefusedError, ...).
+
+    Not ``loop.sock_connect``: uvloop's passes every address, IP literals too, to getaddrinfo on
+    libuv's thread pool, which woke a worker thread and the loop again on every probe.
+    """
+    error = sock.connect_ex(address)
+    if error == errno.EINPROGRESS:
+        await wait_ready(sock, write=True)
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))  # OSError picks the subclass of the errno
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():  # the loop may report readiness again before the waiting task runs
+        future.set_result(None)
+
+
+async def wait_ready(sock: socket.socket, *, write: bool) -> None:
+    """Wait until ``sock`` is readable (or writable): an EOF or error counts as ready; the next call reports it."""
+    loop = asyncio.get_running_loop()
+    add, remove = (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
+    future = loop.create_future()
+    fd = sock.fileno()
+    add(fd, _wake, future)
+    try:
+        await future
+    finally:
+        remove(fd)
 
 
 # --- HTTP CONNECT proxy ------------------------------------------------------------------------

@@ -216,33 +216,15 @@ async def handshake(sock: socket.socket, context: SSL.Context, sni: str | None) 
     what OpenSSL asked for. No bytes pass through Python: about 75 µs less per probe than moving
     them between memory BIOs and the event loop's socket calls (docs/performance.md).
     """
-    loop = asyncio.get_running_loop()
     connection = new_connection(context, sni, sock)
     while True:
         try:
             connection.do_handshake()
             return connection
         except SSL.WantReadError:
-            await _ready(loop, sock, write=False)
+            await net.wait_ready(sock, write=False)
         except SSL.WantWriteError:
-            await _ready(loop, sock, write=True)
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():  # the loop may report readiness again before the waiting task runs
-        future.set_result(None)
-
-
-async def _ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, write: bool) -> None:
-    """Wait until ``sock`` is readable (or writable): an EOF or error counts as ready, and OpenSSL reports it."""
-    add, remove = (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
-    future = loop.create_future()
-    fd = sock.fileno()
-    add(fd, _wake, future)
-    try:
-        await future
-    finally:
-        remove(fd)
+            await net.wait_ready(sock, write=True)
 
 
 def _error_text(exc: BaseException) -> str:

@@ -6,6 +6,8 @@ import asyncio
 import base64
 import contextlib
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -76,6 +78,43 @@ async def test_resolve_failure_is_dns(resolver):
     with pytest.raises(net.PhaseFailure) as info:
         await net.resolve("missing.invalid", 443, Module(), resolver)
     assert info.value.reason is Reason.DNS
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_connect_gives_a_connected_nonblocking_socket(host):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as listener:
+        listener.bind((host, 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        sock = await net.connect(host, port, None)
+        with sock:
+            assert sock.getpeername()[:2] == (host, port)
+            assert sock.gettimeout() == 0.0
+    with pytest.raises(net.PhaseFailure) as refused:  # the listener is closed: nothing listens on the port
+        await net.connect(host, port, None)
+    assert (refused.value.reason, refused.value.detail) == (Reason.REFUSED, f"connection refused by {host} port {port}")
+
+
+_CONNECT_ON_UVLOOP = """
+import os, socket, uvloop
+from exporter.probes import net
+async def main():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0)); listener.listen()
+        for _ in range(3):
+            (await net.connect("127.0.0.1", listener.getsockname()[1], None)).close()
+uvloop.run(main())
+print(sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")))
+"""
+
+
+def test_connect_to_an_ip_literal_starts_no_resolver_thread():
+    # uvloop's sock_connect passes IP literals to getaddrinfo on libuv's thread pool: a worker thread
+    # woken, and the loop woken again, on every probe. A fresh process shows whether the pool started.
+    out = subprocess.run([sys.executable, "-c", _CONNECT_ON_UVLOOP], capture_output=True, text=True, timeout=60,
+                         check=True)
+    assert out.stdout.strip() == "['python']"
 
 
 async def test_resolver_preference_through_the_probe(prober, test_pki, trusting):
