@@ -140,17 +140,17 @@ def variants(port: int, files: pki.ChainFiles) -> dict[str, Callable[[], Awaitab
         return result
 
     async def off_cached() -> object:
-        ders = peer_chain_der(await _handshake(port, off, "localhost"))
-        certs.chain_info(ders)
-        assert verifier.verify(ders, files.ca_file).verified
-        return certs.match_hostname(certs.parse(ders[0]), "localhost")
+        chain = certs.read_chain(peer_chain_der(await _handshake(port, off, "localhost")))
+        assert verifier.verify(chain, files.ca_file).verified
+        return certs.match_hostname(chain.leaf, "localhost")
 
     async def off_uncached() -> object:
         ders = peer_chain_der(await _handshake(port, off, "localhost"))
-        infos = [certs._parse(d, b"") for d in ders]  # bypass the parse cache
+        parsed = tuple(certs._parse(d, b"", i) for i, d in enumerate(ders))  # bypass the parse cache
+        chain = certs.PresentedChain(tuple(ders), parsed, tuple(p.info for p in parsed))
         fresh = certs.ChainVerifier(verifier.stores)  # keeps the loaded store, empty verdict cache
-        assert fresh.verify(ders, files.ca_file).verified
-        return certs.match_hostname(infos[0], "localhost")
+        assert fresh.verify(chain, files.ca_file).verified
+        return certs.match_hostname(chain.leaf, "localhost")
 
     async def openssl() -> object:
         return (await _handshake(port, strict, "localhost")).get_verified_chain()
@@ -264,10 +264,9 @@ def memory_variants(files: pki.ChainFiles) -> dict[str, Callable[[], float]]:
         cpu, c = _memory_handshake(off, server)
 
         def verify() -> None:
-            ders = peer_chain_der(c)
-            certs.chain_info(ders)
-            assert verifier.verify(ders, files.ca_file).verified
-            certs.match_hostname(certs.parse(ders[0]), "localhost")
+            chain = certs.read_chain(peer_chain_der(c))
+            assert verifier.verify(chain, files.ca_file).verified
+            certs.match_hostname(chain.leaf, "localhost")
         return cpu + timed(verify)
 
     def off_uncached() -> float:
@@ -275,9 +274,10 @@ def memory_variants(files: pki.ChainFiles) -> dict[str, Callable[[], float]]:
 
         def verify() -> None:
             ders = peer_chain_der(c)
-            parsed = [certs._parse(d, b"") for d in ders]
-            assert certs.ChainVerifier(verifier.stores).verify(ders, files.ca_file).verified
-            certs.match_hostname(parsed[0], "localhost")
+            parsed = tuple(certs._parse(d, b"", i) for i, d in enumerate(ders))  # bypass the parse cache
+            chain = certs.PresentedChain(tuple(ders), parsed, tuple(p.info for p in parsed))
+            assert certs.ChainVerifier(verifier.stores).verify(chain, files.ca_file).verified
+            certs.match_hostname(chain.leaf, "localhost")
         return cpu + timed(verify)
 
     def openssl() -> float:

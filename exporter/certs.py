@@ -211,14 +211,11 @@ def position_of(index: int, info: CertificateInfo) -> Position:
 _positioned: AgingCache[tuple[bytes, int], CertificateInfo] = AgingCache(PARSE_CACHE_SIZE)
 
 
-def cert_info(der: bytes, index: int) -> CertificateInfo:
-    """CertificateInfo of the certificate at ``index`` of a presented chain (or file)."""
-    digest = hashlib.sha256(der).digest()
-    info = _parse_digest(der, digest, index).info
+def _at_index(info: CertificateInfo, index: int) -> CertificateInfo:
     if info.index == index:
         return info
     # dataclasses.replace costs tens of microseconds; the same (cert, index) recurs on every probe.
-    key = (digest, index)
+    key = (info.sha256, index)
     positioned = _positioned.get(key)
     if positioned is None:
         positioned = replace(info, index=index, position=position_of(index, info))
@@ -226,9 +223,29 @@ def cert_info(der: bytes, index: int) -> CertificateInfo:
     return positioned
 
 
-def chain_info(ders: Sequence[bytes]) -> tuple[CertificateInfo, ...]:
-    """CertificateInfo for every certificate in presentation order."""
-    return tuple(cert_info(der, i) for i, der in enumerate(ders))
+def cert_info(der: bytes, index: int) -> CertificateInfo:
+    """CertificateInfo of the certificate at ``index`` of a presented chain (or file)."""
+    return _at_index(_parse_digest(der, hashlib.sha256(der).digest(), index).info, index)
+
+
+@dataclass(frozen=True, slots=True)
+class PresentedChain:
+    """The certificates a peer presented, each hashed and parsed once for the whole probe."""
+
+    ders: tuple[bytes, ...]
+    parsed: tuple[ParsedCert, ...]  # as first seen (for names and dates)
+    infos: tuple[CertificateInfo, ...]  # with this chain's index and position of each certificate
+
+    @property
+    def leaf(self) -> ParsedCert:
+        return self.parsed[0]
+
+
+def read_chain(ders: Sequence[bytes]) -> PresentedChain:
+    """Parse a presented chain (leaf first); raises CertificateParseError."""
+    parsed = tuple(_parse_digest(der, hashlib.sha256(der).digest(), index) for index, der in enumerate(ders))
+    infos = tuple(_at_index(p.info, index) for index, p in enumerate(parsed))
+    return PresentedChain(tuple(ders), parsed, infos)
 
 
 # --- hostname (RFC 6125) -------------------------------------------------------------------------
@@ -381,21 +398,20 @@ class ChainVerifier:
         self._clock = clock
         self._cache: AgingCache[tuple[object, ...], tuple[Verdict, float]] = AgingCache(cache_size)
 
-    def verify(self, ders: Sequence[bytes], ca_file: Path | None) -> Verdict:
-        """Is there a path from the leaf (``ders[0]``) through the presented certs to a trust anchor?"""
+    def verify(self, chain: PresentedChain, ca_file: Path | None) -> Verdict:
+        """Is there a path from the leaf through the presented certificates to a trust anchor?"""
         now = self._clock()
         try:
             store = self.stores.get(ca_file)
         except TrustStoreError as exc:
             return Verdict(False, VerifyReason.INVALID, f"trust store: {exc}")
-        parsed = [parse(der) for der in ders]
         # Digests, not DER: they are already held by the parse cache (no second copy of each DER).
-        key = (tuple(p.info.sha256 for p in parsed), store.token)
+        key = (tuple(p.info.sha256 for p in chain.parsed), store.token)
         cached = self._cache.get(key)
         if cached is not None and now < cached[1]:
             return cached[0]
-        verdict = self._verify(ders, parsed[0], store, now)
-        self._cache.put(key, (verdict, self._valid_until(parsed, now)))
+        verdict = self._verify(chain, store, now)
+        self._cache.put(key, (verdict, self._valid_until(chain.parsed, now)))
         return verdict
 
     @staticmethod
@@ -403,21 +419,21 @@ class ChainVerifier:
         boundaries = [t for p in parsed for t in (p.info.not_before, p.info.not_after) if t > now]
         return min([now + VERDICT_TTL, *boundaries])
 
-    def _verify(self, ders: Sequence[bytes], leaf: ParsedCert, store: _LoadedStore, now: float) -> Verdict:
-        if leaf.info.self_signed and ders[0] not in store.anchors:
+    def _verify(self, chain: PresentedChain, store: _LoadedStore, now: float) -> Verdict:
+        if chain.leaf.info.self_signed and chain.ders[0] not in store.anchors:
             return Verdict(False, VerifyReason.SELF_SIGNED, "the leaf is self-signed and not a trust anchor")
         moment = dt.datetime.fromtimestamp(now, dt.UTC)
-        verifier = _server_verifier(verification.PolicyBuilder().store(store.store).time(moment), leaf)
+        verifier = _server_verifier(verification.PolicyBuilder().store(store.store).time(moment), chain.leaf)
         if verifier is None:
             return Verdict(False, VerifyReason.INVALID, "the leaf has no usable subjectAltName")
         try:
-            certs = [_load(der) for der in ders]
+            certs = [_load(der) for der in chain.ders]
         except ValueError as exc:  # read by exporter/der.py, but not a certificate cryptography accepts
             return Verdict(False, VerifyReason.INVALID, f"a certificate cannot be verified: {exc}")
         try:
             verifier.verify(certs[0], certs[1:])
         except verification.VerificationError as exc:
-            return _classify(str(exc), ders, now)
+            return _classify(str(exc), chain.parsed, now)
         return Verdict(True)
 
 
@@ -439,12 +455,12 @@ def _server_verifier(builder: verification.PolicyBuilder, leaf: ParsedCert) -> v
     return None
 
 
-def _classify(message: str, ders: Sequence[bytes], now: float) -> Verdict:
+def _classify(message: str, parsed: Sequence[ParsedCert], now: float) -> Verdict:
     # cryptography's VerificationError carries only a message; these phrases are stable across
     # 43..50 ("cert is not valid at validation time", "candidates exhausted ... no interior errors").
     detail = message.split(" (encountered processing", 1)[0]
     if "not valid at validation time" in message:
-        infos = [parse(der).info for der in ders]
+        infos = [p.info for p in parsed]
         if any(i.not_after < now for i in infos):
             return Verdict(False, VerifyReason.EXPIRED, detail)
         if any(i.not_before > now for i in infos):

@@ -419,7 +419,7 @@ class TLSProber:
         if not ders:
             return self._failed(Reason.NO_CERTIFICATE, "the peer sent no certificate", ip, durations, started)
         try:
-            chain = certs.chain_info(ders)
+            chain = certs.read_chain(ders)
         except certs.CertificateParseError as exc:
             return self._failed(Reason.BAD_DER, f"the peer sent an unreadable certificate: {exc}", ip,
                                 durations, started)
@@ -428,14 +428,14 @@ class TLSProber:
         verified, verify_reason, hostname_ok, detail = None, None, None, ""
         tls = request.module.tls
         if not tls.insecure_skip_verify:
-            verdict = self.verifier.verify(ders, tls.ca_file)
+            verdict = self.verifier.verify(chain, tls.ca_file)
             verified, verify_reason, detail = verdict.verified, verdict.reason, verdict.detail
-            hostname_ok = certs.match_hostname(certs.parse(ders[0]), tls.server_name or endpoint.host)
+            hostname_ok = certs.match_hostname(chain.leaf, tls.server_name or endpoint.host)
         return ProbeResult(
             success=True, detail=detail, ip=ip, durations=durations, tls_version=version,
-            cipher=cipher, chain=chain, chain_verified=verified,
+            cipher=cipher, chain=chain.infos, chain_verified=verified,
             verify_reason=verify_reason, hostname_verified=hostname_ok,
-            policy_violations=policy.evaluate(request.policies, chain, version, request.labels),
+            policy_violations=policy.evaluate(request.policies, chain.infos, version, request.labels),
             started_at=started, duration=max(0.0, self.clock() - started),
         )
 

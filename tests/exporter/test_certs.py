@@ -19,13 +19,21 @@ from exporter.probes.base import Position, VerifyReason
 from tests.exporter.conftest import DAY, LEAF_NOT_AFTER, LEAF_NOT_BEFORE, NOW, ts
 
 
+def _infos(chain_ders):
+    return certs.read_chain(chain_ders).infos
+
+
+def _verify(verifier, chain_ders, ca_file):
+    return verifier.verify(certs.read_chain(chain_ders), ca_file)
+
+
 def ders(chain: pki.Chain, **kw) -> list[bytes]:
     return [c.der for c in chain.presented(**kw)]
 
 
 def test_chain_info_exact(test_pki):
     chain = test_pki.chains["valid"]
-    leaf, inter, root = certs.chain_info(ders(chain, root=True))
+    leaf, inter, root = _infos(ders(chain, root=True))
     assert (leaf.position, leaf.index, inter.position, inter.index, root.position, root.index) == (
         Position.LEAF, 0, Position.INTERMEDIATE, 1, Position.ROOT, 2)
     assert (leaf.not_before, leaf.not_after) == (ts(LEAF_NOT_BEFORE), ts(LEAF_NOT_AFTER))
@@ -38,13 +46,13 @@ def test_chain_info_exact(test_pki):
 
 
 def test_self_signed_leaf_is_leaf_not_root(test_pki):
-    (leaf,) = certs.chain_info(ders(test_pki.chains["self_signed"]))
+    (leaf,) = _infos(ders(test_pki.chains["self_signed"]))
     assert (leaf.position, leaf.self_signed, leaf.is_ca) == (Position.LEAF, True, False)
 
 
 def test_self_signed_non_ca_after_the_leaf_is_intermediate(test_pki):
     stray = test_pki.chains["self_signed"].leaf.der
-    info = certs.chain_info([test_pki.chains["valid"].leaf.der, stray])
+    info = _infos([test_pki.chains["valid"].leaf.der, stray])
     assert info[1].position is Position.INTERMEDIATE
 
 
@@ -151,14 +159,14 @@ class Clock:
 def test_verifier_verdicts(test_pki):
     verifier = certs.ChainVerifier()
     ca = test_pki.ca_file
-    assert verifier.verify(ders(test_pki.chains["valid"]), ca) == certs.Verdict(True)
-    assert verifier.verify(ders(test_pki.chains["expired"]), ca).reason is VerifyReason.EXPIRED
-    assert verifier.verify(ders(test_pki.chains["not_yet_valid"]), ca).reason is VerifyReason.NOT_YET_VALID
-    assert verifier.verify(ders(test_pki.chains["self_signed"]), ca).reason is VerifyReason.SELF_SIGNED
-    assert verifier.verify(ders(test_pki.chains["valid"], intermediates=False), ca).reason is (
+    assert _verify(verifier, ders(test_pki.chains["valid"]), ca) == certs.Verdict(True)
+    assert _verify(verifier, ders(test_pki.chains["expired"]), ca).reason is VerifyReason.EXPIRED
+    assert _verify(verifier, ders(test_pki.chains["not_yet_valid"]), ca).reason is VerifyReason.NOT_YET_VALID
+    assert _verify(verifier, ders(test_pki.chains["self_signed"]), ca).reason is VerifyReason.SELF_SIGNED
+    assert _verify(verifier, ders(test_pki.chains["valid"], intermediates=False), ca).reason is (
         VerifyReason.UNKNOWN_ISSUER)
-    assert verifier.verify(ders(test_pki.chains["expired_intermediate"]), ca).reason is VerifyReason.EXPIRED
-    sha1 = verifier.verify(ders(test_pki.chains["sha1"]), ca)
+    assert _verify(verifier, ders(test_pki.chains["expired_intermediate"]), ca).reason is VerifyReason.EXPIRED
+    sha1 = _verify(verifier, ders(test_pki.chains["sha1"]), ca)
     assert (sha1.verified, sha1.reason) == (False, VerifyReason.INVALID)
     assert "signature algorithm" in sha1.detail.lower()
 
@@ -175,21 +183,21 @@ def test_a_certificate_cryptography_refuses_is_reported_and_not_trusted(test_pki
                .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False))
     good = builder.sign(test_pki.intermediate.key, hashes.SHA256()).public_bytes(Encoding.DER)
     bad = good.replace(b"\x13\x01Q", b"\x13\x01*")
-    (info,) = certs.chain_info([bad])
+    (info,) = _infos([bad])
     assert (info.subject_cn, info.sans) == ("localhost", ("localhost",))
-    verdict = certs.ChainVerifier().verify([bad, test_pki.intermediate.der], test_pki.ca_file)
+    verdict = _verify(certs.ChainVerifier(), [bad, test_pki.intermediate.der], test_pki.ca_file)
     assert (verdict.verified, verdict.reason) == (False, VerifyReason.INVALID)
     assert verdict.detail.startswith("a certificate cannot be verified: ")
 
 
 def test_wrong_name_does_not_affect_trust(test_pki):
-    verdict = certs.ChainVerifier().verify(ders(test_pki.chains["wrong_name"]), test_pki.ca_file)
+    verdict = _verify(certs.ChainVerifier(), ders(test_pki.chains["wrong_name"]), test_pki.ca_file)
     assert verdict == certs.Verdict(True)
 
 
 def test_pinned_self_signed_leaf_is_trusted(test_pki):
     files = test_pki.files["self_signed"]  # its ca_file is the leaf itself
-    assert certs.ChainVerifier().verify(ders(test_pki.chains["self_signed"]), files.ca_file).verified is True
+    assert _verify(certs.ChainVerifier(), ders(test_pki.chains["self_signed"]), files.ca_file).verified is True
 
 
 def test_cross_signed_intermediate(test_pki, tmp_path):
@@ -198,12 +206,12 @@ def test_cross_signed_intermediate(test_pki, tmp_path):
     chain = test_pki.chains["valid"]
     (tmp_path / "other.crt").write_bytes(other_root.cert_pem)
     verifier = certs.ChainVerifier()
-    assert verifier.verify([chain.leaf.der, cross.der], tmp_path / "other.crt").verified is True
+    assert _verify(verifier, [chain.leaf.der, cross.der], tmp_path / "other.crt").verified is True
     # Served with both the original and the cross-signed intermediate, trusted by either root.
     both = [chain.leaf.der, test_pki.intermediate.der, cross.der]
-    assert verifier.verify(both, tmp_path / "other.crt").verified is True
-    assert verifier.verify(both, test_pki.ca_file).verified is True
-    info = certs.chain_info(both)
+    assert _verify(verifier, both, tmp_path / "other.crt").verified is True
+    assert _verify(verifier, both, test_pki.ca_file).verified is True
+    info = _infos(both)
     assert [c.position for c in info] == [Position.LEAF, Position.INTERMEDIATE, Position.INTERMEDIATE]
     assert info[2].issuer_cn == "Other Root"
 
@@ -212,11 +220,11 @@ def test_verdict_cache_ends_at_the_next_validity_boundary(test_pki):
     clock = Clock(ts(NOW))
     verifier = certs.ChainVerifier(clock=clock)
     chain = ders(test_pki.chains["valid"])
-    assert verifier.verify(chain, test_pki.ca_file).verified is True
+    assert _verify(verifier, chain, test_pki.ca_file).verified is True
     clock.now = ts(LEAF_NOT_AFTER) - 1  # last valid second (past the TTL, so verified afresh)
-    assert verifier.verify(chain, test_pki.ca_file).verified is True
+    assert _verify(verifier, chain, test_pki.ca_file).verified is True
     clock.now = ts(LEAF_NOT_AFTER) + 1  # one second past notAfter: the cached verdict must not be reused
-    assert verifier.verify(chain, test_pki.ca_file) == certs.Verdict(
+    assert _verify(verifier, chain, test_pki.ca_file) == certs.Verdict(
         False, VerifyReason.EXPIRED, "validation failed: cert is not valid at validation time")
 
 
@@ -224,9 +232,9 @@ def test_verdict_cache_hits_within_ttl(test_pki):
     clock = Clock(ts(NOW))
     verifier = certs.ChainVerifier(clock=clock)
     chain = ders(test_pki.chains["valid"])
-    first = verifier.verify(chain, test_pki.ca_file)
+    first = _verify(verifier, chain, test_pki.ca_file)
     clock.now += certs.VERDICT_TTL - 1
-    assert verifier.verify([bytes(d) for d in chain], test_pki.ca_file) is first
+    assert _verify(verifier, [bytes(d) for d in chain], test_pki.ca_file) is first
 
 
 def test_trust_store_reloads_when_the_file_changes(test_pki, tmp_path):
@@ -235,23 +243,23 @@ def test_trust_store_reloads_when_the_file_changes(test_pki, tmp_path):
     ticks = Clock(0.0)
     verifier = certs.ChainVerifier(certs.TrustStores(recheck=1.0, monotonic=ticks))
     chain = ders(test_pki.chains["valid"])
-    assert verifier.verify(chain, ca).reason is VerifyReason.UNKNOWN_ISSUER
+    assert _verify(verifier, chain, ca).reason is VerifyReason.UNKNOWN_ISSUER
     ca.write_bytes(test_pki.root.cert_pem + test_pki.root.cert_pem)
     stat = ca.stat()
     os.utime(ca, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     ticks.now = 0.5  # within the recheck interval the file is not looked at
-    assert verifier.verify(chain, ca).reason is VerifyReason.UNKNOWN_ISSUER
+    assert _verify(verifier, chain, ca).reason is VerifyReason.UNKNOWN_ISSUER
     ticks.now = 1.0
-    assert verifier.verify(chain, ca).verified is True
+    assert _verify(verifier, chain, ca).verified is True
 
 
 def test_unreadable_ca_file_is_invalid_with_detail(test_pki, tmp_path):
     chain = ders(test_pki.chains["valid"])
-    missing = certs.ChainVerifier().verify(chain, tmp_path / "missing.crt")
+    missing = _verify(certs.ChainVerifier(), chain, tmp_path / "missing.crt")
     assert (missing.verified, missing.reason) == (False, VerifyReason.INVALID)
     assert "missing.crt" in missing.detail
     (tmp_path / "empty.crt").write_text("not a certificate\n")
-    empty = certs.ChainVerifier().verify(chain, tmp_path / "empty.crt")
+    empty = _verify(certs.ChainVerifier(), chain, tmp_path / "empty.crt")
     assert (empty.reason, "no PEM certificate" in empty.detail) == (VerifyReason.INVALID, True)
 
 
@@ -263,7 +271,7 @@ def test_system_store_loads(test_pki):
 def test_expired_self_signed_reports_self_signed():
     leaf = pki.make_leaf(None, ("old.test",), not_before=pki.utcnow() - dt.timedelta(days=9),
                          not_after=pki.utcnow() - dt.timedelta(days=1))
-    verdict = certs.ChainVerifier().verify([leaf.der], None)
+    verdict = _verify(certs.ChainVerifier(), [leaf.der], None)
     assert verdict.reason is VerifyReason.SELF_SIGNED
 
 
@@ -290,6 +298,6 @@ def test_expired_trust_anchor_is_expired(tmp_path):
                          not_after=now - dt.timedelta(days=1))
     chain = pki.build_chain(("anchor.test",), root=root, intermediate=pki.make_intermediate(root, slot=33))
     files = chain.write(tmp_path)
-    verdict = certs.ChainVerifier().verify([c.der for c in chain.presented()], files.ca_file)
+    verdict = _verify(certs.ChainVerifier(), [c.der for c in chain.presented()], files.ca_file)
     assert (verdict.verified, verdict.reason) == (False, VerifyReason.EXPIRED)
     assert "trust anchor" in verdict.detail

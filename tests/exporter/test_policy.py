@@ -17,7 +17,7 @@ def rsa_root() -> pki.Issued:
 
 
 def chain_of(*issued: pki.Issued):
-    return certs.chain_info([i.der for i in issued])
+    return certs.read_chain([i.der for i in issued]).infos
 
 
 def leaf_under(root: pki.Issued, **kw):

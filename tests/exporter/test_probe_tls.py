@@ -14,6 +14,7 @@ import pytest
 
 from certpager import pki
 from certpager.tlsserver import MisbehavingPeer, TLSServer
+from exporter import certs
 from exporter.config import Module, Policies, StartTLSSettings, TLSSettings
 from exporter.probes import PROBES, get_probe, tls
 from exporter.probes.base import Phase, Position, ProbeRequest, ProbeResult, Reason, VerifyReason
@@ -66,6 +67,23 @@ async def test_valid_chain_is_read_and_trusted(prober, test_pki, trusting):
     assert result.earliest_expiry == ts(LEAF_NOT_AFTER)
     assert result.policy_violations == {}
     assert server.server_names == ["localhost"]
+
+
+async def test_a_verified_probe_hashes_each_certificate_once(prober, test_pki, trusting, monkeypatch):
+    # The chain is parsed once and handed to the verifier and the hostname match: no certificate is
+    # hashed again to find it in the parse cache (it used to be, up to three times per probe).
+    hashed: list[int] = []
+    real_sha256 = certs.hashlib.sha256
+
+    def counting_sha256(data: bytes) -> object:
+        hashed.append(len(data))
+        return real_sha256(data)
+
+    monkeypatch.setattr(certs.hashlib, "sha256", counting_sha256)
+    async with serve(test_pki, "valid") as server:
+        result = await probe_one(prober, f"localhost:{server.port}", trusting)
+    assert (result.chain_verified, result.hostname_verified) == (True, True)
+    assert hashed == [len(c.der) for c in test_pki.chains["valid"].presented()]
 
 
 async def test_root_sent_by_the_server_is_position_root(prober, test_pki, trusting, tmp_path):
