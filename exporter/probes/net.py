@@ -156,6 +156,11 @@ async def connect(ip: str, port: int, source_ip: str | None) -> socket.socket:
     return sock
 
 
+# connect(2) on a non-blocking socket goes on in the background after EINPROGRESS, and after EINTR
+# (a signal during the call), as asyncio's own loop also treats it.
+_CONNECTING = frozenset({errno.EINPROGRESS, errno.EINTR})
+
+
 async def _connect_socket(sock: socket.socket, address: tuple[str, int]) -> None:
     """connect(2) on a non-blocking socket to an IP literal; raises OSError (ConnectionRefusedError, ...).
 
@@ -163,7 +168,7 @@ async def _connect_socket(sock: socket.socket, address: tuple[str, int]) -> None
     libuv's thread pool, which woke a worker thread and the loop again on every probe.
     """
     error = sock.connect_ex(address)
-    if error == errno.EINPROGRESS:
+    if error in _CONNECTING:
         await wait_ready(sock, write=True)
         error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if error:
