@@ -223,11 +223,6 @@ def _at_index(info: CertificateInfo, index: int) -> CertificateInfo:
     return positioned
 
 
-def cert_info(der: bytes, index: int) -> CertificateInfo:
-    """CertificateInfo of the certificate at ``index`` of a presented chain (or file)."""
-    return _at_index(_parse_digest(der, hashlib.sha256(der).digest(), index).info, index)
-
-
 @dataclass(frozen=True, slots=True)
 class PresentedChain:
     """The certificates a peer presented, each hashed and parsed once for the whole probe."""

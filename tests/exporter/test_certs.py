@@ -67,12 +67,12 @@ def test_self_signed_non_ca_after_the_leaf_is_intermediate(test_pki):
 )
 def test_key_and_signature_of_self_signed(key, hash_name, key_type, bits, signature):
     issued = pki.make_leaf(None, ("k.test",), key=key, hash=hash_name)
-    info = certs.cert_info(issued.der, 0)
+    info = _infos([issued.der])[0]
     assert (info.key_type, info.key_bits, info.signature_algorithm) == (key_type, bits, signature)
 
 
 def test_sha1_signature_name(test_pki):
-    info = certs.cert_info(test_pki.chains["sha1"].leaf.der, 0)
+    info = _infos([test_pki.chains["sha1"].leaf.der])[0]
     assert info.signature_algorithm == "sha1WithRSAEncryption"
 
 
