@@ -22,15 +22,17 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from bridge.alertmanager import Notification
-from bridge.decisions import Incident, Occurrence, Policy, State, decide, event_json, lookup
+from bridge.decisions import Incident, Occurrence, Policy, State
 from bridge.sinks.base import OutboxItem
+from bridge.store import ingest
 from bridge.store.base import DeadLetterRow, IngestResult, OutboxStats, Receipt, StoreError
+from bridge.store.ingest import Conflict, LoadState, RecordReceipt, Write
 from bridge.store.migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -173,7 +175,11 @@ class SqliteStore:
         self, receipt: Receipt, notification: Notification, policy: Policy, *, sinks: Sequence[str]
     ) -> IngestResult:
         """Record the webhook, decide and queue the events, in one transaction (see base.Store)."""
-        return await self._submit(lambda conn: _ingest(conn, receipt, notification, policy, sinks))
+        def op(conn: sqlite3.Connection) -> IngestResult:
+            # A fresh script per run: a failed batch runs its operations again (see _commit).
+            return ingest.run(ingest.script(receipt, notification, policy, sinks), _SqliteIngest(conn))
+
+        return await self._submit(op)
 
     # --- outbox --------------------------------------------------------------------------------------
 
@@ -311,69 +317,71 @@ def _chunks(values: Sequence[str]) -> list[Sequence[str]]:
     return [values[i : i + _CHUNK] for i in range(0, len(values), _CHUNK)]
 
 
-def _load_state(conn: sqlite3.Connection, notification: Notification) -> State:
-    wanted = lookup(notification)
-    occurrences: dict[tuple[str, str], Occurrence] = {}
-    incidents: dict[str, Incident] = {}
-    cols = "fingerprint, starts_at, status, incident_key, scope, updated_at"
-    scopes = _chunks(sorted(wanted.scopes))
-    # One statement for both occurrence lookups (an empty IN () matches nothing in SQLite).
-    for fps, in_scopes in itertools.zip_longest(_chunks(sorted(wanted.fingerprints)), scopes, fillvalue=()):
-        sql = (
-            f"SELECT {cols} FROM occurrences WHERE fingerprint IN ({_marks(fps)}) UNION ALL"
-            f" SELECT {cols} FROM occurrences WHERE status = 'firing' AND scope IN ({_marks(in_scopes)})"
+class _SqliteIngest:
+    """The ingest script's SQL for SQLite (:class:`bridge.store.ingest.IngestSql`), inside the writer's transaction.
+
+    One writer thread runs every write, so ``load_state`` needs no lock of its own.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def record_receipt(self, step: RecordReceipt) -> int:
+        r = step.receipt
+        cursor = self.conn.execute(
+            "INSERT INTO receipts (source, received_at, group_key, body) VALUES (?, ?, ?, ?)",
+            (r.source, r.received_at, step.group_key, r.body),
         )
-        for row in conn.execute(sql, (*fps, *in_scopes)):
-            occurrences[(row[0], row[1])] = Occurrence(*row)
-    for part in scopes:
-        sql = f"SELECT {_INCIDENT_COLS} FROM incidents WHERE scope IN ({_marks(part)})"
-        for row in conn.execute(sql, part):
-            incidents[row[0]] = Incident(row[0], row[1], row[2], row[3], bool(row[4]), json.loads(row[5]), row[6])
-    return State(occurrences=occurrences, incidents=incidents)
+        return int(cursor.lastrowid or 0)
 
+    def load_state(self, step: LoadState) -> State:
+        wanted = step.wanted
+        occurrences: dict[tuple[str, str], Occurrence] = {}
+        incidents: dict[str, Incident] = {}
+        cols = "fingerprint, starts_at, status, incident_key, scope, updated_at"
+        scopes = _chunks(sorted(wanted.scopes))
+        # One statement for both occurrence lookups (an empty IN () matches nothing in SQLite).
+        for fps, in_scopes in itertools.zip_longest(_chunks(sorted(wanted.fingerprints)), scopes, fillvalue=()):
+            sql = (
+                f"SELECT {cols} FROM occurrences WHERE fingerprint IN ({_marks(fps)}) UNION ALL"
+                f" SELECT {cols} FROM occurrences WHERE status = 'firing' AND scope IN ({_marks(in_scopes)})"
+            )
+            for row in self.conn.execute(sql, (*fps, *in_scopes)):
+                occurrences[(row[0], row[1])] = Occurrence(*row)
+        for part in scopes:
+            sql = f"SELECT {_INCIDENT_COLS} FROM incidents WHERE scope IN ({_marks(part)})"
+            for row in self.conn.execute(sql, part):
+                incidents[row[0]] = Incident(row[0], row[1], row[2], row[3], bool(row[4]), json.loads(row[5]), row[6])
+        return State(occurrences=occurrences, incidents=incidents)
 
-def _ingest(
-    conn: sqlite3.Connection, receipt: Receipt, notification: Notification, policy: Policy, sinks: Sequence[str]
-) -> IngestResult:
-    cursor = conn.execute(
-        "INSERT INTO receipts (source, received_at, group_key, body) VALUES (?, ?, ?, ?)",
-        (receipt.source, receipt.received_at, notification.group_key, receipt.body),
-    )
-    receipt_id = int(cursor.lastrowid or 0)
-    decision = decide(_load_state(conn, notification), notification, policy, now=receipt.received_at)
-    if not decision.new:  # duplicates and stale snapshots change nothing but the receipt
-        return IngestResult(receipt_id, 0, decision.duplicates, decision.stale)
-    conn.executemany(
-        "INSERT INTO occurrences (fingerprint, starts_at, status, incident_key, scope, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint, starts_at) DO UPDATE SET status = excluded.status,"
-        " incident_key = excluded.incident_key, scope = excluded.scope, updated_at = excluded.updated_at",
-        [(o.fingerprint, o.starts_at, o.status, o.incident_key, o.scope, o.updated_at) for o in decision.occurrences],
-    )
-    encoded: dict[str, tuple[Mapping[str, Any], str]] = {}  # key -> (trigger, its JSON): encode once
-    rows = []
-    for i in decision.incidents:
-        encoded[i.key] = (i.trigger, json.dumps(i.trigger))
-        rows.append((i.key, i.scope, i.event_class, i.route, int(i.open), encoded[i.key][1], i.updated_at))
-    conn.executemany(
-        "INSERT INTO incidents (key, scope, event_class, route, open, trigger, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET scope = excluded.scope,"
-        " event_class = excluded.event_class, route = excluded.route, open = excluded.open,"
-        " trigger = excluded.trigger, updated_at = excluded.updated_at",
-        rows,
-    )
-    outbox: list[tuple[str, str, str, float, float, int]] = []
-    for event in decision.events:
-        data = event_json(event)
-        trigger, text = encoded.get(event.key, (None, ""))
-        payload = text if data == trigger else json.dumps(data)
-        row = (event.key, payload, receipt.received_at, receipt.received_at, receipt_id)
-        outbox.extend((sink, *row) for sink in sinks)
-    conn.executemany(
-        "INSERT INTO outbox (sink, ordering_key, payload, created_at, next_attempt_at, receipt_id)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        outbox,
-    )
-    return IngestResult(receipt_id, decision.new, decision.duplicates, decision.stale, tuple(decision.events))
+    def write(self, step: Write) -> None:
+        changes, conn = step.changes, self.conn
+        conn.executemany(
+            "INSERT INTO occurrences (fingerprint, starts_at, status, incident_key, scope, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(o.fingerprint, o.starts_at, o.status, o.incident_key, o.scope, o.updated_at) for o in changes.created],
+        )
+        if changes.updated:
+            cursor = conn.executemany(
+                "UPDATE occurrences SET status = ?, incident_key = ?, scope = ?, updated_at = ?"
+                " WHERE fingerprint = ? AND starts_at = ? AND status = ?",
+                [(o.status, o.incident_key, o.scope, o.updated_at, o.fingerprint, o.starts_at, old)
+                 for o, old in changes.updated],
+            )
+            if cursor.rowcount != len(changes.updated):
+                raise Conflict("an occurrence changed since this transaction read it")
+        conn.executemany(
+            "INSERT INTO incidents (key, scope, event_class, route, open, trigger, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET scope = excluded.scope,"
+            " event_class = excluded.event_class, route = excluded.route, open = excluded.open,"
+            " trigger = excluded.trigger, updated_at = excluded.updated_at",
+            [(i.key, i.scope, i.event_class, i.route, int(i.open), i.trigger, i.updated_at) for i in changes.incidents],
+        )
+        conn.executemany(
+            "INSERT INTO outbox (sink, ordering_key, payload, created_at, next_attempt_at, receipt_id)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(o.sink, o.ordering_key, o.payload, o.created_at, o.created_at, o.receipt_id) for o in changes.outbox],
+        )
 
 
 def _item(row: Sequence[Any]) -> OutboxItem:

@@ -13,6 +13,7 @@ import pytest
 from bridge.config import BridgeConfig, LoadedConfig, resolve_secrets
 from bridge.sinks.base import Delivered, DeliveryOutcome, OutboxItem
 from bridge.store.sqlite import SqliteStore
+from tests.bridge.stores import BACKENDS, make_backend
 
 PAYLOADS = Path(__file__).parent / "payloads"
 ROUTING_KEY = "R" * 32
@@ -109,6 +110,27 @@ def loaded_config(data: dict[str, Any] | None = None, path: Path = Path("/nonexi
 @pytest.fixture
 async def store(tmp_path: Path):
     s = SqliteStore(tmp_path / "bridge.db")
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path):
+    """A store backend on a fresh database (see tests/bridge/stores.py); every backend in turn."""
+    handle = await make_backend(request.param, tmp_path)
+    try:
+        yield handle
+    finally:
+        await handle.close()
+
+
+@pytest.fixture
+async def any_store(backend):
+    """An open store of each backend in turn."""
+    s = backend.new()
     await s.open()
     try:
         yield s

@@ -1,10 +1,13 @@
-"""The SQLite store: migrations, atomic ingest, group commit, head-of-key claims, leases, dead letters."""
+"""The store, on every backend (the ``backend``/``any_store`` fixtures): atomic ingest, failure isolation,
+head-of-key claims, leases, dead letters, pruning; then what only SQLite has (its file, its group commit).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import sqlite3
+import time
 
 import pytest
 
@@ -35,70 +38,59 @@ async def ingest(store, *alerts, policy=DEFAULT_POLICY, now=100.0, sinks=SINKS):
     return await store.ingest(Receipt("alertmanager", raw, now), parse(raw), policy, sinks=sinks)
 
 
+async def eventually(read, expected, timeout: float = 5.0):
+    """``read()`` (sync) until it equals ``expected``: a backend may serve gauges from a periodic snapshot."""
+    deadline = time.monotonic() + timeout
+    while (value := read()) != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert value == expected
+
+
 def count(path, table):
     with sqlite3.connect(path) as conn:
         return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
-async def test_migrates_an_empty_file_and_reopens_idempotently(tmp_path):
-    path = tmp_path / "sub" / "b.db"
-    store = SqliteStore(path)
+async def test_reopens_idempotently(backend):
+    store = backend.new()
     await store.open()
     await ingest(store, alert())
     await store.close()
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST == 1
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    again = SqliteStore(path)
+    again = backend.new()
     await again.open()
     try:
-        assert [i.payload["action"] for i in again.pending()] == ["trigger"]
+        assert [i.payload["action"] for i in await backend.pending()] == ["trigger"]
         assert (await ingest(again, alert())).duplicates == 1
     finally:
         await again.close()
 
 
-async def test_refuses_a_newer_schema_and_a_second_process(tmp_path):
-    path = tmp_path / "b.db"
-    with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA user_version = 99")
-    with pytest.raises(StoreError, match="schema version 99 is newer than this bridge knows"):
-        await SqliteStore(path).open()
-    other = tmp_path / "c.db"
-    first = SqliteStore(other)
-    await first.open()
-    try:
-        with pytest.raises(StoreError, match="another bridge process holds it"):
-            await SqliteStore(other).open()
-    finally:
-        await first.close()
-
-
-async def test_ingest_is_atomic(store):
+async def test_ingest_is_atomic(backend, any_store):
+    store = any_store
     with pytest.raises(StoreError, match="boom"):
         await ingest(store, alert(), policy=ExplodingPolicy())
     for table in ("receipts", "occurrences", "incidents", "outbox"):
-        assert count(store.path, table) == 0, table
+        assert await backend.count(table) == 0, table
     result = await ingest(store, alert())
     assert (result.new, len(result.events)) == (1, 1)
-    assert [count(store.path, t) for t in ("receipts", "occurrences", "incidents", "outbox")] == [1, 1, 1, 1]
+    assert [await backend.count(t) for t in ("receipts", "occurrences", "incidents", "outbox")] == [1, 1, 1, 1]
 
 
-async def test_group_commit_batches_concurrent_ingests_and_isolates_a_failure(store):
+async def test_concurrent_ingests_commit_and_a_failure_fails_alone(backend, any_store):
+    store = any_store
     alerts = [alert(certificate=f"c{i}.example.com") for i in range(200)]
-    before = store.commits
     tasks = [ingest(store, a) for a in alerts]
     tasks.insert(100, ingest(store, alert(certificate="bad.example.com"), policy=ExplodingPolicy()))
     results = await asyncio.gather(*tasks, return_exceptions=True)
     failures = [r for r in results if isinstance(r, BaseException)]
     assert len(failures) == 1 and isinstance(failures[0], StoreError)
-    assert store.commits - before < 50  # 201 operations in far fewer fsync'd commits
     assert len({r.receipt_id for r in results if not isinstance(r, BaseException)}) == 200
-    assert count(store.path, "outbox") == 200
-    assert "bad.example.com" not in {i.payload["component"] for i in store.pending()}
+    assert await backend.count("outbox") == 200
+    assert "bad.example.com" not in {i.payload["component"] for i in await backend.pending()}
 
 
-async def test_claims_only_the_head_of_each_key_under_a_lease(store):
+async def test_claims_only_the_head_of_each_key_under_a_lease(any_store):
+    store = any_store
     await ingest(store, alert())
     await ingest(store, alert("resolved"))
     await ingest(store, alert(certificate="other.example.com"))
@@ -114,7 +106,8 @@ async def test_claims_only_the_head_of_each_key_under_a_lease(store):
     assert again.id == heads[1].id
 
 
-async def test_retry_keeps_the_head_and_dead_letter_releases_the_key(store):
+async def test_retry_keeps_the_head_and_dead_letter_releases_the_key(any_store):
+    store = any_store
     await ingest(store, alert())
     await ingest(store, alert("resolved"))
     (trigger,) = await store.claim("pagerduty", now=200.0, limit=10, lease=60.0)
@@ -126,44 +119,31 @@ async def test_retry_keeps_the_head_and_dead_letter_releases_the_key(store):
     await store.dead_letter(retried.id, error="400 Event object is invalid: bad", status=400, now=301.0)
     (resolve,) = await store.claim("pagerduty", now=301.0, limit=10, lease=60.0)
     assert resolve.payload["action"] == "resolve"
+    await eventually(lambda: len(store.dead_letters()), 1)
     (dead,) = store.dead_letters()
     assert (dead.id, dead.error, dead.status, dead.attempts) == (trigger.id, "400 Event object is invalid: bad", 400, 2)
-    stats = store.outbox_stats()
-    assert (stats.depth, stats.oldest_created_at, stats.dead_letters) == (
-        {"pagerduty": 1}, {"pagerduty": 100.0}, {"pagerduty": 1})
+    await eventually(lambda: dataclasses.astuple(store.outbox_stats()), (
+        {"pagerduty": 1}, {"pagerduty": 100.0}, {"pagerduty": 1}))
 
 
-async def test_leases_of_a_crashed_process_are_released_at_open(tmp_path):
-    store = SqliteStore(tmp_path / "b.db")
-    await store.open()
-    await ingest(store, alert())
-    assert len(await store.claim("pagerduty", now=200.0, limit=10, lease=3600.0)) == 1
-    await store.close()
-    store = SqliteStore(tmp_path / "b.db")
-    await store.open()
-    try:
-        assert len(await store.claim("pagerduty", now=201.0, limit=10, lease=60.0)) == 1
-    finally:
-        await store.close()
-
-
-async def test_prune_keeps_what_decisions_still_need(store):
+async def test_prune_keeps_what_decisions_still_need(backend, any_store):
+    store = any_store
     await ingest(store, alert(certificate="old.example.com"), now=100.0)
     await ingest(store, alert("resolved", certificate="old.example.com"), now=101.0)
     await ingest(store, alert(certificate="live.example.com"), now=102.0)
     removed = await store.prune(before=1000.0)
     assert removed == 3 + 1 + 1  # receipts, the resolved occurrence, the closed incident
-    assert count(store.path, "occurrences") == 1
-    assert count(store.path, "incidents") == 1
+    assert await backend.count("occurrences") == 1
+    assert await backend.count("incidents") == 1
 
 
-async def test_closed_store_refuses_work(tmp_path):
-    store = SqliteStore(tmp_path / "b.db")
+async def test_closed_store_refuses_work(backend):
     with pytest.raises(StoreError, match="store is not open"):
-        await ingest(store, alert())
+        await ingest(backend.new(), alert())
 
 
-async def test_a_webhook_larger_than_one_lookup_chunk_sees_all_its_state(store):
+async def test_a_webhook_larger_than_one_lookup_chunk_sees_all_its_state(any_store):
+    store = any_store
     # 900 fingerprints and 450 scopes: the state lookups span several IN (...) statements.
     certs = [f"c{i}.example.com" for i in range(450)]
     firing = [alert(cls=cls, certificate=c) for c in certs for cls in (SEVEN_DAYS, "certificate_expired")]
@@ -177,3 +157,52 @@ async def test_a_webhook_larger_than_one_lookup_chunk_sees_all_its_state(store):
     assert (last.new, len(last.events)) == (450, 900)
     assert sorted({(e.action.value, e.event_class) for e in last.events}) == [
         ("resolve", "certificate_expired"), ("trigger", SEVEN_DAYS)]
+
+
+# --- SQLite only ---------------------------------------------------------------------------------------
+
+
+async def test_sqlite_migrates_an_empty_file_in_wal_mode(tmp_path):
+    path = tmp_path / "sub" / "b.db"
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST == 1
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_sqlite_refuses_a_newer_schema_and_a_second_process(tmp_path):
+    path = tmp_path / "b.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="schema version 99 is newer than this bridge knows"):
+        await SqliteStore(path).open()
+    other = tmp_path / "c.db"
+    first = SqliteStore(other)
+    await first.open()
+    try:
+        with pytest.raises(StoreError, match="another bridge process holds it"):
+            await SqliteStore(other).open()
+    finally:
+        await first.close()
+
+
+async def test_sqlite_group_commit_batches_concurrent_ingests(store):
+    before = store.commits
+    await asyncio.gather(*(ingest(store, alert(certificate=f"c{i}.example.com")) for i in range(200)))
+    assert store.commits - before < 50  # 200 operations in far fewer fsync'd commits
+
+
+async def test_sqlite_leases_of_a_crashed_process_are_released_at_open(tmp_path):
+    store = SqliteStore(tmp_path / "b.db")
+    await store.open()
+    await ingest(store, alert())
+    assert len(await store.claim("pagerduty", now=200.0, limit=10, lease=3600.0)) == 1
+    await store.close()
+    store = SqliteStore(tmp_path / "b.db")
+    await store.open()
+    try:
+        assert len(await store.claim("pagerduty", now=201.0, limit=10, lease=60.0)) == 1
+    finally:
+        await store.close()

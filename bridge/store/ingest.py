@@ -1,0 +1,178 @@
+"""The ingest transaction script, written once for every backend.
+
+One webhook, inside ONE transaction: record the receipt, load the state the decision needs, run
+:func:`bridge.decisions.decide`, then write the changed occurrences, the changed incidents and one
+outbox row per event and sink. A backend supplies only its SQL and its transaction, through
+:class:`IngestSql` (called from a thread, SQLite) or :class:`AsyncIngestSql` (awaited, PostgreSQL);
+it never holds its own copy of these steps, so a change to the decisions reaches every store at once.
+
+The script is a generator of :class:`Step` values: each step is one request to the backend, and the
+backend's answer is sent back in. :func:`run` and :func:`run_async` drive it, synchronously or awaiting.
+
+What the backend must guarantee, whatever its concurrency:
+
+- ``load_state`` sees every ingest committed before for the same scopes, and no other ingest of those
+  scopes commits until this transaction ends (SQLite: one writer; PostgreSQL: advisory transaction locks
+  on the scopes).
+- ``write`` inserts :attr:`Changes.created` occurrences with a plain INSERT and updates
+  :attr:`Changes.updated` ones only where the row still has the status this transaction read: should two
+  ingests of the same transition ever overlap, the primary key or the guard refuses the second
+  (:class:`Conflict`), its transaction rolls back and its retry sees a duplicate. So one transition
+  yields one outbound event, enforced by the database.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from bridge.alertmanager import Notification
+from bridge.decisions import Lookup, Occurrence, Policy, State, decide, event_json, lookup
+from bridge.store.base import IngestResult, Receipt, StoreError
+
+T = TypeVar("T")
+
+
+class Conflict(StoreError):
+    """A concurrent transaction changed a row this one read: roll back and run the script again."""
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRow:
+    """An incident as stored: ``trigger`` already JSON-encoded."""
+
+    key: str
+    scope: str
+    event_class: str
+    route: str
+    open: bool
+    trigger: str
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    sink: str
+    ordering_key: str
+    payload: str  # JSON
+    created_at: float
+    receipt_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Everything one decision writes."""
+
+    created: Sequence[Occurrence]  # not stored yet: INSERT (the primary key refuses a concurrent twin)
+    updated: Sequence[tuple[Occurrence, str]]  # (new row, status it had when read): UPDATE ... WHERE status = old
+    incidents: Sequence[IncidentRow]  # upserted
+    outbox: Sequence[OutboxRow]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordReceipt:
+    """Insert the raw webhook; the answer is its id."""
+
+    receipt: Receipt
+    group_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoadState:
+    """Load (and hold, see module docstring) the rows :func:`decide` needs; the answer is a :class:`State`."""
+
+    wanted: Lookup
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Write the changes; no answer."""
+
+    changes: Changes
+
+
+Step = RecordReceipt | LoadState | Write
+Script = Generator[Step, Any, IngestResult]
+
+
+class IngestSql(Protocol):
+    """A backend's SQL for the script's steps, run inside its transaction (synchronous)."""
+
+    def record_receipt(self, step: RecordReceipt) -> int: ...
+
+    def load_state(self, step: LoadState) -> State: ...
+
+    def write(self, step: Write) -> None: ...
+
+
+class AsyncIngestSql(Protocol):
+    """:class:`IngestSql` for a backend whose driver is awaited."""
+
+    async def record_receipt(self, step: RecordReceipt) -> int: ...
+
+    async def load_state(self, step: LoadState) -> State: ...
+
+    async def write(self, step: Write) -> None: ...
+
+
+def script(receipt: Receipt, notification: Notification, policy: Policy, sinks: Sequence[str]) -> Script:
+    """The transaction script (see module docstring)."""
+    receipt_id: int = yield RecordReceipt(receipt, notification.group_key)
+    state: State = yield LoadState(lookup(notification))
+    decision = decide(state, notification, policy, now=receipt.received_at)
+    if not decision.new:  # duplicates and stale snapshots change nothing but the receipt
+        return IngestResult(receipt_id, 0, decision.duplicates, decision.stale)
+    created: list[Occurrence] = []
+    updated: list[tuple[Occurrence, str]] = []
+    for row in decision.occurrences:
+        before = state.occurrences.get((row.fingerprint, row.starts_at))
+        if before is None:
+            created.append(row)
+        else:
+            updated.append((row, before.status))
+    encoded: dict[str, tuple[Mapping[str, Any], str]] = {}  # key -> (trigger, its JSON): encode once
+    incidents: list[IncidentRow] = []
+    for i in decision.incidents:
+        encoded[i.key] = (i.trigger, json.dumps(i.trigger))
+        incidents.append(IncidentRow(i.key, i.scope, i.event_class, i.route, i.open, encoded[i.key][1], i.updated_at))
+    outbox: list[OutboxRow] = []
+    for event in decision.events:
+        data = event_json(event)
+        trigger, text = encoded.get(event.key, (None, ""))
+        payload = text if data == trigger else json.dumps(data)
+        outbox.extend(OutboxRow(sink, event.key, payload, receipt.received_at, receipt_id) for sink in sinks)
+    yield Write(Changes(created, updated, incidents, outbox))
+    return IngestResult(receipt_id, decision.new, decision.duplicates, decision.stale, tuple(decision.events))
+
+
+def run(steps: Script, sql: IngestSql) -> IngestResult:
+    """Drive the script with a synchronous backend."""
+    try:
+        step = next(steps)
+        while True:
+            step = steps.send(_handler(sql, step)(step))
+    except StopIteration as done:
+        result: IngestResult = done.value
+        return result
+
+
+async def run_async(steps: Script, sql: AsyncIngestSql) -> IngestResult:
+    """Drive the script with an awaited backend."""
+    try:
+        step = next(steps)
+        while True:
+            step = steps.send(await _handler(sql, step)(step))
+    except StopIteration as done:
+        result: IngestResult = done.value
+        return result
+
+
+def _handler(sql: Any, step: Step) -> Callable[[Any], Any | Awaitable[Any]]:
+    # The one mapping from a step to the backend's method, for both drivers.
+    if isinstance(step, RecordReceipt):
+        return sql.record_receipt  # type: ignore[no-any-return]
+    if isinstance(step, LoadState):
+        return sql.load_state  # type: ignore[no-any-return]
+    return sql.write  # type: ignore[no-any-return]
