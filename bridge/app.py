@@ -85,6 +85,7 @@ class Bridge:
         self.store, self.sinks, self.clock = store, tuple(sinks), clock
         registry = registry if registry is not None else CollectorRegistry()
         self.metrics = BridgeMetrics(registry)
+        self.metrics.start_at_zero(sinks)
         registry.register(OutboxCollector(store, sinks=sinks.keys(), clock=clock))
         settings = self.holder.current.config.outbox
         self.worker = OutboxWorker(

@@ -22,6 +22,9 @@ from certpager import __version__
 
 log = logging.getLogger(__name__)
 NAMESPACE = "certpager_bridge"
+# Every value the bridge gives the ``result`` labels; started at 0 (:meth:`BridgeMetrics.start_at_zero`).
+WEBHOOK_RESULTS = ("accepted", "unauthorized", "too_large", "bad_request", "unprocessable", "store_error")
+DELIVERY_RESULTS = ("delivered", "retry", "throttled", "dead_letter")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
@@ -87,6 +90,19 @@ class BridgeMetrics:
         self.latency = Children(self.delivery_latency)
         self.reload_ok.set(1)
         self.reload_time.set(time.time())
+
+    def start_at_zero(self, sinks: Iterable[str]) -> None:
+        """Create the series the SLO rules divide (rules/certpager-bridge.rules.yml) at 0.
+
+        A counter child that appears at 1 has no increase for ``rate()`` to see, so the first 5xx or the
+        first dead letter after a start would be invisible to the burn-rate alerts.
+        """
+        for result in WEBHOOK_RESULTS:
+            self.webhook("alertmanager", result)
+        for sink in sinks:
+            self.latency(sink)
+            for result in DELIVERY_RESULTS:
+                self.delivery(sink, result)
 
 
 class OutboxCollector(Collector):

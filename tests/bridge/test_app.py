@@ -162,6 +162,23 @@ async def test_metrics_ready_and_outbox_gauges(serve_app, tmp_path):
     release.set()
 
 
+def test_slo_series_start_at_zero(tmp_path):
+    """rules/certpager-bridge.rules.yml divides rates of these series: each exists at 0 before its first
+    event, or rate() would miss the first 5xx or dead letter after a start."""
+    registry = CollectorRegistry()
+    Bridge(write_config(tmp_path), store=SqliteStore(tmp_path / "b.db"),
+           sinks={"pagerduty": RecordingSink(), "statuspage": RecordingSink()}, registry=registry)
+    for result in ("accepted", "store_error", "bad_request", "unauthorized"):
+        assert metric(registry, result) == 0
+    for sink in ("pagerduty", "statuspage"):
+        for result in ("delivered", "retry", "throttled", "dead_letter"):
+            assert registry.get_sample_value(
+                "certpager_bridge_deliveries_total", {"sink": sink, "result": result}) == 0, (sink, result)
+        assert registry.get_sample_value("certpager_bridge_delivery_latency_seconds_count", {"sink": sink}) == 0
+        assert registry.get_sample_value(
+            "certpager_bridge_delivery_latency_seconds_bucket", {"sink": sink, "le": "60.0"}) == 0
+
+
 async def test_reload_rotates_the_token_and_keeps_old_config_on_error(serve_app, tmp_path):
     client, _, registry, _ = await make_client(serve_app, tmp_path)
     (tmp_path / "token").write_text("rotated-token")
