@@ -15,6 +15,7 @@ PROMETHEUS_YML = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 TARGETS_JSON = ROOT / "deploy" / "prometheus" / "targets.example.json"
 ALERTMANAGER_YML = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 RULES = ROOT / "rules" / "certpager.rules.yml"
+BRIDGE_RULES = ROOT / "rules" / "certpager-bridge.rules.yml"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -25,7 +26,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_config() -> None:
     result = _run("promtool", "check", "config", str(PROMETHEUS_YML))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 17 rules found" in result.stdout
+    assert "SUCCESS: 17 rules found" in result.stdout  # rules/certpager.rules.yml
+    assert "SUCCESS: 21 rules found" in result.stdout  # rules/certpager-bridge.rules.yml
 
 
 @pytest.mark.skipif(
@@ -60,22 +62,40 @@ def test_targets_example_is_file_sd() -> None:
         assert {"environment", "service", "owner"} <= set(group["labels"])
 
 
-def test_alertmanager_routes_every_severity_to_the_bridge() -> None:
+def test_alertmanager_webhook_to_the_bridge() -> None:
     config = yaml.safe_load(ALERTMANAGER_YML.read_text())
     route = config["route"]
     assert route["group_by"] == ["class", "certificate", "environment"]
     assert route["receiver"] == "certpager-bridge"
-    assert all(r["receiver"] == "certpager-bridge" for r in route["routes"])
-    (receiver,) = config["receivers"]
-    (webhook,) = receiver["webhook_configs"]
+    receivers = {r["name"]: r for r in config["receivers"]}
+    (webhook,) = receivers["certpager-bridge"]["webhook_configs"]
     assert webhook["send_resolved"] is True
     assert webhook["url"] == "http://127.0.0.1:9880/api/v1/alerts/alertmanager"
     assert webhook["http_config"]["authorization"] == {
         "type": "Bearer", "credentials_file": "/etc/alertmanager/certpager-bridge.token"
     }
-    rules = yaml.safe_load(RULES.read_text())
-    severities = {r["labels"]["severity"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
-    assert severities == {"critical", "error", "warning"}
-    routed = " ".join(m for r in route["routes"] for m in r["matchers"])
-    assert all(s in routed for s in severities)
+    (fallback,) = receivers["certpager-fallback"]["pagerduty_configs"]
+    assert set(fallback) >= {"routing_key_file", "send_resolved"}  # a secret from a file, resolves sent
+    assert "webhook_configs" not in receivers["certpager-fallback"]
     assert "inhibit_rules" not in config
+
+
+def _alerts(rules_file: Path) -> list[dict[str, str]]:
+    rules = yaml.safe_load(rules_file.read_text())
+    return [{"alertname": r["alert"], **r["labels"]} for g in rules["groups"] for r in g["rules"] if "alert" in r]
+
+
+@pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool not installed (prometheus-alertmanager)")
+@pytest.mark.parametrize(("rules_file", "receiver"), [
+    (RULES, "certpager-bridge"), (BRIDGE_RULES, "certpager-fallback"),
+], ids=["certificate alerts", "bridge alerts"])
+def test_amtool_routes_every_alert(rules_file: Path, receiver: str) -> None:
+    """Alertmanager's own router (amtool) sends certificate alerts to the bridge and the bridge's own alerts
+    around it, whatever their severity."""
+    alerts = _alerts(rules_file)
+    assert {a["severity"] for a in alerts} >= {"critical", "warning"}
+    for alert in alerts:
+        labels = [f"{k}={v}" for k, v in alert.items()]
+        result = _run("amtool", "config", "routes", "test", f"--config.file={ALERTMANAGER_YML}", *labels)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.strip() == receiver, (alert, result.stdout)
