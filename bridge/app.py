@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import hmac
 import json
@@ -151,7 +150,9 @@ class Bridge:
                 "notification",
                 extra={"kv": {"truncated_alerts": notification.truncated_alerts, "group_key": notification.group_key}},
             )
-        receipt = Receipt(source="alertmanager", body=body, received_at=self.clock())
+        receipt = Receipt(
+            source="alertmanager", body=body, received_at=self.clock(), rejected=notification.rejected
+        )
         try:
             result = await self.store.ingest(receipt, notification, self.holder.policy, sinks=self.sinks)
         except StoreError as exc:
@@ -165,9 +166,31 @@ class Bridge:
         for event in result.events:
             if event.action == "trigger":
                 metrics.incident(event.event_class, event.group, event.severity.value).inc()
-        return self._answer(200, "accepted", {
-            "status": "accepted", "receipt": result.receipt_id, "alerts": len(notification.alerts),
-            "new": result.new, "duplicates": result.duplicates, "stale": result.stale, "events": len(result.events),
+        summary = {
+            "receipt": result.receipt_id, "alerts": len(notification.alerts), "new": result.new,
+            "duplicates": result.duplicates, "stale": result.stale, "events": len(result.events),
+        }
+        if notification.rejected:
+            return self._rejected(notification, summary)
+        return self._answer(200, "accepted", {"status": "accepted", **summary})
+
+    def _rejected(self, notification: alertmanager.Notification, summary: dict[str, Any]) -> Response:
+        """400 naming every rejected alert; the valid ones (``alerts``) were stored and decided all the same."""
+        rejected = notification.rejected
+        for rejection in rejected:
+            self.metrics.rejected_alert("alertmanager", rejection.kind).inc()
+        log.warning(
+            "webhook alerts rejected; the others were accepted",
+            extra={"kv": {"rejected": len(rejected), "accepted": len(notification.alerts),
+                          "first": rejected[0].reason, "group_key": notification.group_key}},
+        )
+        total = len(rejected) + len(notification.alerts)
+        error = f"{len(rejected)} of {total} alerts rejected: {rejected[0].reason}"
+        if len(rejected) > 1:
+            error += f" (and {len(rejected) - 1} more)"
+        result = "partial" if notification.alerts else "bad_request"
+        return self._answer(400, result, {
+            "status": "error", "error": error, "rejected": [r.to_json() for r in rejected], **summary,
         })
 
     def _answer(
@@ -198,7 +221,7 @@ def authorized(header: str, loaded: LoadedConfig) -> bool:
     if scheme.lower() == "basic" and basic is not None and secrets.basic_password is not None:
         try:
             user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII ("Basic é"), not UTF-8 inside
             return False
         user_ok = hmac.compare_digest(user.encode(), basic.username.encode())
         return hmac.compare_digest(password.encode(), secrets.basic_password.encode()) and user_ok

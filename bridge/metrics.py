@@ -51,6 +51,11 @@ class BridgeMetrics:
             f"{NAMESPACE}_webhooks_total", "Inbound webhooks by source and result.", ["source", "result"],
             registry=registry,
         )
+        self.rejected_alerts = Counter(
+            f"{NAMESPACE}_rejected_alerts_total",
+            "Alerts refused inside an otherwise readable webhook, by source and reason.", ["source", "reason"],
+            registry=registry,
+        )
         self.transitions = Counter(
             f"{NAMESPACE}_alert_transitions_total",
             "Alert transitions received, by verdict (new, duplicate, stale).", ["verdict"], registry=registry,
@@ -85,6 +90,7 @@ class BridgeMetrics:
         # The hot paths (every webhook, every delivery) take their children from these.
         self.webhook = Children(self.webhooks)
         self.transition = Children(self.transitions)
+        self.rejected_alert = Children(self.rejected_alerts)
         self.incident = Children(self.incidents)
         self.delivery = Children(self.deliveries)
         self.latency = Children(self.delivery_latency)

@@ -12,11 +12,12 @@ an in-flight item is not handed out twice; a PostgreSQL backend does the same wi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bridge.alertmanager import Notification
+from bridge.alertmanager import Notification, Rejection
 from bridge.decisions import Policy
 from bridge.events import IncidentEvent
 from bridge.sinks.base import OutboxItem
@@ -34,6 +35,13 @@ class Receipt:
     source: str  # "alertmanager"
     body: bytes
     received_at: float
+    rejected: tuple[Rejection, ...] = ()  # alerts of the body not accepted, kept with the receipt
+
+    def rejected_json(self) -> str | None:
+        """The rejections as stored with the receipt (None: every alert was accepted)."""
+        if not self.rejected:
+            return None
+        return json.dumps([r.to_json() for r in self.rejected])
 
 
 @dataclass(frozen=True, slots=True)

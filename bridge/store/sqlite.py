@@ -329,8 +329,8 @@ class _SqliteIngest:
     def record_receipt(self, step: RecordReceipt) -> int:
         r = step.receipt
         cursor = self.conn.execute(
-            "INSERT INTO receipts (source, received_at, group_key, body) VALUES (?, ?, ?, ?)",
-            (r.source, r.received_at, step.group_key, r.body),
+            "INSERT INTO receipts (source, received_at, group_key, body, rejected) VALUES (?, ?, ?, ?, ?)",
+            (r.source, r.received_at, step.group_key, r.body, r.rejected_json()),
         )
         return int(cursor.lastrowid or 0)
 

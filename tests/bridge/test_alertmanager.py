@@ -48,9 +48,6 @@ def test_unknown_fields_are_tolerated():
         ("garbage-array.json", 400, "body is not a JSON object"),
         ("garbage-wrong-version.json", 422, "version: unsupported webhook version '3', expected '4'"),
         ("garbage-missing-alerts.json", 400, "alerts: required field is missing"),
-        ("garbage-bad-labels.json", 400, "alerts[1].labels: expected an object of strings"),
-        ("garbage-bad-starts-at.json", 400, "alerts[0].startsAt: expected an RFC 3339 timestamp"),
-        ("garbage-bad-status.json", 400, 'alerts[1].status: expected "firing" or "resolved"'),
     ],
 )
 def test_garbage_is_refused_with_a_specific_reason(name, status, reason):
@@ -60,16 +57,69 @@ def test_garbage_is_refused_with_a_specific_reason(name, status, reason):
 
 
 @pytest.mark.parametrize(
+    ("name", "index", "reason", "kept"),
+    [
+        ("garbage-bad-labels.json", 1, "alerts[1].labels: expected an object of strings", 1),
+        ("garbage-bad-starts-at.json", 0, "alerts[0].startsAt: expected an RFC 3339 timestamp", 1),
+        ("garbage-bad-status.json", 1, 'alerts[1].status: expected "firing" or "resolved"', 1),
+    ],
+)
+def test_a_bad_alert_is_rejected_alone(name, index, reason, kept):
+    n = parse((PAYLOADS / name).read_bytes())
+    assert [(r.index, r.reason) for r in n.rejected] == [(index, reason)]
+    assert len(n.alerts) == kept
+
+
+def _one(alert_json: str) -> bytes:
+    good = '{"status": "firing", "labels": {"a": "good"}, "startsAt": "2026-01-01T00:00:00Z"}'
+    return ('{"version": "4", "alerts": [' + good + ", " + alert_json + "]}").encode()
+
+
+@pytest.mark.parametrize(
+    ("alert_json", "reason", "kind"),
+    [
+        ('{"status": "firing", "labels": {"a": "\\ud800"}, "startsAt": "2026-01-01T00:00:00Z"}',
+         "alerts[1].labels: a label is not valid Unicode (lone surrogate)", "invalid_unicode"),
+        ('{"status": "firing", "labels": {"\\udfff": "x"}, "startsAt": "2026-01-01T00:00:00Z"}',
+         "alerts[1].labels: a label is not valid Unicode (lone surrogate)", "invalid_unicode"),
+        ('{"status": "firing", "labels": {"a": "b"}, "startsAt": "2026-01-01T00:00:00Z", "fingerprint": "\\ud800"}',
+         "alerts[1].fingerprint: not valid Unicode (lone surrogate)", "invalid_unicode"),
+        ('{"status": "firing", "labels": {"a": "b"}, "startsAt": "9999-12-31T23:59:59-01:00"}',
+         "alerts[1].startsAt: timestamp out of range", "invalid_timestamp"),
+        ('{"status": "resolved", "labels": {"a": "b"}, "startsAt": "2026-01-01T00:00:00Z",'
+         ' "endsAt": "9999-12-31T23:59:59-23:59"}', "alerts[1].endsAt: timestamp out of range", "invalid_timestamp"),
+        ('[]', "alerts[1]: expected an object", "invalid_field"),
+    ],
+)
+def test_poison_alerts_are_rejected_and_the_good_one_kept(alert_json, reason, kind):
+    n = parse(_one(alert_json))
+    assert [(r.index, r.reason, r.kind) for r in n.rejected] == [(1, reason, kind)]
+    assert [a.labels for a in n.alerts] == [{"a": "good"}]
+
+
+def test_shown_text_with_a_lone_surrogate_is_repaired_not_refused():
+    raw = (b'{"version": "4", "groupKey": "\\ud800", "alerts": [{"status": "firing", "labels": {"a": "b"},'
+           b' "annotations": {"description": "x\\ud800y"}, "generatorURL": "http://p/\\udc00",'
+           b' "startsAt": "2026-01-01T00:00:00Z"}]}')
+    n = parse(raw)
+    (a,) = n.alerts
+    assert (n.rejected, n.group_key) == ((), "\ufffd")
+    assert (a.annotations["description"], a.generator_url) == ("x\ufffdy", "http://p/\ufffd")
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash():
+    deep = b'{"version": "4", "alerts": [], "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(PayloadError) as info:
+        parse(deep)
+    assert (info.value.status, info.value.reason) == (400, "body is not JSON this bridge accepts: nested too deeply")
+
+
+@pytest.mark.parametrize(
     ("text", "reason"),
     [
         (b'{"version": "4", "alerts": "x"}', "alerts: expected a list"),
         (b'{"alerts": []}', "version: required field is missing"),
-        (b'{"version": "4", "alerts": [1]}', "alerts[0]: expected an object"),
         (b'{"version": "4", "alerts": [], "truncatedAlerts": -1}', "truncatedAlerts: expected a non-negative integer"),
-        (b'{"version": "4", "alerts": [{"status": "firing", "labels": {}, "startsAt": "2026-01-01T00:00:00Z"}]}',
-         "alerts[0].labels: an alert needs at least one label"),
-        (b'{"version": "4", "alerts": [{"status": "firing", "labels": {"a": "b"}}]}',
-         "alerts[0].startsAt: required field is missing"),
         (b'{"version": "\xff"}',
          "body is not JSON: 'utf-8' codec can't decode byte 0xff in position 13: invalid start byte"),
     ],
@@ -78,6 +128,21 @@ def test_more_bad_shapes(text, reason):
     with pytest.raises(PayloadError) as info:
         parse(text)
     assert (info.value.status, info.value.reason) == (400, reason)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (b'{"version": "4", "alerts": [1]}', "alerts[0]: expected an object"),
+        (b'{"version": "4", "alerts": [{"status": "firing", "labels": {}, "startsAt": "2026-01-01T00:00:00Z"}]}',
+         "alerts[0].labels: an alert needs at least one label"),
+        (b'{"version": "4", "alerts": [{"status": "firing", "labels": {"a": "b"}}]}',
+         "alerts[0].startsAt: required field is missing"),
+    ],
+)
+def test_more_bad_alerts(text, reason):
+    n = parse(text)
+    assert (n.alerts, [r.reason for r in n.rejected]) == ((), [reason])
 
 
 def test_missing_fingerprint_falls_back_to_a_stable_label_hash():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sqlite3
 import time
 
 from prometheus_client import CollectorRegistry
@@ -83,6 +84,9 @@ async def test_basic_auth(serve_app, tmp_path):
     assert resp.status == 401
     resp = await client.post(ALERTMANAGER_PATH, data=body(alert()), headers={"Authorization": "Basic !!!"})
     assert resp.status == 401
+    for value in ("Basic é", "Basic " + base64.b64encode(b"\xff:\xfe").decode(), "Bearer é"):
+        resp = await client.post(ALERTMANAGER_PATH, data=body(alert()), headers={"Authorization": value})
+        assert resp.status == 401, value
 
 
 async def test_unauthorized_gets_a_challenge(serve_app, tmp_path):
@@ -118,12 +122,51 @@ async def test_bad_payloads_get_specific_reasons(serve_app, tmp_path):
         ("garbage-not-json.txt", 400, "body is not JSON: Expecting value: line 1 column 1 (char 0)"),
         ("garbage-wrong-version.json", 422, "version: unsupported webhook version '3', expected '4'"),
         ("garbage-missing-alerts.json", 400, "alerts: required field is missing"),
-        ("garbage-bad-labels.json", 400, "alerts[1].labels: expected an object of strings"),
     ]
     for name, status, reason in cases:
         resp = await client.post(ALERTMANAGER_PATH, data=(PAYLOADS / name).read_bytes(), headers=bearer())
         assert (resp.status, await resp.json()) == (status, {"status": "error", "error": reason}), name
+    deep = b'{"version": "4", "alerts": [], "x": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+    resp = await client.post(ALERTMANAGER_PATH, data=deep, headers=bearer())
+    assert (resp.status, (await resp.json())["error"]) == (400, "body is not JSON this bridge accepts: nested too deeply")
     assert (metric(registry, "bad_request"), metric(registry, "unprocessable")) == (3, 1)
+
+
+async def test_one_bad_alert_never_blocks_the_good_ones(serve_app, tmp_path):
+    """A lone surrogate in a label or fingerprint, or a date out of range, is a 400 for that alert alone."""
+    client, sink, registry, store = await make_client(serve_app, tmp_path)
+    good = alert(certificate="good.example.com")
+    bad_label = alert(certificate="bad\ud800.example.com")
+    bad_fingerprint = alert(certificate="fp.example.com", fingerprint="\udc00")
+    late = alert(certificate="late.example.com", starts_at="9999-12-31T23:59:59-01:00")
+    raw = body(bad_label, good, bad_fingerprint, late)
+    resp = await client.post(ALERTMANAGER_PATH, data=raw, headers=bearer())
+    answer = await resp.json()
+    assert resp.status == 400
+    assert answer["rejected"] == [
+        {"index": 0, "error": "alerts[0].labels: a label is not valid Unicode (lone surrogate)"},
+        {"index": 2, "error": "alerts[2].fingerprint: not valid Unicode (lone surrogate)"},
+        {"index": 3, "error": "alerts[3].startsAt: timestamp out of range"},
+    ]
+    assert answer["error"].startswith("3 of 4 alerts rejected: alerts[0].labels")
+    assert (answer["alerts"], answer["new"], answer["events"]) == (1, 1, 1)
+    deadline = time.monotonic() + 3
+    while not sink.seen:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert [i.payload["component"] for i in sink.seen] == ["good.example.com"]
+    assert metric(registry, "partial") == 1
+    rejected = "certpager_bridge_rejected_alerts_total"
+    assert registry.get_sample_value(rejected, {"source": "alertmanager", "reason": "invalid_unicode"}) == 2
+    assert registry.get_sample_value(rejected, {"source": "alertmanager", "reason": "invalid_timestamp"}) == 1
+    # Recorded with the receipt: what was rejected and why.
+    with sqlite3.connect(tmp_path / "b.db") as conn:
+        (stored,) = conn.execute("SELECT rejected FROM receipts").fetchone()
+    assert [r["index"] for r in json.loads(stored)] == [0, 2, 3]
+    # Only bad alerts: still a 400 (nothing to store but the receipt), never a 5xx that is retried forever.
+    resp = await client.post(ALERTMANAGER_PATH, data=body(bad_label), headers=bearer())
+    assert (resp.status, (await resp.json())["alerts"]) == (400, 0)
+    assert metric(registry, "bad_request") == 1
 
 
 async def test_store_failure_is_503_so_alertmanager_retries(serve_app, tmp_path):
