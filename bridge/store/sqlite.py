@@ -43,6 +43,10 @@ _RETRY_SQL = (
     "UPDATE outbox SET attempts = attempts + ?, next_attempt_at = ?, lease_until = 0, last_error = ? WHERE id = ?"
 )
 _INCIDENT_COLS = "key, scope, event_class, route, open, trigger, updated_at"
+_DEAD_LETTER_SQL = (
+    "INSERT INTO dead_letters (id, sink, ordering_key, payload, attempts, created_at, dead_at, status, error)"
+    " SELECT id, sink, ordering_key, payload, attempts + ?, created_at, ?, ?, ? FROM outbox WHERE id = ?"
+)
 
 
 @dataclass(slots=True)
@@ -94,7 +98,8 @@ class SqliteStore:
 
     def _open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        # The file a symlink points to is the one locked: two names for one outbox must not mean two writers.
+        fd = os.open(f"{self.path.resolve()}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -207,16 +212,7 @@ class SqliteStore:
         await self._submit(lambda conn: conn.executemany(_RETRY_SQL, rows))
 
     async def dead_letter(self, item_id: int, *, error: str, status: int, now: float) -> None:
-        def move(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO dead_letters (id, sink, ordering_key, payload, attempts, created_at, dead_at, status,"
-                " error) SELECT id, sink, ordering_key, payload, attempts + 1, created_at, ?, ?, ? FROM outbox"
-                " WHERE id = ?",
-                (now, status, error, item_id),
-            )
-            conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
-
-        await self._submit(move)
+        await self._submit(lambda conn: _move_to_dead_letters(conn, item_id, error, status, now, attempted=True))
 
     async def prune(self, *, before: float) -> int:
         return await self._submit(lambda conn: _prune(conn, before))
@@ -384,9 +380,19 @@ class _SqliteIngest:
         )
 
 
+def _move_to_dead_letters(
+    conn: sqlite3.Connection, item_id: int, error: str, status: int, now: float, *, attempted: bool
+) -> None:
+    conn.execute(_DEAD_LETTER_SQL, (int(attempted), now, status, error, item_id))
+    conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+
+
 def _item(row: Sequence[Any]) -> OutboxItem:
+    payload = json.loads(row[3])
+    if not isinstance(payload, dict):
+        raise ValueError(f"expected a JSON object, got {type(payload).__name__}")
     return OutboxItem(
-        id=int(row[0]), sink=row[1], ordering_key=row[2], payload=json.loads(row[3]), attempts=int(row[4]),
+        id=int(row[0]), sink=row[1], ordering_key=row[2], payload=payload, attempts=int(row[4]),
         created_at=float(row[5]),
     )
 
@@ -400,8 +406,16 @@ def _claim(conn: sqlite3.Connection, sink: str, now: float, limit: int, lease: f
         " AND p.id < o.id) ORDER BY next_attempt_at, id LIMIT ?",
         (sink, now, now, limit),
     ).fetchall()
-    conn.executemany("UPDATE outbox SET lease_until = ? WHERE id = ?", [(now + lease, row[0]) for row in rows])
-    return [_item(row) for row in rows]
+    items: list[OutboxItem] = []
+    for row in rows:
+        try:
+            items.append(_item(row))
+        except (ValueError, TypeError) as exc:  # a row nobody can deliver: aside, alone, so the others go
+            error = f"outbox row {row[0]} cannot be read, not sent: {type(exc).__name__}: {exc}"
+            log.error("undecodable outbox row dead-lettered", extra={"kv": {"sink": sink, "item": row[0], "err": error}})
+            _move_to_dead_letters(conn, int(row[0]), error, 0, now, attempted=False)
+    conn.executemany("UPDATE outbox SET lease_until = ? WHERE id = ?", [(now + lease, i.id) for i in items])
+    return items
 
 
 def _prune(conn: sqlite3.Connection, before: float) -> int:

@@ -206,3 +206,33 @@ async def test_sqlite_leases_of_a_crashed_process_are_released_at_open(tmp_path)
         assert len(await store.claim("pagerduty", now=201.0, limit=10, lease=60.0)) == 1
     finally:
         await store.close()
+
+
+async def test_sqlite_a_symlink_to_the_store_file_is_the_same_lock(tmp_path):
+    real = tmp_path / "data" / "b.db"
+    first = SqliteStore(real)
+    await first.open()
+    (tmp_path / "elsewhere").mkdir()
+    alias = tmp_path / "elsewhere" / "alias.db"
+    alias.symlink_to(real)
+    try:
+        with pytest.raises(StoreError, match="another bridge process holds it"):
+            await SqliteStore(alias).open()
+    finally:
+        await first.close()
+
+
+async def test_sqlite_an_undecodable_outbox_row_becomes_a_dead_letter_alone(store, tmp_path):
+    await ingest(store, alert(certificate="a.example.com"), alert(certificate="b.example.com"))
+    first, second = store.pending()
+    with sqlite3.connect(tmp_path / "bridge.db") as conn:
+        conn.execute("UPDATE outbox SET payload = '{not json' WHERE id = ?", (first.id,))
+        conn.execute("UPDATE outbox SET payload = '[1, 2]' WHERE id = ?", (second.id,))
+    await ingest(store, alert(certificate="c.example.com"), now=101.0)
+    items = await store.claim("pagerduty", now=200.0, limit=10, lease=60.0)
+    assert [i.payload["component"] for i in items] == ["c.example.com"]
+    dead = store.dead_letters()
+    assert sorted(d.id for d in dead) == [first.id, second.id]
+    assert all(d.error.startswith(f"outbox row {d.id} cannot be read, not sent:") for d in dead)
+    assert {d.attempts for d in dead} == {0}
+    assert await store.claim("pagerduty", now=201.0, limit=10, lease=60.0) == []
