@@ -12,13 +12,19 @@
   whole claim, not one task and one write each. After an alert storm every new event is claimed once
   and held back, so this is the outbox's cost per webhook while the limit is reached.
 - The worker wakes at once when an ingest queued something (:meth:`OutboxWorker.wake`), when a delivery
-  finished, when a retry falls due, and at least every ``sweep_interval``.
+  finished, when the store's next due item falls due (:meth:`Store.next_due`, so every stored retry
+  time is honoured, also the ones found at start), and at least every ``sweep_interval``.
+- A sink whose last answer was a failure of the upstream itself (timeout, network error, 5xx) gets one
+  delivery at a time until one succeeds: a hanging upstream holds one slot for one request timeout,
+  not every slot for several, and the items behind it keep their small backoff because they are not
+  sent into the hang. A 429 is not such a failure: its Retry-After already says when to come back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -75,7 +81,8 @@ class OutboxWorker:
         self._coalesce = coalesce
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._next_retry: float | None = None
+        self._busy: dict[str, int] = dict.fromkeys(self._sinks, 0)  # deliveries in flight per sink
+        self._probing: set[str] = set()  # sinks whose upstream failed: one delivery at a time
         self._last_prune = 0.0
         self._stopping = False
         self._running = False
@@ -105,8 +112,9 @@ class OutboxWorker:
                 self._wake.clear()
                 await self._fill()
                 await self._maybe_prune()
+                timeout = await self._until_due()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._timeout())
+                    await asyncio.wait_for(self._wake.wait(), timeout)
                     # A burst of commits becomes one claim instead of one per webhook.
                     await asyncio.sleep(self._coalesce)
         finally:
@@ -123,21 +131,37 @@ class OutboxWorker:
             if pending:
                 await asyncio.wait(pending)
 
-    def _timeout(self) -> float:
+    def _free(self, name: str) -> int:
+        """Deliveries ``name`` may start now: the global limit, and one at a time while its upstream fails."""
+        free = self._max_in_flight - len(self._tasks)
+        if name in self._probing:
+            free = min(free, 1 - self._busy.get(name, 0))
+        return max(free, 0)
+
+    async def _until_due(self) -> float:
+        """Seconds until the earliest stored item a free slot could take falls due (capped by the sweep)."""
         now = self._clock()
-        if self._next_retry is not None and self._next_retry <= now:
-            self._next_retry = None  # fell due: the next fill claims it (or a completion wakes us)
-            return 0.0
-        if self._next_retry is None:
+        earliest: float | None = None
+        for name in self._sinks:
+            if self._free(name) <= 0:
+                continue  # a finishing delivery wakes the worker
+            try:
+                due = await self._store.next_due(name, now=now)
+            except Exception as exc:
+                log.error("outbox next_due failed", extra={"kv": {"sink": name, "err": str(exc)}})
+                return self._sweep
+            if due is not None and (earliest is None or due < earliest):
+                earliest = due
+        if earliest is None:
             return self._sweep
-        return min(self._sweep, self._next_retry - now)
+        return min(self._sweep, max(earliest - now, 0.0))
 
     async def _fill(self) -> None:
         for name, sink in self._sinks.items():
             while True:  # again while a full claim was (partly) held back: more may be due
-                free = self._max_in_flight - len(self._tasks)
+                free = self._free(name)
                 if free <= 0 or self._stopping:
-                    return
+                    break
                 try:
                     items = await self._store.claim(name, now=self._clock(), limit=free, lease=self._lease)
                 except Exception as exc:
@@ -160,7 +184,8 @@ class OutboxWorker:
                 continue
             task = asyncio.create_task(self._deliver(name, sink, item))
             self._tasks.add(task)
-            task.add_done_callback(self._done)
+            self._busy[name] = self._busy.get(name, 0) + 1
+            task.add_done_callback(functools.partial(self._done, name))
         return held
 
     async def _hold(self, name: str, held: list[tuple[OutboxItem, RetryLater]]) -> None:
@@ -172,13 +197,12 @@ class OutboxWorker:
             kv = {"sink": name, "items": len(held), "err": str(exc)}
             log.error("cannot record held-back items", extra={"kv": kv})
             return
-        at = min(r[1] for r in retries)
-        self._next_retry = at if self._next_retry is None else min(self._next_retry, at)
         if self._metrics is not None:
             self._metrics.delivery(name, "throttled").inc(len(held))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, name: str, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._busy[name] -= 1
         self._wake.set()  # the key's next item may go, and a slot is free
 
     async def _deliver(self, name: str, sink: Sink, item: OutboxItem) -> None:
@@ -187,10 +211,23 @@ class OutboxWorker:
         except Exception as exc:  # a sink bug: keep the item, retry with backoff, leave a traceback
             log.exception("sink raised", extra={"kv": {"sink": name, "item": item.id}})
             outcome = RetryLater(after=None, error=f"sink raised {type(exc).__name__}: {exc}")
+        self._note_health(name, outcome)
         try:
             await self._record(name, item, outcome)
         except Exception as exc:  # the lease expires and the item is delivered again: at least once
             log.error("cannot record delivery outcome", extra={"kv": {"sink": name, "item": item.id, "err": str(exc)}})
+
+    def _note_health(self, name: str, outcome: DeliveryOutcome) -> None:
+        # A timeout, network error or 5xx says the upstream itself is failing; any answer it gave on
+        # purpose (delivered, refused, 429 with its Retry-After) says it is back.
+        failing = isinstance(outcome, RetryLater) and not outcome.local and (outcome.status == 0 or outcome.status >= 500)
+        if failing and name not in self._probing:
+            self._probing.add(name)
+            log.warning("sink upstream failing: one delivery at a time until one succeeds",
+                        extra={"kv": {"sink": name, "error": outcome.error}})
+        elif not failing and not (isinstance(outcome, RetryLater) and outcome.local) and name in self._probing:
+            self._probing.discard(name)
+            log.info("sink upstream back: deliveries in parallel again", extra={"kv": {"sink": name}})
 
     async def _record(self, name: str, item: OutboxItem, outcome: DeliveryOutcome) -> None:
         now = self._clock()
@@ -203,7 +240,6 @@ class OutboxWorker:
             delay = outcome.after if outcome.after is not None else self.backoff(item.attempts)
             at = now + max(delay, 0.0)
             await self._store.retry_at(item.id, at=at, error=outcome.error, attempted=not outcome.local)
-            self._next_retry = at if self._next_retry is None else min(self._next_retry, at)
             self._count(name, "throttled" if outcome.local else "retry")
             if not outcome.local:
                 log.info(

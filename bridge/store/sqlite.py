@@ -194,10 +194,14 @@ class SqliteStore:
 
     async def next_due(self, sink: str, *, now: float) -> float | None:
         def query(conn: sqlite3.Connection) -> float | None:
+            # Heads of keys only: an item behind an in-flight head is not claimable, however due it is.
             row = conn.execute(
-                "SELECT MIN(next_attempt_at) FROM outbox WHERE sink = ? AND lease_until <= ?", (sink, now)
+                "SELECT next_attempt_at FROM outbox AS o WHERE sink = ? AND lease_until <= ?"
+                " AND NOT EXISTS (SELECT 1 FROM outbox AS p WHERE p.sink = o.sink AND p.ordering_key = o.ordering_key"
+                " AND p.id < o.id) ORDER BY next_attempt_at LIMIT 1",
+                (sink, now),
             ).fetchone()
-            return None if row[0] is None else float(row[0])
+            return None if row is None else float(row[0])
 
         return await self._submit(query)
 

@@ -12,7 +12,7 @@ from bridge.alertmanager import parse
 from bridge.decisions import Policy
 from bridge.metrics import BridgeMetrics
 from bridge.outbox import OutboxWorker
-from bridge.sinks.base import DeadLetter, RetryLater
+from bridge.sinks.base import DeadLetter, Delivered, RetryLater
 from bridge.store.base import Receipt
 from tests.bridge.conftest import Clock, RecordingSink, alert, body
 
@@ -205,7 +205,8 @@ async def test_held_back_items_are_put_back_without_a_delivery(store):
         # Nothing was sent, so nothing was attempted: backoff and dead letters count real sends only.
         assert [(i.attempts, i.payload["component"]) for i in store.pending()] == [
             (0, f"c{i}.example.com") for i in range(5)]
-        assert store.commits - commits <= 6  # 3 claims + 3 writes for the held-back items, not 5 of each
+        # 3 claims + 3 writes for the held-back items (not 5 of each) + 1 look for the next due item
+        assert store.commits - commits <= 7
         clock.advance(60.0)
         worker.wake()
         await until(lambda: sample(registry, "delivered") == 5)
@@ -250,3 +251,71 @@ async def test_local_holds_do_not_inflate_the_backoff_of_a_real_failure(store):
         clock.advance(2.0)  # the first retry waits at most retry_initial (1 s); a capped one 150-300 s
         worker.wake()
         await until(lambda: sample(registry, "delivered") == 1)
+
+
+async def test_every_stored_due_time_is_honoured_not_just_the_earliest(store):
+    # Real clock, sweep 30 s: a retry due in 0.3 s or 0.6 s must not wait for the sweep.
+    sink = RecordingSink(answers=[RetryLater(after=0.3, error="503"), RetryLater(after=0.6, error="503")])
+    await ingest(store, alert(certificate="a.example.com"), now=time.time())
+    await ingest(store, alert(certificate="b.example.com"), now=time.time())
+    async with running(store, sink, time.time, sweep_interval=30.0) as (_worker, registry):
+        await until(lambda: sample(registry, "delivered") == 2, timeout=5.0)
+    assert len(sink.seen) == 4
+
+
+async def test_retries_stored_before_a_restart_are_honoured_on_time(store):
+    now = time.time()
+    await ingest(store, alert(certificate="a.example.com"), now=now)
+    await ingest(store, alert(certificate="b.example.com"), now=now)
+    first, second = await store.claim("pagerduty", now=now, limit=10, lease=60.0)
+    await store.retry_at(first.id, at=now + 0.3, error="503")
+    await store.retry_at(second.id, at=now + 0.8, error="503")
+    sink = RecordingSink()
+    async with running(store, sink, time.time, sweep_interval=30.0) as (_worker, registry):
+        await until(lambda: sample(registry, "delivered") == 2, timeout=5.0)
+    assert [i.attempts for i in sink.seen] == [1, 1]
+
+
+class HangingSink(RecordingSink):
+    """Times out at once ``timeouts`` times, then hangs every delivery until ``release``; counts the peak."""
+
+    def __init__(self, timeouts: int) -> None:
+        super().__init__()
+        self.timeouts = timeouts
+        self.release = asyncio.Event()
+        self.hanging = 0
+        self.peak = 0
+
+    async def deliver(self, item):
+        self.seen.append(item)
+        if self.timeouts > 0:
+            self.timeouts -= 1
+            return RetryLater(after=None, error="timeout: ReadTimeout")
+        self.hanging += 1
+        self.peak = max(self.peak, self.hanging)
+        try:
+            await self.release.wait()
+        finally:
+            self.hanging -= 1
+        return RetryLater(after=None, error="timeout: ReadTimeout") if self.timeouts < 0 else Delivered(status=202)
+
+
+async def test_a_failing_upstream_gets_one_delivery_at_a_time_until_one_succeeds(store):
+    clock = Clock()
+    sink = HangingSink(timeouts=5)
+    for i in range(5):
+        await ingest(store, alert(certificate=f"c{i}.example.com"))
+    async with running(store, sink, clock, sweep_interval=0.05, retry_initial=1.0, jitter=lambda: 1.0) as (
+        worker, registry,
+    ):
+        await until(lambda: sample(registry, "retry") == 5)  # all five timed out: the upstream is failing
+        clock.advance(2.0)  # every retry is due
+        worker.wake()
+        await until(lambda: sink.hanging == 1)
+        await asyncio.sleep(0.3)  # several sweeps with four more items due: none is sent into the hang
+        assert (sink.peak, worker.in_flight) == (1, 1)
+        sink.release.set()  # the upstream answers: back to parallel deliveries
+        await until(lambda: sample(registry, "delivered") == 5)
+    assert sink.peak == 1
+    # The four that waited were not sent into the hang, so their backoff did not grow.
+    assert sorted(i.attempts for i in sink.seen[5:]) == [1, 1, 1, 1, 1]

@@ -113,7 +113,8 @@ async def test_retry_keeps_the_head_and_dead_letter_releases_the_key(any_store):
     (trigger,) = await store.claim("pagerduty", now=200.0, limit=10, lease=60.0)
     await store.retry_at(trigger.id, at=300.0, error="503")
     assert await store.claim("pagerduty", now=299.0, limit=10, lease=60.0) == []
-    assert await store.next_due("pagerduty", now=299.0) == 100.0  # the waiting resolve's own due time
+    # The head's retry time: the resolve behind it is not claimable before, however long it has been due.
+    assert await store.next_due("pagerduty", now=299.0) == 300.0
     (retried,) = await store.claim("pagerduty", now=300.0, limit=10, lease=60.0)
     assert (retried.id, retried.attempts) == (trigger.id, 1)
     await store.dead_letter(retried.id, error="400 Event object is invalid: bad", status=400, now=301.0)
