@@ -35,6 +35,11 @@ class SlidingWindowLimiter:
 
     def try_acquire(self, key: str) -> float:
         """Take a slot for ``key`` and answer 0.0, or answer the seconds until one frees (nothing taken)."""
+        return self.acquire(key)[0]
+
+    def acquire(self, key: str) -> tuple[float, float]:
+        """``(0.0, stamp)`` when a slot was taken (``stamp`` gives it back, see :meth:`release`), else
+        ``(seconds until one frees, 0.0)``."""
         now = self._clock()
         self._sweep(now)
         hits = self._hits.get(key)
@@ -42,9 +47,15 @@ class SlidingWindowLimiter:
             hits = self._hits[key] = deque()
         self._expire(hits, now)
         if len(hits) >= self.limit:
-            return self._until_free(hits, now)
+            return self._until_free(hits, now), 0.0
         hits.append(now)
-        return 0.0
+        return 0.0, now
+
+    def release(self, key: str, stamp: float) -> None:
+        """Give back the slot taken at ``stamp``: the upstream did not count it (refused, failed, timed out)."""
+        hits = self._hits.get(key)
+        if hits is not None and stamp in hits:
+            hits.remove(stamp)
 
     def wait_time(self, key: str) -> float:
         """Seconds until ``key`` could acquire a slot (0.0: now), without taking one."""

@@ -329,10 +329,15 @@ class PagerDutySink:
         prepared = prepare(event, routing_key)
         if isinstance(prepared, DeadLetter):
             return prepared
-        wait = self._limiter.try_acquire(_key_id(routing_key))
+        key_id = _key_id(routing_key)
+        wait, stamp = self._limiter.acquire(key_id)
         if wait > 0:
             return RetryLater(after=wait, error="rate limit (local)", local=True)
-        return await self._post(prepared[1])
+        outcome = await self._post(prepared[1])
+        if not isinstance(outcome, Delivered):
+            # PagerDuty counts the events it accepted: a 429, 5xx, 400 or timeout leaves the slot free.
+            self._limiter.release(key_id, stamp)
+        return outcome
 
     async def _post(self, content: bytes) -> DeliveryOutcome:
         # The one place httpx exceptions become outcomes. A timeout may still have reached PagerDuty;

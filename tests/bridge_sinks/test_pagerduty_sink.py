@@ -179,6 +179,24 @@ async def test_121st_event_within_60_s_is_held_back_locally(http):
         assert len(fake.accepted) == 122  # no 429 from "PagerDuty"
 
 
+async def test_only_accepted_events_use_the_local_limit(http):
+    # After PagerDuty answered 500 (or 429, or nothing) for a while, the triggers must not then wait a
+    # minute for a window full of sends PagerDuty never counted.
+    clock = FakeClock()
+    async with run_fake_pagerduty(clock=clock) as fake:
+        sink = make_sink(http, fake.url, clock=clock, rate_limit_per_minute=2)
+        fake.fail_next(3, 500)
+        fake.fail_next(1, 429, retry_after=1)
+        for i in range(4):
+            outcome = await sink.deliver(item(trigger(key=f"cert-{i}")))
+            assert isinstance(outcome, RetryLater) and not outcome.local
+        for i in range(2):
+            assert isinstance(await sink.deliver(item(trigger(key=f"cert-{i}"))), Delivered)
+        third = await sink.deliver(item(trigger(key="cert-2")))
+        assert third == RetryLater(after=60.0, error="rate limit (local)", local=True)  # two accepted: full
+        assert fake.requests == 6
+
+
 async def test_held_back_item_is_answered_before_its_payload_is_read(http):
     # The limiter is asked first, so a held-back item costs no decoding or encoding: a payload that
     # would be a dead letter is only found out when a slot is free to send it.

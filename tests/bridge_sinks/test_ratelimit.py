@@ -78,3 +78,18 @@ def test_idle_keys_are_forgotten_after_a_window():
 def test_bad_parameters_are_refused(limit, window, message):
     with pytest.raises(ValueError, match=message):
         SlidingWindowLimiter(limit, window)
+
+
+def test_a_released_slot_is_free_again_and_others_keep_their_time():
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(2, 60.0, clock=clock)
+    assert limiter.acquire("k") == (0.0, clock.now)
+    clock.advance(10.0)
+    wait, stamp = limiter.acquire("k")
+    assert (wait, stamp) == (0.0, clock.now)
+    assert limiter.try_acquire("k") == 50.0
+    limiter.release("k", stamp)  # the upstream did not count it
+    assert limiter.wait_time("k") == 0.0
+    limiter.release("k", stamp)  # twice is harmless
+    assert limiter.acquire("k")[0] == 0.0
+    assert limiter.try_acquire("k") == 50.0  # the first hit still leaves at t=60
