@@ -219,13 +219,17 @@ class OutboxWorker:
 
     def _note_health(self, name: str, outcome: DeliveryOutcome) -> None:
         # A timeout, network error or 5xx says the upstream itself is failing; any answer it gave on
-        # purpose (delivered, refused, 429 with its Retry-After) says it is back.
-        failing = isinstance(outcome, RetryLater) and not outcome.local and (outcome.status == 0 or outcome.status >= 500)
-        if failing and name not in self._probing:
-            self._probing.add(name)
-            log.warning("sink upstream failing: one delivery at a time until one succeeds",
-                        extra={"kv": {"sink": name, "error": outcome.error}})
-        elif not failing and not (isinstance(outcome, RetryLater) and outcome.local) and name in self._probing:
+        # purpose (delivered, refused, 429 with its Retry-After) says it is back. A local hold says nothing.
+        if isinstance(outcome, RetryLater):
+            if outcome.local:
+                return
+            if outcome.status == 0 or outcome.status >= 500:
+                if name not in self._probing:
+                    self._probing.add(name)
+                    log.warning("sink upstream failing: one delivery at a time until one succeeds",
+                                extra={"kv": {"sink": name, "error": outcome.error}})
+                return
+        if name in self._probing:
             self._probing.discard(name)
             log.info("sink upstream back: deliveries in parallel again", extra={"kv": {"sink": name}})
 

@@ -416,7 +416,8 @@ def _claim(conn: sqlite3.Connection, sink: str, now: float, limit: int, lease: f
             items.append(_item(row))
         except (ValueError, TypeError) as exc:  # a row nobody can deliver: aside, alone, so the others go
             error = f"outbox row {row[0]} cannot be read, not sent: {type(exc).__name__}: {exc}"
-            log.error("undecodable outbox row dead-lettered", extra={"kv": {"sink": sink, "item": row[0], "err": error}})
+            kv = {"sink": sink, "item": row[0], "err": error}
+            log.error("undecodable outbox row dead-lettered", extra={"kv": kv})
             _move_to_dead_letters(conn, int(row[0]), error, 0, now, attempted=False)
     conn.executemany("UPDATE outbox SET lease_until = ? WHERE id = ?", [(now + lease, i.id) for i in items])
     return items

@@ -128,13 +128,14 @@ async def test_bad_payloads_get_specific_reasons(serve_app, tmp_path):
         assert (resp.status, await resp.json()) == (status, {"status": "error", "error": reason}), name
     deep = b'{"version": "4", "alerts": [], "x": ' + b"[" * 2000 + b"]" * 2000 + b"}"
     resp = await client.post(ALERTMANAGER_PATH, data=deep, headers=bearer())
-    assert (resp.status, (await resp.json())["error"]) == (400, "body is not JSON this bridge accepts: nested too deeply")
+    reason = "body is not JSON this bridge accepts: nested too deeply"
+    assert (resp.status, (await resp.json())["error"]) == (400, reason)
     assert (metric(registry, "bad_request"), metric(registry, "unprocessable")) == (3, 1)
 
 
 async def test_one_bad_alert_never_blocks_the_good_ones(serve_app, tmp_path):
     """A lone surrogate in a label or fingerprint, or a date out of range, is a 400 for that alert alone."""
-    client, sink, registry, store = await make_client(serve_app, tmp_path)
+    client, sink, registry, _ = await make_client(serve_app, tmp_path)
     good = alert(certificate="good.example.com")
     bad_label = alert(certificate="bad\ud800.example.com")
     bad_fingerprint = alert(certificate="fp.example.com", fingerprint="\udc00")
