@@ -11,6 +11,7 @@ import yaml
 
 from tests.deploy.k8s import (
     CHART,
+    ROOT,
     VALUES,
     Expect,
     check_all,
@@ -78,9 +79,11 @@ def test_values_reach_the_objects():
     assert probes[("mail.example.com:25",)]["module"] == "smtp_starttls"
     assert probes[("payments.example.com:443",)]["module"] == "tls"
     assert probes[("payments.example.com:443",)]["targets"]["staticConfig"]["labels"]["service"] == "payments"
-    (dashboard,) = [c for c in of_kind(objects, "ConfigMap") if c["metadata"]["labels"].get("grafana_dashboard")]
-    assert dashboard["metadata"]["namespace"] == "grafana"
-    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Certificates"}
+    dashboards = [c for c in of_kind(objects, "ConfigMap") if c["metadata"]["labels"].get("grafana_dashboard")]
+    assert len(dashboards) == len(list((ROOT / "deploy" / "grafana").glob("*.json")))
+    for dashboard in dashboards:
+        assert dashboard["metadata"]["namespace"] == "grafana"
+        assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Certificates"}
     bridge_config = yaml.safe_load(named(objects, "ConfigMap", "cp-certpager-bridge")["data"]["bridge.yml"])
     store = {"retention": "14d", "type": "sqlite", "path": "/var/lib/certpager/certpager-bridge.db"}
     assert bridge_config["store"] == store
