@@ -293,7 +293,7 @@ def _strings(node: Any) -> Iterable[str]:
             yield from _strings(value)
 
 
-def _secret_files(text: str, secrets_dir: str, tmp: Path) -> str:
+def with_secret_files(text: str, secrets_dir: str, tmp: Path) -> str:
     """The config with secret paths moved under ``tmp``, each file created with a well-formed value."""
     for path in {s for s in _strings(yaml.safe_load(text)) if s.startswith(secrets_dir)}:
         local = tmp / "secrets" / path.removeprefix(secrets_dir)
@@ -315,7 +315,7 @@ def check_configs(objects: tuple[Obj, ...], expect: Expect, tmp: Path) -> None:
             if key not in ("exporter.yml", "bridge.yml"):
                 continue
             path = tmp / f"{config_map['metadata']['name']}-{key}"
-            path.write_text(_secret_files(text, expect.secrets_dir, tmp))
+            path.write_text(with_secret_files(text, expect.secrets_dir, tmp))
             if key == "exporter.yml":
                 load_exporter_config(path)
                 continue
