@@ -23,7 +23,9 @@ from certpager import __version__
 log = logging.getLogger(__name__)
 NAMESPACE = "certpager_bridge"
 # Every value the bridge gives the ``result`` labels; started at 0 (:meth:`BridgeMetrics.start_at_zero`).
-WEBHOOK_RESULTS = ("accepted", "unauthorized", "too_large", "bad_request", "unprocessable", "store_error")
+WEBHOOK_RESULTS = (
+    "accepted", "partial", "unauthorized", "too_large", "bad_request", "unprocessable", "store_error",
+)
 DELIVERY_RESULTS = ("delivered", "retry", "throttled", "dead_letter")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 

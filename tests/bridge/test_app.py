@@ -212,7 +212,7 @@ def test_slo_series_start_at_zero(tmp_path):
     registry = CollectorRegistry()
     Bridge(write_config(tmp_path), store=SqliteStore(tmp_path / "b.db"),
            sinks={"pagerduty": RecordingSink(), "statuspage": RecordingSink()}, registry=registry)
-    for result in ("accepted", "store_error", "bad_request", "unauthorized"):
+    for result in ("accepted", "partial", "store_error", "bad_request", "unauthorized"):
         assert metric(registry, result) == 0
     for sink in ("pagerduty", "statuspage"):
         for result in ("delivered", "retry", "throttled", "dead_letter"):
