@@ -1,0 +1,233 @@
+"""The credential rotations of docs/runbooks-rotation.md, done mid-burst, exactly as the runbook says, against
+real programs: Alertmanager (Debian) sends to `certpager bridge` (a subprocess, as deployed), which delivers to
+the fake PagerDuty (tests/fakes/pagerduty.py, a subprocess writing every accepted event to a file).
+
+Each test fires a burst of distinct certificate alerts into Alertmanager, rotates one credential in the middle,
+and checks from PagerDuty's side that every alert paged exactly once, and from the bridge's side that the old
+credential stopped working (or stopped being used) once the reload answered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy.k8s import ROOT
+from tests.e2e.harness import WEBHOOK_PATH, Program, free_port, http_get, render_alertmanager, running, wait_until
+
+ALERTMANAGER = shutil.which("prometheus-alertmanager")
+OLD_KEY, NEW_KEY = "O" * 32, "N" * 32
+OLD_TOKEN, NEW_TOKEN = "old-token-0123456789", "new-token-9876543210"
+BURST = 16  # alerts per burst, one every INTERVAL seconds; the rotation happens after half of them
+INTERVAL = 0.15
+
+pytestmark = pytest.mark.skipif(ALERTMANAGER is None, reason="needs prometheus-alertmanager (.ci/debian-packages)")
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    bridge: Program
+    bridge_url: str
+    alertmanager_url: str
+    pagerduty_events: Path
+    am_token: Path
+    bridge_token: Path
+    routing_key: Path
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every event the fake PagerDuty accepted, in arrival order."""
+        if not self.pagerduty_events.exists():
+            return []
+        return [json.loads(line) for line in self.pagerduty_events.read_text().splitlines() if line]
+
+    def reload_bridge(self) -> None:
+        """The runbook's reload: POST /-/reload answers once the new config and secrets are in force."""
+        request = urllib.request.Request(f"{self.bridge_url}/-/reload", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200, response.read()
+
+    def post_webhook(self, token: str) -> int:
+        """POST an (empty-bodied, so invalid) webhook: 401 when the token is refused, 400 once it is accepted."""
+        request = urllib.request.Request(
+            f"{self.bridge_url}{WEBHOOK_PATH}", data=b"{}", method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def fire(self, certificate: str) -> None:
+        now = datetime.now(UTC)
+        alert = {
+            "labels": {"alertname": "CertificateExpired", "class": "certificate_expired", "severity": "critical",
+                       "certificate": certificate, "environment": "production"},
+            "annotations": {"summary": f"{certificate} expired"},
+            "startsAt": now.isoformat(), "endsAt": (now + timedelta(hours=1)).isoformat(),
+        }
+        request = urllib.request.Request(
+            f"{self.alertmanager_url}/api/v2/alerts", data=json.dumps([alert]).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+
+    def refused_notifications(self) -> int:
+        """Alertmanager's notifications the bridge refused with 401 (from Alertmanager's own log)."""
+        log = (self.workdir / "alertmanager.log").read_text(errors="replace")
+        return sum(1 for line in log.splitlines() if "Notify for alerts failed" in line and "status code 401" in line)
+
+
+@contextlib.contextmanager
+def fake_pagerduty(workdir: Path) -> Iterator[tuple[str, Path]]:
+    events = workdir / "pagerduty-events.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.pagerduty", "--port", "0", "--state-file", str(events)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("listening on "), line
+        yield line.split()[-1], events
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with contextlib.ExitStack() as cleanup:
+        pagerduty_url, events = cleanup.enter_context(fake_pagerduty(tmp_path))
+        routing_key, bridge_token, am_token = tmp_path / "routing-key-production", tmp_path / "bridge-token", \
+            tmp_path / "am-token"
+        routing_key.write_text(OLD_KEY + "\n")
+        bridge_token.write_text(OLD_TOKEN + "\n")
+        am_token.write_text(OLD_TOKEN + "\n")
+        (tmp_path / "bridge.yml").write_text(
+            "integrations:\n  pagerduty:\n"
+            f"    routing_key_files: {{production: {routing_key}}}\n    events_url: {pagerduty_url}\n"
+            f"server:\n  auth: {{bearer_token_file: {bridge_token}}}\n"
+            f"store: {{path: {tmp_path / 'bridge.db'}}}\n"
+            # One delivery at a time: at most one event can be on the wire with the old key when a reload answers.
+            "outbox: {max_in_flight: 1, retry_initial: 100ms, retry_max: 1s, sweep_interval: 200ms}\n"
+        )
+        bridge_port, am_port = free_port(), free_port()
+        bridge = cleanup.enter_context(running("bridge", [
+            sys.executable, "-m", "certpager", "bridge", f"--config.file={tmp_path / 'bridge.yml'}",
+            f"--web.listen-address=127.0.0.1:{bridge_port}",
+        ], tmp_path))
+        render_alertmanager(ROOT / "deploy/alertmanager/alertmanager.yml", tmp_path / "alertmanager.yml",
+                            url=f"http://127.0.0.1:{bridge_port}{WEBHOOK_PATH}", token_file=am_token)
+        alertmanager = cleanup.enter_context(running("alertmanager", [
+            str(ALERTMANAGER), f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'am'}",
+            f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address=",
+        ], tmp_path))
+        st = Stack(tmp_path, bridge, f"http://127.0.0.1:{bridge_port}", f"http://127.0.0.1:{am_port}", events,
+                   am_token, bridge_token, routing_key)
+
+        def ready(url: str) -> bool:
+            bridge.assert_running()
+            alertmanager.assert_running()
+            return http_get(url) is not None
+
+        wait_until("bridge ready", lambda: ready(f"{st.bridge_url}/-/ready"), timeout=30)
+        wait_until("alertmanager ready", lambda: ready(f"{st.alertmanager_url}/-/ready"), timeout=30)
+        yield st
+
+
+def burst(stack: Stack, name: str, rotate: Any) -> list[str]:
+    """Fire BURST alerts; call ``rotate`` (in another thread, as an operator would) after half of them."""
+    certificates = [f"{name}-{i}.example.com" for i in range(BURST)]
+    rotation: threading.Thread | None = None
+    errors: list[BaseException] = []
+
+    def run_rotation() -> None:
+        try:
+            rotate()
+        except BaseException as exc:
+            errors.append(exc)
+
+    for i, certificate in enumerate(certificates):
+        if i == BURST // 2:
+            rotation = threading.Thread(target=run_rotation)
+            rotation.start()
+        stack.fire(certificate)
+        time.sleep(INTERVAL)
+    assert rotation is not None
+    rotation.join(timeout=30)
+    assert not errors, errors
+    return certificates
+
+
+def paged_once_each(stack: Stack, certificates: list[str]) -> list[dict[str, Any]]:
+    """Wait until PagerDuty saw one trigger per certificate; nothing lost, nothing paged twice."""
+    def all_there() -> bool:
+        stack.bridge.assert_running()
+        triggered = {e["dedup_key"] for e in stack.events() if e["body"]["event_action"] == "trigger"}
+        return len(triggered) >= len(certificates)
+
+    wait_until("every alert paged", all_there, timeout=60)
+    time.sleep(2.5)  # one more Alertmanager group_interval: a duplicate would show up now
+    events = stack.events()
+    triggers = [e for e in events if e["body"]["event_action"] == "trigger"]
+    assert len(events) == len(triggers) == len(certificates), [e["dedup_key"] for e in events]
+    assert len({e["dedup_key"] for e in triggers}) == len(certificates), "one incident per certificate"
+    assert all(e["outcome"] == "opened" for e in triggers), "no second page for one problem"
+    return events
+
+
+def test_rotate_pagerduty_routing_key_mid_burst(stack):
+    marks: dict[str, int] = {}
+
+    def rotate() -> None:
+        # Runbook: write the new integration key into the secret file, then reload the bridge.
+        stack.routing_key.write_text(NEW_KEY + "\n")
+        stack.reload_bridge()
+        marks["reloaded"] = len(stack.events())
+
+    certificates = burst(stack, "rk", rotate)
+    events = paged_once_each(stack, certificates)
+    keys = [e["body"]["routing_key"] for e in events]
+    after = keys[marks["reloaded"]:]
+    # At most the one delivery that was already on the wire when the reload answered carries the old key.
+    assert OLD_KEY not in after[1:], keys
+    assert OLD_KEY in keys and NEW_KEY in keys, f"the rotation was not mid-burst: {keys}"
+
+
+def test_rotate_bridge_bearer_token_mid_burst(stack):
+    statuses: dict[str, int] = {}
+
+    def rotate() -> None:
+        # Runbook: Alertmanager's credentials file and the bridge's token change independently (two pods, two
+        # Secret mounts that sync at different times): here Alertmanager sees the new token a second before the
+        # bridge does, so its notifications in between are refused (401) and resent on its next flush.
+        stack.am_token.write_text(NEW_TOKEN + "\n")
+        time.sleep(1.0)
+        stack.bridge_token.write_text(NEW_TOKEN + "\n")
+        stack.reload_bridge()
+        statuses["old"] = stack.post_webhook(OLD_TOKEN)
+        statuses["new"] = stack.post_webhook(NEW_TOKEN)
+
+    certificates = burst(stack, "tok", rotate)
+    paged_once_each(stack, certificates)
+    assert statuses == {"old": 401, "new": 400}, "after the reload only the new token is accepted"
+    assert stack.refused_notifications() >= 1, "the window was exercised: Alertmanager saw 401s, and resent"
