@@ -268,15 +268,17 @@ def check_monitoring(objects: tuple[Obj, ...], expect: Expect) -> None:
         for probe in probes:
             assert probe["spec"]["prober"]["path"] == "/probe" and probe["spec"]["targets"]["staticConfig"]["static"]
     rules = of_kind(objects, "PrometheusRule")
-    assert len(rules) == int(expect.rules)
+    sources = sorted((ROOT / "rules").glob("*.rules.yml"))
+    assert len(rules) == (len(sources) if expect.rules else 0), "one PrometheusRule per rules/*.rules.yml"
     if rules:
-        source = yaml.safe_load((ROOT / "rules" / "certpager.rules.yml").read_text())
-        assert rules[0]["spec"]["groups"] == source["groups"], "the PrometheusRule is rules/certpager.rules.yml"
+        groups = [g for path in sources for g in yaml.safe_load(path.read_text())["groups"]]
+        rendered = [g for rule in rules for g in rule["spec"]["groups"]]
+        assert sorted(rendered, key=str) == sorted(groups, key=str), "the PrometheusRules are rules/*.rules.yml"
     dashboards = [c for c in of_kind(objects, "ConfigMap") if c["metadata"]["labels"].get("grafana_dashboard")]
-    sources = {p.name: p.read_text() for p in (ROOT / "deploy" / "grafana").glob("*.json")}
+    json_files = {p.name: p.read_text() for p in (ROOT / "deploy" / "grafana").glob("*.json")}
     if expect.dashboards:
         assert {k: v.strip() for d in dashboards for k, v in d["data"].items()} == {
-            k: v.strip() for k, v in sources.items()
+            k: v.strip() for k, v in json_files.items()
         }
     else:
         assert not dashboards
