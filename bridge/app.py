@@ -28,6 +28,7 @@ from bridge.decisions import Policy
 from bridge.metrics import BridgeMetrics, OutboxCollector
 from bridge.outbox import OutboxWorker
 from bridge.sinks.base import Sink
+from bridge.sinks.statuspage import StatuspageSettings
 from bridge.store.base import Receipt, Store, StoreError
 from certpager.web import App, Request, Response, add_lifecycle_routes, metrics_handler
 
@@ -47,6 +48,25 @@ class ConfigHolder:
     def routing_key_for(self, route: str) -> str | None:
         """The routing key now in force (rotated keys apply to events already queued)."""
         return self.current.secrets.routing_key_for(route)
+
+    def statuspage_token(self) -> str | None:
+        """The Statuspage API token now in force (a rotated token applies to queued events)."""
+        return self.current.secrets.statuspage_token
+
+    def statuspage_settings(self) -> StatuspageSettings:
+        """The Statuspage section now in force, with its component map (from the config, a variable or a file)."""
+        sp = self.current.config.integrations.statuspage
+        if sp is None:
+            raise RuntimeError("integrations.statuspage is not configured")
+        return StatuspageSettings(
+            page_id=sp.page_id,
+            component_map=self.current.secrets.component_map,
+            service_label=sp.service_label,
+            min_severity=sp.min_severity,
+            component_status={k: str(v) for k, v in sp.component_status.items()},
+            templates=sp.templates.model_dump(),
+            refresh_interval=sp.refresh_interval,
+        )
 
     def reload(self) -> None:
         """Load again; on any error keep the old config and raise (ConfigError names file and key)."""

@@ -21,13 +21,16 @@ from typing import Any
 
 import httpx
 import uvloop
+from prometheus_client import CollectorRegistry
 
 from bridge.alertmanager import label_fingerprint
 from bridge.app import ALERTMANAGER_PATH, Bridge, ConfigHolder
 from bridge.config import LoadedConfig, load
+from bridge.metrics import StatuspageMetrics
 from bridge.sinks.base import Sink
-from bridge.sinks.dryrun import DryRunSink
+from bridge.sinks.dryrun import DryRunSink, DryRunStatuspage
 from bridge.sinks.pagerduty import PagerDutySink
+from bridge.sinks.statuspage import HttpTransport, StatuspageSink, Transport
 from bridge.store.base import StoreError
 from bridge.store.sqlite import SqliteStore
 from certpager.errors import ConfigError
@@ -39,6 +42,7 @@ log = logging.getLogger("bridge")
 DEFAULT_CONFIG = "certpager-bridge.yml"
 DEFAULT_URL = "http://127.0.0.1:9880"
 PAGERDUTY_TIMEOUT = 10.0  # seconds per Events API request; a timeout is retried (dedup_key makes it safe)
+STATUSPAGE_TIMEOUT = 10.0  # seconds per request; a timed-out write is checked against the page before a retry
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -72,8 +76,7 @@ def run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     if args.config_check:
-        mode = "PagerDuty" if loaded.secrets.has_pagerduty else "dry-run (no routing key)"
-        print(f"{loaded.path}: config is valid; delivery: {mode}")
+        print(f"{loaded.path}: config is valid; delivery: {delivery_modes(loaded)}")
         return 0
     if args.listen_address and (problem := listen_address_problem(args.listen_address)):
         print(problem, file=sys.stderr)
@@ -86,6 +89,46 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+def delivery_modes(loaded: LoadedConfig) -> str:
+    """What --config.check prints: where events go, per sink."""
+    mode = "PagerDuty" if loaded.secrets.has_pagerduty else "dry-run (no routing key)"
+    sp = loaded.config.integrations.statuspage
+    if sp is not None:
+        where = f"page {sp.page_id}" if loaded.secrets.statuspage_token else "dry-run (no API token)"
+        count = len(loaded.secrets.component_map)
+        mode += f"; Statuspage: {where}, {count} service{'s' if count != 1 else ''} mapped to components"
+        if not count:
+            mode += " (no alert can reach the page until component_map lists a service)"
+    return mode
+
+
+def make_sinks(holder: ConfigHolder, registry: CollectorRegistry) -> dict[str, Sink]:
+    """Every configured sink by name: PagerDuty (or its dry run), and Statuspage when its section is present."""
+    sinks = {"pagerduty": make_sink(holder)}
+    statuspage = make_statuspage_sink(holder, registry)
+    if statuspage is not None:
+        sinks["statuspage"] = statuspage
+    return sinks
+
+
+def make_statuspage_sink(holder: ConfigHolder, registry: CollectorRegistry) -> Sink | None:
+    """The Statuspage sink (dry-run transport without a token), or None without ``integrations.statuspage``."""
+    sp = holder.current.config.integrations.statuspage
+    if sp is None:
+        return None
+    transport: Transport
+    if holder.statuspage_token() is None:
+        log.warning("no Statuspage API token configured: dry-run, Statuspage requests are logged and not sent")
+        transport = DryRunStatuspage(logging.getLogger("bridge.dryrun"))
+    else:
+        client = httpx.AsyncClient(timeout=STATUSPAGE_TIMEOUT)
+        transport = HttpTransport(client, url=sp.api_url, token=holder.statuspage_token)
+    return StatuspageSink(
+        transport, settings=holder.statuspage_settings, token=holder.statuspage_token,
+        requests_per_second=sp.requests_per_second, metrics=StatuspageMetrics(registry),
+    )
 
 
 def make_sink(holder: ConfigHolder) -> Sink:
@@ -117,9 +160,10 @@ async def _serve(
     started: Callable[[int], None] | None = None,
 ) -> int:
     holder = ConfigHolder(loaded)
-    sink = make_sink(holder)
+    registry = CollectorRegistry()
+    sinks = make_sinks(holder, registry)
     store = SqliteStore(loaded.config.store.path)
-    bridge = Bridge(holder, store=store, sinks={"pagerduty": sink})
+    bridge = Bridge(holder, store=store, sinks=sinks, registry=registry)
     auth = loaded.config.server.auth
     if auth.bearer_token is None and auth.bearer_token_file is None and auth.basic_auth is None:
         log.warning("server.auth is not configured: anyone who can reach the bridge can post alerts")
@@ -127,7 +171,8 @@ async def _serve(
         await serve(bridge.app, listen_address or loaded.config.server.listen_address, reload=bridge.reload,
                     stop=stop, started=started)
     finally:
-        await sink.aclose()
+        for sink in sinks.values():
+            await sink.aclose()
     return 0
 
 

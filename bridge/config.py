@@ -3,7 +3,7 @@
 Every model is strict (unknown keys are errors) and frozen. Secrets are ``SecretStr`` and every one has
 a ``*_file`` variant; files are read by :func:`load` (relative paths from the config file's directory)
 and read again on every reload, so a key is rotated by rewriting its file and sending SIGHUP.
-``statuspage``, ``grouping`` and ``automation`` are validated now and used by later work.
+``grouping`` and ``automation`` are validated now and used by later work.
 See docs/bridge.md for the user-facing reference; keep both in step.
 """
 
@@ -20,10 +20,21 @@ from typing import Annotated, Literal, Self
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from bridge.events import Severity
+from bridge.templates import DEFAULT_TEMPLATES, template_problem
 from certpager.config import Duration, StrictModel, load_config, read_secret_file
 from certpager.errors import ConfigError
 
 DEFAULT_EVENTS_URL = "https://events.pagerduty.com"
+DEFAULT_STATUSPAGE_URL = "https://api.statuspage.io"
+STATUSPAGE_ID_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
+COMPONENT_MAP_EXPECTATION = 'expected a mapping or a JSON object like {"Gateway API": "<component id>"}'
+ComponentStatus = Literal["degraded_performance", "partial_outage", "major_outage", "under_maintenance"]
+DEFAULT_COMPONENT_STATUS: dict[Severity, ComponentStatus] = {
+    Severity.CRITICAL: "major_outage",
+    Severity.ERROR: "partial_outage",
+    Severity.WARNING: "degraded_performance",
+    Severity.INFO: "degraded_performance",
+}
 DEFAULT_LISTEN_ADDRESS = ":9880"
 DEFAULT_ROUTE = "default"
 ROUTING_KEY_RE = re.compile(r"^[A-Za-z0-9]{32}$")
@@ -114,13 +125,39 @@ class PagerDutyConfig(Section):
         return self
 
 
-class StatuspageConfig(Section):
-    """Atlassian Statuspage (validated now, delivered by later work)."""
+class StatuspageTemplates(Section):
+    """Customer-facing text; ``{{ services }}``, ``{{ certificate }}``, ``{{ environment }}``, ``{{ severity }}``,
+    ``{{ class }}``, ``{{ labels.NAME }}`` and ``{{ annotations.NAME }}`` are replaced (see docs/statuspage.md)."""
 
-    api_token: SecretStr | None = None
+    name: str = DEFAULT_TEMPLATES["name"]
+    body: str = DEFAULT_TEMPLATES["body"]
+    update: str = DEFAULT_TEMPLATES["update"]  # posted when an alert joins or leaves an open incident
+    resolved: str = DEFAULT_TEMPLATES["resolved"]
+
+    @field_validator("name", "body", "update", "resolved")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        problem = template_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class StatuspageConfig(Section):
+    """Atlassian Statuspage: incidents and component status for the alerts customers would notice."""
+
+    api_token: SecretStr | None = None  # neither token: dry-run, the requests are logged and not sent
     api_token_file: Path | None = None
     page_id: str
-    component_map: dict[str, str] = Field(default_factory=dict)  # service name -> component id
+    api_url: str = DEFAULT_STATUSPAGE_URL
+    component_map: dict[str, str] | None = None  # service name -> component id
+    component_map_file: Path | None = None  # the same, as a JSON object in a file (read again on reload)
+    service_label: str = "service"  # the alert label naming the affected service(s), comma-separated
+    min_severity: Severity = Severity.CRITICAL  # alerts below it never reach the status page
+    component_status: dict[Severity, ComponentStatus] = Field(default_factory=lambda: dict(DEFAULT_COMPONENT_STATUS))
+    templates: StatuspageTemplates = StatuspageTemplates()
+    requests_per_second: float = Field(default=1.0, gt=0, le=100)  # Statuspage: 1 request/s per token
+    refresh_interval: Duration = 60.0  # how old the bridge's view of open incidents and maintenance may be
 
     @field_validator("component_map", mode="before")
     @classmethod
@@ -130,15 +167,51 @@ class StatuspageConfig(Section):
             try:
                 return json.loads(value)
             except ValueError:
-                raise ValueError('expected a mapping or a JSON object like {"Gateway API": "<component id>"}') from None
+                raise ValueError(COMPONENT_MAP_EXPECTATION) from None
+        return value
+
+    @field_validator("component_map")
+    @classmethod
+    def _component_ids(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None:
+            check_component_map(value)
+        return value
+
+    @field_validator("page_id")
+    @classmethod
+    def _page_id(cls, value: str) -> str:
+        if not STATUSPAGE_ID_RE.match(value):
+            raise ValueError("expected a Statuspage page id (letters and digits)")
+        return value
+
+    @field_validator("api_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// base URL")
+        return value.rstrip("/")
+
+    @field_validator("component_status")
+    @classmethod
+    def _statuses(cls, value: dict[Severity, ComponentStatus]) -> dict[Severity, ComponentStatus]:
+        missing = [s.value for s in Severity if s not in value]
+        if missing:
+            raise ValueError(f"needs a component status for every severity; missing {', '.join(missing)}")
         return value
 
     @model_validator(mode="after")
-    def _token(self) -> Self:
-        _exclusive(self, (("api_token", "api_token_file"),))
-        if self.api_token is None and self.api_token_file is None:
-            raise ValueError("api_token or api_token_file is required")
+    def _sources(self) -> Self:
+        _exclusive(self, (("api_token", "api_token_file"), ("component_map", "component_map_file")))
         return self
+
+
+def check_component_map(value: Mapping[str, object]) -> None:
+    """Raise ValueError unless ``value`` maps service names to Statuspage component ids."""
+    for service, component in value.items():
+        if not service.strip():
+            raise ValueError("a service name is empty")
+        if not isinstance(component, str) or not STATUSPAGE_ID_RE.match(component):
+            raise ValueError(f"service {service!r}: expected a Statuspage component id (letters and digits)")
 
 
 class Integrations(Section):
@@ -234,12 +307,15 @@ class BridgeConfig(Section):
 
 @dataclass(frozen=True)
 class Secrets:
-    """Secrets resolved from the config and its ``*_file`` variants; ``repr`` never shows them."""
+    """Secrets (and the component map) resolved from the config and its ``*_file`` variants; ``repr`` never
+    shows the secrets."""
 
     routing_key: str | None = field(default=None, repr=False)
     routing_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
     bearer_token: str | None = field(default=None, repr=False)
     basic_password: str | None = field(default=None, repr=False)
+    statuspage_token: str | None = field(default=None, repr=False)
+    component_map: Mapping[str, str] = field(default_factory=dict)  # service name -> Statuspage component id
 
     def routing_key_for(self, route: str) -> str | None:
         """The routing key for an environment, falling back to the default key."""
@@ -287,7 +363,12 @@ def resolve_secrets(config: BridgeConfig, config_path: Path) -> Secrets:
         default = _checked_key(default, key=f"{base}.routing_key_file", config_path=config_path)
     auth = config.server.auth
     basic = auth.basic_auth
+    sp = config.integrations.statuspage
     return Secrets(
+        statuspage_token=None if sp is None else _secret(
+            sp.api_token, sp.api_token_file, key="integrations.statuspage.api_token_file", config_path=config_path
+        ),
+        component_map=_component_map(sp, config_path),
         routing_key=default,
         routing_keys=keys,
         bearer_token=_secret(
@@ -299,6 +380,28 @@ def resolve_secrets(config: BridgeConfig, config_path: Path) -> Secrets:
             basic.password, basic.password_file, key="server.auth.basic_auth.password_file", config_path=config_path
         ),
     )
+
+
+def _component_map(sp: StatuspageConfig | None, config_path: Path) -> Mapping[str, str]:
+    if sp is None:
+        return {}
+    if sp.component_map_file is None:
+        return dict(sp.component_map or {})
+    key = "integrations.statuspage.component_map_file"
+    path = _file(sp.component_map_file, config_path.parent)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(config_path, [(key, f"cannot read {path}: {exc.strerror or exc}")]) from exc
+    except ValueError as exc:
+        raise ConfigError(config_path, [(key, f"{path} is not JSON: {exc}; {COMPONENT_MAP_EXPECTATION}")]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(config_path, [(key, f"{path}: {COMPONENT_MAP_EXPECTATION}")])
+    try:
+        check_component_map(data)
+    except ValueError as exc:
+        raise ConfigError(config_path, [(key, f"{path}: {exc}")]) from exc
+    return {str(k): str(v) for k, v in data.items()}
 
 
 def _checked_key(value: str | None, *, key: str, config_path: Path) -> str | None:

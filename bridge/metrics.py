@@ -113,6 +113,30 @@ class BridgeMetrics:
                 self.delivery(sink, result)
 
 
+class StatuspageMetrics:
+    """The Statuspage sink's own counters (its deliveries are counted by the outbox like every sink's)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        requests = Counter(
+            f"{NAMESPACE}_statuspage_requests_total",
+            "Requests sent to the Statuspage API, by method and HTTP status (error: timeout or network).",
+            ["method", "code"], registry=registry,
+        )
+        skipped = Counter(
+            f"{NAMESPACE}_statuspage_skipped_total",
+            "Events not shown on the status page, by reason (below_severity, no_component, maintenance).",
+            ["reason"], registry=registry,
+        )
+        unknown = Counter(
+            f"{NAMESPACE}_statuspage_unknown_services_total",
+            "Service names in alerts that integrations.statuspage.component_map does not list.", ["service"],
+            registry=registry,
+        )
+        self.request = Children(requests)
+        self.skip = Children(skipped)
+        self.unknown = Children(unknown)
+
+
 class OutboxCollector(Collector):
     """Outbox depth, oldest age and dead letters per sink, read from the store at scrape time."""
 

@@ -2,7 +2,8 @@
 
 - Only the head item of each ordering key is in flight (the store's claim hands out heads only, under a
   lease), so a resolve never overtakes its trigger; keys proceed independently, at most
-  ``max_in_flight`` at once.
+  ``max_in_flight`` at once PER SINK: a sink that is slow or rate limited (Statuspage: 1 request/s, its
+  deliveries wait for one another) fills its own slots only, so it never holds another sink back.
 - ``Delivered`` deletes the item, only after the sink answered: a crash in between redelivers it
   (PagerDuty's dedup_key absorbs the duplicate). ``RetryLater`` keeps it at the head until ``after``
   (Retry-After, or the sink's own rate limiter) or, without one, an exponential backoff with jitter.
@@ -132,8 +133,8 @@ class OutboxWorker:
                 await asyncio.wait(pending)
 
     def _free(self, name: str) -> int:
-        """Deliveries ``name`` may start now: the global limit, and one at a time while its upstream fails."""
-        free = self._max_in_flight - len(self._tasks)
+        """Deliveries ``name`` may start now: its own limit, and one at a time while its upstream fails."""
+        free = self._max_in_flight - self._busy.get(name, 0)
         if name in self._probing:
             free = min(free, 1 - self._busy.get(name, 0))
         return max(free, 0)

@@ -32,7 +32,7 @@ INVALID = {
     "invalid-class-name.yml": "integrations.pagerduty.severity_mapping: "
         "'certificate expired' is not an alert class name (letters, digits, underscores)",
     "invalid-events-url.yml": "integrations.pagerduty.events_url: expected an http:// or https:// base URL",
-    "invalid-statuspage-token.yml": "integrations.statuspage: api_token or api_token_file is required",
+    "invalid-statuspage-token.yml": "integrations.statuspage: api_token and api_token_file are mutually exclusive",
     "invalid-component-map.yml": 'integrations.statuspage.component_map: '
         'expected a mapping or a JSON object like {"Gateway API": "<component id>"}',
     "invalid-grouping-type.yml": "grouping.type: Input should be 'intelligent' or 'none'",
