@@ -1,0 +1,123 @@
+"""Webhook -> store -> outbox -> PagerDuty and Statuspage sinks -> both fakes, in one process: each sink is
+isolated from the other (one failing or slow never holds the other back), seen from the fakes' side.
+The outages are scaled down (seconds, not a minute) so the suite stays fast."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from bridge.app import ALERTMANAGER_PATH, Bridge, ConfigHolder
+from bridge.config import load
+from bridge.metrics import StatuspageMetrics
+from bridge.sinks.pagerduty import PagerDutySink
+from bridge.sinks.statuspage import HttpTransport, StatuspageSink
+from bridge.store.sqlite import SqliteStore
+from tests.bridge.conftest import alert, body
+from tests.fakes.pagerduty import run_fake_pagerduty
+from tests.fakes.statuspage import run_fake_statuspage
+
+ROUTING_KEY = "P" * 32
+TOKEN = "statuspage-token-e2e"
+GATEWAY, WEB = "gw0000000001", "web000000001"
+CERTS = 4
+OUTAGE = 1.5  # seconds: "a minute" scaled down
+
+
+def write_config(tmp_path: Path, pd_url: str, sp_url: str) -> Path:
+    path = tmp_path / "bridge.yml"
+    path.write_text(
+        f"integrations:\n  pagerduty:\n    routing_key: {ROUTING_KEY}\n    events_url: {pd_url}\n"
+        "    rate_limit_per_minute: 100000\n"
+        f"  statuspage:\n    api_token: $SP_TOKEN\n    page_id: page01\n    api_url: {sp_url}\n"
+        "    component_map: $SP_MAP\n    min_severity: error\n    requests_per_second: 50\n"
+        "outbox:\n  max_in_flight: 2\n  retry_initial: 50ms\n  retry_max: 200ms\n  sweep_interval: 100ms\n"
+    )
+    return path
+
+
+async def start(serve_app, tmp_path: Path, pd_url: str, sp_url: str, *, pd_timeout: float = 5.0,
+                sp_timeout: float = 5.0):
+    path = write_config(tmp_path, pd_url, sp_url)
+    env = {"SP_TOKEN": TOKEN, "SP_MAP": f'{{"Gateway API": "{GATEWAY}", "Web": "{WEB}"}}'}
+    holder = ConfigHolder(load(path, env=env), loader=lambda: load(path, env=env))
+    registry = CollectorRegistry()
+    sinks = {
+        "pagerduty": PagerDutySink(httpx.AsyncClient(timeout=pd_timeout), url=pd_url,
+                                   routing_key_for=holder.routing_key_for, rate_limit_per_minute=100000),
+        "statuspage": StatuspageSink(
+            HttpTransport(httpx.AsyncClient(timeout=sp_timeout), url=sp_url, token=holder.statuspage_token),
+            settings=holder.statuspage_settings, token=holder.statuspage_token, requests_per_second=50,
+            metrics=StatuspageMetrics(registry),
+        ),
+    }
+    bridge = Bridge(holder, store=SqliteStore(tmp_path / "b.db"), sinks=sinks, registry=registry)
+    client = await serve_app(bridge.app)
+    return client, registry, sinks
+
+
+async def until(condition, timeout: float) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, "condition not met in time"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def alerts(status: str = "firing") -> list[bytes]:
+    return [body(alert(status, certificate=f"c{i}.example.com", service="Gateway API" if i % 2 else "Web",
+                       severity="critical")) for i in range(CERTS)]
+
+
+async def test_pagerduty_down_does_not_hold_statuspage_back(serve_app, tmp_path):
+    async with run_fake_pagerduty() as pd, run_fake_statuspage(
+        token=TOKEN, components={GATEWAY: "Gateway API", WEB: "Web"}, rate_limit=10_000
+    ) as sp:
+        # PagerDuty hangs (timeouts: both of the sink's slots are taken for the outage), then answers 503.
+        pd.fail_next(2, status=503, delay=OUTAGE)
+        pd.fail_next(20, status=503)
+        client, registry, sinks = await start(serve_app, tmp_path, pd.url, sp.url, pd_timeout=OUTAGE)
+        for data in alerts():
+            assert (await client.post(ALERTMANAGER_PATH, data=data)).status == 200
+        took = await until(lambda: len(sp.own_incidents()) == CERTS, timeout=OUTAGE)
+        assert took < OUTAGE / 2 and not pd.accepted  # Statuspage is done while PagerDuty still hangs
+        assert sp.statuses() == {GATEWAY: "major_outage", WEB: "major_outage"}
+        for data in alerts("resolved"):
+            assert (await client.post(ALERTMANAGER_PATH, data=data)).status == 200
+        await until(lambda: all(i.status == "resolved" for i in sp.own_incidents()), timeout=OUTAGE)
+        assert sp.statuses() == {GATEWAY: "operational", WEB: "operational"}
+        await until(lambda: len(pd.actions()) == 2 * CERTS, timeout=3 * OUTAGE)  # then PagerDuty catches up
+        assert sorted(a for a, _ in pd.actions()) == ["resolve"] * CERTS + ["trigger"] * CERTS
+        assert registry.get_sample_value("certpager_bridge_deliveries_total",
+                                         {"sink": "statuspage", "result": "delivered"}) == 2 * CERTS
+        assert registry.get_sample_value("certpager_bridge_deliveries_total",
+                                         {"sink": "pagerduty", "result": "retry"}) >= 2
+        for sink in sinks.values():
+            await sink.aclose()
+
+
+async def test_statuspage_down_does_not_hold_pagerduty_back(serve_app, tmp_path):
+    async with run_fake_pagerduty() as pd, run_fake_statuspage(
+        token=TOKEN, components={GATEWAY: "Gateway API", WEB: "Web"}, rate_limit=10_000
+    ) as sp:
+        sp.fail_next(2, status=None, delay=OUTAGE)  # hangs (timeouts) ...
+        sp.fail_next(20, status=502)  # ... then 502s for a while
+        client, registry, sinks = await start(serve_app, tmp_path, pd.url, sp.url, sp_timeout=OUTAGE)
+        for data in alerts():
+            assert (await client.post(ALERTMANAGER_PATH, data=data)).status == 200
+        took = await until(lambda: len(pd.actions()) == CERTS, timeout=OUTAGE)
+        assert took < OUTAGE / 2 and not sp.own_incidents()
+        await until(lambda: len(sp.own_incidents()) == CERTS, timeout=6 * OUTAGE)  # then Statuspage catches up
+        assert len(sp.incidents) == CERTS  # each opened once, despite the retries
+        deadline = time.monotonic() + OUTAGE
+        while 'certpager_bridge_outbox_depth{sink="statuspage"} 0.0' not in await (await client.get("/metrics")).text():
+            assert time.monotonic() < deadline, "the statuspage outbox did not drain"
+            await asyncio.sleep(0.05)
+        assert registry.get_sample_value("certpager_bridge_statuspage_requests_total",
+                                         {"method": "GET", "code": "502"}) >= 1
+        for sink in sinks.values():
+            await sink.aclose()
