@@ -90,6 +90,10 @@ LEAVES: tuple[LeafSpec, ...] = (
 )
 
 
+# Made-up Statuspage component ids for the demo's services (the targets' `service` labels).
+DEMO_COMPONENTS = {spec.name: "demo" + spec.name.replace("-", "") for spec in LEAVES}
+
+
 @dataclass(frozen=True)
 class DemoLeaf:
     """A generated demo certificate and where its files are."""
@@ -224,7 +228,8 @@ def bridge_config(base: Any, listen_address: str, token_file: Path, store_path: 
     integrations = dict(config.get("integrations") or {})
     pagerduty = {k: v for k, v in dict(integrations.get("pagerduty") or {}).items() if not k.startswith("routing_key")}
     integrations["pagerduty"] = pagerduty
-    integrations.pop("statuspage", None)
+    # Statuspage in dry-run (no token): each demo service is a component, so the log shows the requests.
+    integrations["statuspage"] = {"page_id": "demo", "component_map": DEMO_COMPONENTS}
     config["integrations"] = integrations
     server = dict(config.get("server") or {})
     server["listen_address"] = listen_address
@@ -295,14 +300,14 @@ def banner(options: Options, leaves: list[DemoLeaf], endpoints: dict[str, str], 
     lines += [
         "", f"  exporter      {exporter}/metrics",
         f"                {exporter}/probe?target={first}&module=tls",
-        f"  bridge        {bridge}/metrics   (dry-run: PagerDuty events are logged, not sent)",
+        f"  bridge        {bridge}/metrics   (dry-run: PagerDuty events and Statuspage requests are logged, not sent)",
     ]
     if alerting:
         lines += [
             f"  prometheus    {_url(addresses.prometheus)}/alerts   (log: {data}/prometheus/prometheus.log)",
             f"  alertmanager  {_url(addresses.alertmanager)}/   (log: {data}/alertmanager/alertmanager.log)",
             "", f"Alerts fire after {DEMO_FOR} (demo for:) and reach the bridge within about a minute: watch the log",
-            'below for "dry-run: would send PagerDuty event".',
+            'below for "dry-run: would send PagerDuty event" and "dry-run: would send Statuspage request".',
         ]
     lines += [
         "", f"Try:  certpager probe {endpoints['expired']} --cafile {data / 'pki' / 'root.crt'}",

@@ -39,6 +39,9 @@ HOSTNAME_VERIFIED = {"valid": 1, "expiring-20d": 1, "expiring-5d": 1, "expired":
 VERIFY_REASONS = {"expired": "expired", "untrusted": "self_signed"}
 DAYS_LEFT = {"valid": 400, "expiring-20d": 20, "expiring-5d": 5, "expired": -1, "untrusted": 60, "wrong-hostname": 60}
 DRY_RUN_LINE = re.compile(r'msg="dry-run: would send PagerDuty event" .*body=("(?:[^"\\]|\\.)*")')
+STATUSPAGE_LINE = re.compile(
+    r'msg="dry-run: would send Statuspage request" method=(\w+) path=(\S+) body=("(?:[^"\\]|\\.)*")'
+)
 
 
 def free_port() -> int:
@@ -80,6 +83,10 @@ def check_exporter_metrics(samples: dict[str, dict[tuple[str, str], float]], dat
 
 def dry_run_events(log_text: str) -> list[dict]:
     return [json.loads(json.loads(m.group(1))) for m in DRY_RUN_LINE.finditer(log_text)]
+
+
+def statuspage_requests(log_text: str) -> list[tuple[str, str, dict]]:
+    return [(m.group(1), m.group(2), json.loads(json.loads(m.group(3)))) for m in STATUSPAGE_LINE.finditer(log_text)]
 
 
 def poll(check, *, timeout: float, interval: float = 0.5):
@@ -160,6 +167,17 @@ def test_demo_alerts_flow_from_endpoint_to_dry_run_pagerduty_event(demo_process)
     assert event["payload"]["group"] == "demo"
     expired_at = dt.datetime.fromtimestamp(leaf_not_after(data_dir, "expired"), dt.UTC)
     assert event["payload"]["custom_details"]["expired_date"] == expired_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # The critical alerts on the status page (dry-run): the expired endpoint's service is a major outage.
+    def expired_incident():
+        return [body["incident"] for method, path, body in statuspage_requests(stderr.read_text())
+                if (method, path) == ("POST", "/v1/pages/demo/incidents")
+                and "demoexpired" in body["incident"]["components"]]
+
+    opened = poll(expired_incident, timeout=10)
+    assert opened, f"no dry-run Statuspage incident for the expired endpoint; log:\n{stderr.read_text()}"
+    assert opened[0]["components"] == {"demoexpired": "major_outage"}
+    assert opened[0]["name"] == "Connection problems with expired"
+    assert opened[0]["status"] == "investigating"
     bridge = httpx.get(f"http://127.0.0.1:{ports['bridge']}/metrics", timeout=5).text
     assert 'certpager_bridge_incidents_total{class="certificate_expired",environment="demo",severity="critical"} 1.0' \
         in bridge

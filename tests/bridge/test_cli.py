@@ -29,6 +29,24 @@ def test_config_check_valid_and_invalid(tmp_path, capsys):
     assert capsys.readouterr().err == f"{bad}: store.kind: unknown key\n"
 
 
+def test_config_check_reports_statuspage_and_refuses_a_bad_template(tmp_path, capsys):
+    config = tmp_path / "bridge.yml"
+    config.write_text("integrations:\n  statuspage:\n    page_id: page01\n"
+                      "    component_map: {Gateway API: gw0000000001}\n")
+    assert main(["bridge", "--config.file", str(config), "--config.check"]) == 0
+    assert capsys.readouterr().out == (
+        f"{config}: config is valid; delivery: dry-run (no routing key); "
+        "Statuspage: dry-run (no API token), 1 service mapped to components\n"
+    )
+    config.write_text("integrations:\n  statuspage:\n    page_id: page01\n"
+                      "    templates: {body: 'Down: {{ labels.service }'}\n")
+    assert main(["bridge", "--config.file", str(config), "--config.check"]) == 1
+    assert capsys.readouterr().err == (
+        f"{config}: integrations.statuspage.templates.body: unbalanced {{{{ or }}}}: a placeholder is written "
+        "{{ name }}\n"
+    )
+
+
 def test_a_bad_listen_address_flag_exits_2_before_starting(tmp_path, capsys):
     config = tmp_path / "bridge.yml"
     config.write_text(f"store: {{path: {tmp_path / 'bridge.db'}}}\n")

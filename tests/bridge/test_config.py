@@ -35,6 +35,15 @@ INVALID = {
     "invalid-statuspage-token.yml": "integrations.statuspage: api_token and api_token_file are mutually exclusive",
     "invalid-component-map.yml": 'integrations.statuspage.component_map: '
         'expected a mapping or a JSON object like {"Gateway API": "<component id>"}',
+    "invalid-statuspage-template.yml": "integrations.statuspage.templates.name: unknown placeholder {{ service }} "
+        "(known: certificate, class, environment, services, severity, labels.NAME, annotations.NAME)",
+    "invalid-component-id.yml": "integrations.statuspage.component_map: "
+        "service 'Gateway API': expected a Statuspage component id (letters and digits)",
+    "invalid-component-map-file.yml": "integrations.statuspage.component_map_file: "
+        f"{TESTDATA / 'bad-component-map.json'}: "
+        'expected a mapping or a JSON object like {"Gateway API": "<component id>"}',
+    "invalid-component-status.yml": "integrations.statuspage.component_status: "
+        "needs a component status for every severity; missing error, warning, info",
     "invalid-grouping-type.yml": "grouping.type: Input should be 'intelligent' or 'none'",
     "invalid-automation-action.yml": "automation.certificate_expired.actions[1]: Input should be 'trigger_renewal', "
         "'notify_stakeholders', 'create_postmortem', 'retry_renewal' or 'escalate_to_security'",
@@ -118,6 +127,26 @@ def test_example_config_in_deploy_is_valid():
     loaded = load(REPO / "deploy" / "bridge" / "certpager-bridge.yml", env={})
     assert loaded.config.integrations.pagerduty.severity_mapping["certificate_expired"] is Severity.CRITICAL
     assert not loaded.secrets.has_pagerduty  # ships in dry-run mode
+
+
+def test_statuspage_token_and_component_map_from_files_and_variables(tmp_path):
+    (tmp_path / "sp.token").write_text("sp-SECRETVALUE\n")
+    (tmp_path / "map.json").write_text('{"Gateway API": "gw0000000001", "Web": "web000000001"}')
+    path = tmp_path / "bridge.yml"
+    path.write_text("integrations:\n  statuspage:\n    api_token_file: sp.token\n    page_id: $SP_PAGE\n"
+                    "    component_map_file: map.json\n")
+    loaded = load(path, env={"SP_PAGE": "page01"})
+    assert loaded.secrets.statuspage_token == "sp-SECRETVALUE"
+    assert dict(loaded.secrets.component_map) == {"Gateway API": "gw0000000001", "Web": "web000000001"}
+    assert "SECRETVALUE" not in repr(loaded)
+    holder = ConfigHolder(loaded, loader=lambda: load(path, env={"SP_PAGE": "page01"}))
+    (tmp_path / "map.json").write_text('{"Web": "web000000002"}')  # the map is read again on reload
+    holder.reload()
+    assert dict(holder.statuspage_settings().component_map) == {"Web": "web000000002"}
+    path.write_text("integrations:\n  statuspage:\n    page_id: page01\n    component_map: $SP_MAP\n")
+    env = {"SP_MAP": '{"Gateway API": "gw0000000001"}'}
+    assert dict(load(path, env=env).secrets.component_map) == {"Gateway API": "gw0000000001"}
+    assert load(path, env=env).secrets.statuspage_token is None  # no token: dry-run
 
 
 def test_empty_sections_mean_defaults(tmp_path):
