@@ -65,7 +65,10 @@ def format_default(field: FieldInfo) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(str(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{}" if not value else str(value)
+        def plain(v: Any) -> str:
+            return str(v.value) if isinstance(v, enum.Enum) else str(v)
+
+        return "{" + ", ".join(f"{plain(k)}: {plain(v)}" for k, v in value.items()) + "}"
     if isinstance(value, BaseModel):
         return "{}"
     return str(value)
