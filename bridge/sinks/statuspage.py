@@ -59,6 +59,9 @@ RETRY_AFTER_DEFAULT = 60.0  # seconds, when a 420/429 has no Retry-After (Status
 PER_PAGE = 100  # Statuspage's maximum page size
 MAX_PAGES = 20  # of open incidents read per refresh: 2,000 open incidents is far past any real page
 EXCERPT = 300
+# The local limiter spaces requests 2% wider than 1/rate: requests leave evenly spaced but arrive with
+# network jitter, and Statuspage counts arrivals; at exactly 1.000 s one early arrival would be a 429.
+SPACING_MARGIN = 1.02
 SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2, Severity.CRITICAL: 3}
 COMPONENT_RANK = {"operational": 0, "degraded_performance": 1, "partial_outage": 2, "major_outage": 3}
 
@@ -418,7 +421,7 @@ class StatuspageSink:
         self._transport = transport
         self._settings = settings
         self._token = token
-        self._limiter = SlidingWindowLimiter(1, 1.0 / requests_per_second, clock=clock)
+        self._limiter = SlidingWindowLimiter(1, SPACING_MARGIN / requests_per_second, clock=clock)
         self._clock = clock
         self._sleep = sleep
         self._metrics = metrics

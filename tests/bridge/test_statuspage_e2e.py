@@ -121,3 +121,29 @@ async def test_statuspage_down_does_not_hold_pagerduty_back(serve_app, tmp_path)
                                          {"method": "GET", "code": "502"}) >= 1
         for sink in sinks.values():
             await sink.aclose()
+
+
+async def test_a_rotated_token_applies_to_queued_events_and_nothing_is_refused(serve_app, tmp_path):
+    async with run_fake_pagerduty() as pd, run_fake_statuspage(
+        token=TOKEN, components={GATEWAY: "Gateway API", WEB: "Web"}, rate_limit=10_000
+    ) as sp:
+        (tmp_path / "sp.token").write_text(TOKEN + "\n")
+        path = write_config(tmp_path, pd.url, sp.url)
+        path.write_text(path.read_text().replace("api_token: $SP_TOKEN", "api_token_file: sp.token"))
+        env = {"SP_MAP": f'{{"Gateway API": "{GATEWAY}", "Web": "{WEB}"}}'}
+        holder = ConfigHolder(load(path, env=env), loader=lambda: load(path, env=env))
+        sink = StatuspageSink(
+            HttpTransport(httpx.AsyncClient(timeout=5), url=sp.url, token=holder.statuspage_token),
+            settings=holder.statuspage_settings, token=holder.statuspage_token, requests_per_second=50,
+        )
+        sp.fail_next(1, status=503, delay=0.3)  # the first attempt fails after the rotation: its retry
+        bridge = Bridge(holder, store=SqliteStore(tmp_path / "b.db"), sinks={"statuspage": sink},
+                        registry=CollectorRegistry())
+        client = await serve_app(bridge.app)
+        assert (await client.post(ALERTMANAGER_PATH, data=alerts()[0])).status == 200
+        (tmp_path / "sp.token").write_text("the-new-statuspage-token\n")  # 1-2: new key written, reloaded
+        assert (await client.post("/-/reload")).status == 200
+        sp.token = "the-new-statuspage-token"  # 4: the old key is revoked
+        await until(lambda: len(sp.own_incidents()) == 1, timeout=OUTAGE * 2)
+        assert not [e for e in sp.log if e.status == 401]
+        await sink.aclose()
