@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import socket
@@ -149,7 +150,7 @@ async def drain(workdir: Path, count: int, rps: float) -> dict[str, float]:
             "done": float(done), "requests": len(arrivals), "accepted": len(accepted),
             "rate": (len(accepted) - 1) / span, "max_1s": windows(arrivals, 1.0), "max_60s": windows(arrivals, 60.0),
             "rejected_429": sum(e.status in (420, 429) for e in fake.log), "seconds": span,
-            "min_gap": min((b - a for a, b in zip(arrivals, arrivals[1:], strict=False)), default=float("nan")),
+            "min_gap": min((b - a for a, b in itertools.pairwise(arrivals)), default=float("nan")),
         }
 
 
