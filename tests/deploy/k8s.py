@@ -117,6 +117,7 @@ class Expect:
     network_policies: bool = True
     service_monitors: bool = True
     probes: int = 0
+    ingress: bool = False
     rules: bool = True
     dashboards: bool = True
     image: str = ""
@@ -136,6 +137,7 @@ def check_all(objects: tuple[Obj, ...], expect: Expect, tmp: Path) -> None:
     if expect.bridge:
         check_bridge_store(objects, deployments["bridge"], expect)
     check_network_policies(objects, deployments, expect)
+    check_ingress(objects, expect)
     check_monitoring(objects, expect)
     check_configs(objects, expect, tmp)
 
@@ -245,6 +247,24 @@ def check_network_policies(objects: tuple[Obj, ...], deployments: Mapping[str, O
             egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
             assert {53, 443} <= egress_ports, "the bridge reaches DNS and HTTPS (PagerDuty, Statuspage)"
             assert (5432 in egress_ports) == (expect.store == "postgresql")
+
+
+def check_ingress(objects: tuple[Obj, ...], expect: Expect) -> None:
+    """Only the PagerDuty webhook path is exposed, to the bridge's Service."""
+    ingresses = of_kind(objects, "Ingress")
+    assert len(ingresses) == int(expect.ingress)
+    for ingress in ingresses:
+        service = component(objects, "Service", "bridge")
+        assert service is not None
+        (rule,) = ingress["spec"]["rules"]
+        (path,) = rule["http"]["paths"]
+        assert path["path"] == "/api/v1/pagerduty/webhook" and path["pathType"] == "Exact", "one path, no prefix"
+        backend = path["backend"]["service"]
+        assert backend["name"] == service["metadata"]["name"]
+        assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+        for tls in ingress["spec"].get("tls", []):
+            assert tls["hosts"] == [rule["host"]]
+            assert ("Secret", tls["secretName"]) in expect.external
 
 
 def check_monitoring(objects: tuple[Obj, ...], expect: Expect) -> None:

@@ -19,6 +19,7 @@ from tests.deploy.k8s import (
     helm_template,
     named,
     of_kind,
+    parse,
     postgres_in_schema,
     run,
     tool,
@@ -29,8 +30,8 @@ DIGEST = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde
 PROFILES: dict[str | None, Expect] = {
     None: Expect(image="certpager:0.1.0", external={("ServiceAccount", "cp-certpager")}),
     "sqlite-full.yaml": Expect(
-        probes=2, image=f"registry.example.com/platform/certpager@{DIGEST}",
-        external={("Secret", "internal-ca"), ("Secret", "certpager-pagerduty")},
+        probes=2, image=f"registry.example.com/platform/certpager@{DIGEST}", ingress=True,
+        external={("Secret", "internal-ca"), ("Secret", "certpager-pagerduty"), ("Secret", "certpager-webhooks-tls")},
     ),
     "postgresql.yaml": Expect(
         store="postgresql", bridge_replicas=3,
@@ -104,6 +105,17 @@ def test_config_change_rolls_the_pods():
     assert before.keys() == after.keys() and all(before[k] != after[k] for k in before)
 
 
+def test_bridge_may_reach_the_alertmanagers_it_syncs_with():
+    """Acknowledgement sync reads and writes Alertmanager's API: the NetworkPolicy opens those ports."""
+    objects = parse(run(
+        tool("helm"), "template", "cp", CHART,
+        "--set", "bridge.config.ack_sync.alertmanagers={http://am-0.monitoring.svc:9093,https://am.example.com}",
+    ).stdout)
+    (policy,) = [p for p in of_kind(objects, "NetworkPolicy") if p["metadata"]["name"] == "cp-certpager-bridge"]
+    ports = [p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])]
+    assert ports == [53, 53, 443, 9093, 443]
+
+
 @pytest.mark.skipif(not postgres_in_schema(), reason="the bridge's store schema has no PostgreSQL yet (issue 21)")
 def test_postgres_config_loads(tmp_path):
     """Runs once the bridge knows PostgreSQL: the chart's store section must be what the bridge expects
@@ -122,6 +134,7 @@ REFUSED = [
     (["image.digest=latest"], "image.digest"),
     (["exporter.probe.targets[0].targets[0]=no-port"], "exporter.probe.targets.0.targets.0"),
     (["bridge.serviceMonitor.interval=often"], "bridge.serviceMonitor.interval"),
+    (["bridge.ingress.enabled=true"], "bridge.ingress.host"),
 ]
 
 
