@@ -17,12 +17,14 @@ untrusted, self-signed or wrong-name chain still yields every CertificateInfo wi
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
 import logging
 import math
 import os
+import re
 import ssl
 import sys
 import threading
@@ -36,11 +38,14 @@ from typing import Generic, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509 import verification
+from OpenSSL import crypto
 
-from exporter import der
+from exporter import der, trust
 from exporter.probes.base import CertificateInfo, Position, VerifyReason
 
 log = logging.getLogger(__name__)
@@ -131,17 +136,51 @@ VERDICT_CACHE_SIZE = 50_000
 _parsed: AgingCache[bytes, ParsedCert] = AgingCache(PARSE_CACHE_SIZE)
 
 
-def _is_self_signed(der_bytes: bytes) -> bool:
-    """Is a self-issued certificate signed by its own key? (cryptography, the only signature checker)"""
-    cert = _load(der_bytes)
+def signs_itself(der_bytes: bytes) -> bool:
+    """Does the certificate's own public key verify its signature? Whatever the algorithm (SHA-1 and
+    MD5 included): a CA whose subject equals its issuer but that another key signed is not self-signed.
+
+    False also when the key or the algorithm is one ``cryptography`` cannot check (a GOST or MD2
+    signature): such a certificate is reported as an intermediate, never guessed to be a root.
+    """
+    parts = der.signed_parts(der_bytes)
+    scheme = der.signature_scheme(parts)
     try:
-        cert.verify_directly_issued_by(cert)
+        key = serialization.load_der_public_key(parts.public_key)
+        _verify_signature(key, scheme, parts.signature, parts.tbs)
     except InvalidSignature:
         return False
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        # cryptography will not check some signatures (SHA-1, MD5): fall back to the key identifiers.
-        return _key_ids_match(cert)
+    except (ValueError, TypeError, UnsupportedAlgorithm, KeyError) as exc:
+        log.debug("a self-issued certificate's signature cannot be checked",
+                  extra={"kv": {"algorithm": der.dotted(parts.algorithm), "error": str(exc)}})
+        return False
     return True
+
+
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "md5": hashes.MD5, "sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384, "sha512": hashes.SHA512, "sha3_224": hashes.SHA3_224,
+    "sha3_256": hashes.SHA3_256, "sha3_384": hashes.SHA3_384, "sha3_512": hashes.SHA3_512,
+}
+
+
+def _verify_signature(key: object, scheme: der.SignatureScheme, signature: bytes, data: bytes) -> None:
+    """Raises InvalidSignature when ``key`` did not sign ``data`` (also when the key does not fit the scheme)."""
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey) and scheme.scheme in ("ed25519", "ed448"):
+        key.verify(signature, data)
+        return
+    digest = _HASHES[scheme.digest]()
+    if isinstance(key, rsa.RSAPublicKey) and scheme.scheme == "rsa":
+        key.verify(signature, data, padding.PKCS1v15(), digest)
+    elif isinstance(key, rsa.RSAPublicKey) and scheme.scheme == "rsa-pss":
+        pss = padding.PSS(mgf=padding.MGF1(_HASHES[scheme.mgf_digest]()), salt_length=scheme.salt_length)
+        key.verify(signature, data, pss, digest)
+    elif isinstance(key, ec.EllipticCurvePublicKey) and scheme.scheme == "ecdsa":
+        key.verify(signature, data, ec.ECDSA(digest))
+    elif isinstance(key, dsa.DSAPublicKey) and scheme.scheme == "dsa":
+        key.verify(signature, data, digest)
+    else:
+        raise InvalidSignature  # this key cannot have made a signature of that kind
 
 
 def _load(der_bytes: bytes) -> x509.Certificate:
@@ -150,20 +189,11 @@ def _load(der_bytes: bytes) -> x509.Certificate:
         return x509.load_der_x509_certificate(der_bytes)
 
 
-def _key_ids_match(cert: x509.Certificate) -> bool:
-    try:
-        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
-        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    except x509.ExtensionNotFound:
-        return True  # same subject and issuer name and nothing to tell them apart
-    return aki is None or aki == ski
-
-
 def _parse(der_bytes: bytes, digest: bytes, index: int = 1) -> ParsedCert:
     try:
         fields = der.certificate_fields(der_bytes)
-        self_signed = fields.self_issued and _is_self_signed(der_bytes)
-    except ValueError as exc:  # der.DerError, and cryptography's for what it cannot load
+        self_signed = fields.self_issued and signs_itself(der_bytes)
+    except der.DerError as exc:
         raise CertificateParseError(str(exc)) from exc
     info = CertificateInfo(
         # The position and index of first sight: a leaf first seen at index 0 needs no positioned copy.
@@ -225,22 +255,36 @@ def _at_index(info: CertificateInfo, index: int) -> CertificateInfo:
 
 @dataclass(frozen=True, slots=True)
 class PresentedChain:
-    """The certificates a peer presented, each hashed and parsed once for the whole probe."""
+    """The certificates a peer presented, each hashed and parsed once for the whole probe.
+
+    A certificate that cannot be read is an error for that certificate alone: it has no info (and
+    so no series), its error names its index and the byte offset, and the others keep theirs.
+    """
 
     ders: tuple[bytes, ...]
-    parsed: tuple[ParsedCert, ...]  # as first seen (for names and dates)
-    infos: tuple[CertificateInfo, ...]  # with this chain's index and position of each certificate
+    digests: tuple[bytes, ...]  # SHA-256 of each DER, readable or not (the verdict cache's key)
+    parsed: tuple[ParsedCert | None, ...]  # as first seen (for names and dates); None: unreadable
+    infos: tuple[CertificateInfo, ...]  # the readable ones, with this chain's index and position
+    errors: tuple[str, ...] = ()  # one message per unreadable certificate ("certificate 2: ...")
 
     @property
-    def leaf(self) -> ParsedCert:
+    def leaf(self) -> ParsedCert | None:
         return self.parsed[0]
 
 
 def read_chain(ders: Sequence[bytes]) -> PresentedChain:
-    """Parse a presented chain (leaf first); raises CertificateParseError."""
-    parsed = tuple(_parse_digest(der, hashlib.sha256(der).digest(), index) for index, der in enumerate(ders))
-    infos = tuple(_at_index(p.info, index) for index, p in enumerate(parsed))
-    return PresentedChain(tuple(ders), parsed, infos)
+    """Parse a presented chain (leaf first); never raises for a certificate's content."""
+    digests = tuple(hashlib.sha256(d).digest() for d in ders)
+    parsed: list[ParsedCert | None] = []
+    errors: list[str] = []
+    for index, (der_bytes, digest) in enumerate(zip(ders, digests, strict=True)):
+        try:
+            parsed.append(_parse_digest(der_bytes, digest, index))
+        except CertificateParseError as exc:
+            parsed.append(None)
+            errors.append(f"certificate {index} cannot be read: {exc}")
+    infos = tuple(_at_index(p.info, index) for index, p in enumerate(parsed) if p is not None)
+    return PresentedChain(tuple(ders), digests, tuple(parsed), infos, tuple(errors))
 
 
 # --- hostname (RFC 6125) -------------------------------------------------------------------------
@@ -258,25 +302,32 @@ def _wildcard_match(pattern: str, name: str) -> bool:
     return bool(head) and bool(dot) and "." + rest == suffix
 
 
-def match_hostname(parsed: ParsedCert, name: str) -> bool:
-    """Does the leaf's SAN cover ``name`` (DNS name, or IP literal against IP SANs only)?"""
+def match_hostname(parsed: ParsedCert, name: str, *, cn_fallback: bool = False) -> bool:
+    """Does the leaf's SAN cover ``name`` (DNS name, or IP literal against IP SANs only)?
+
+    With ``cn_fallback`` (profile openssl: OpenSSL's X509_check_host, as curl uses it), a leaf with
+    no DNS or IP SAN at all is matched by its subject commonName instead.
+    """
     bare = name.strip("[]")
     if any(c == ":" for c in bare) or bare.replace(".", "").isdigit():  # cheap pre-check before ipaddress
         try:
             return str(ipaddress.ip_address(bare)) in parsed.ip_addresses
         except ValueError:
             pass
+    if cn_fallback and not parsed.dns_names and not parsed.ip_addresses and parsed.info.subject_cn:
+        return _name_matches(parsed.info.subject_cn, name)
+    return any(_name_matches(san, name) for san in parsed.dns_names)
+
+
+def _name_matches(pattern_name: str, name: str) -> bool:
     wanted = name.rstrip(".").lower()
     if not wanted.isascii():
         try:
             wanted = wanted.encode("idna").decode("ascii")  # SANs hold A-labels (xn--...)
         except UnicodeError:
             return False
-    for san in parsed.dns_names:
-        pattern = san.rstrip(".").lower()
-        if pattern == wanted or _wildcard_match(pattern, wanted):
-            return True
-    return False
+    pattern = pattern_name.rstrip(".").lower()
+    return pattern == wanted or _wildcard_match(pattern, wanted)
 
 
 # --- trust ---------------------------------------------------------------------------------------
@@ -289,8 +340,24 @@ class TrustStoreError(Exception):
 @dataclass(frozen=True, slots=True)
 class _LoadedStore:
     token: tuple[object, ...]  # identifies the file version the store was built from
-    store: verification.Store
+    store: verification.Store | None  # for profile webpki (cryptography); None: it reads no anchor
     anchors: frozenset[bytes]  # DER of every anchor, to tell "self-signed and trusted" apart
+    openssl: crypto.X509Store  # for profile openssl (every certificate OpenSSL reads from the file)
+    openssl_certs: tuple[crypto.X509, ...]
+
+    def openssl_at(self, moment: dt.datetime | None) -> crypto.X509Store:
+        """The OpenSSL store, checking validity at the system's time (None) or at ``moment``.
+
+        OpenSSL keeps the first time set on a store, so a moment gets a store of its own (built in
+        about 3 us per anchor): only an injected clock (tests) asks for one.
+        """
+        if moment is None:
+            return self.openssl
+        store = crypto.X509Store()
+        store.set_time(moment)
+        for cert in self.openssl_certs:
+            store.add_cert(cert)
+        return store
 
 
 def _system_bundle() -> Path:
@@ -343,31 +410,40 @@ class TrustStores:
             data = path.read_bytes()
         except OSError as exc:
             raise TrustStoreError(f"{path}: {exc.strerror}") from exc
-        certs, skipped = _load_pem_bundle(data)
-        if not certs:
+        certs, skipped, openssl = _load_pem_bundle(data)
+        if not certs and not openssl:
             raise TrustStoreError(f"{path}: no PEM certificate could be read")
         anchors = frozenset(c.public_bytes(Encoding.DER) for c in certs)
+        store = crypto.X509Store()
+        for cert in openssl:
+            store.add_cert(cert)
         log.debug("trust store loaded",
                   extra={"kv": {"path": str(path), "certificates": len(certs), "skipped": skipped}})
-        return _LoadedStore(token, verification.Store(certs), anchors)
+        # cryptography's Store refuses an empty list: then profile webpki trusts nothing.
+        return _LoadedStore(token, verification.Store(certs) if certs else None, anchors, store, tuple(openssl))
 
 
 _PEM_END = b"-----END CERTIFICATE-----"
 
 
-def _load_pem_bundle(data: bytes) -> tuple[list[x509.Certificate], int]:
+def _load_pem_bundle(data: bytes) -> tuple[list[x509.Certificate], int, list[crypto.X509]]:
     # One by one, so a single odd certificate (system bundles hold a few, e.g. with a non-positive
-    # serial that cryptography warns about) neither fails the whole store nor spams warnings.
+    # serial that cryptography warns about) neither fails the whole store nor spams warnings. Each
+    # verifier gets every certificate it can read itself.
     certs: list[x509.Certificate] = []
+    openssl: list[crypto.X509] = []
     skipped = 0
     for block in data.split(_PEM_END)[:-1]:
+        pem = block[block.find(b"-----BEGIN"):] + _PEM_END
+        with contextlib.suppress(crypto.Error):
+            openssl.append(crypto.load_certificate(crypto.FILETYPE_PEM, pem))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-                certs.append(x509.load_pem_x509_certificate(block + _PEM_END))
-        except ValueError:
+                certs.append(x509.load_pem_x509_certificate(pem))
+        except (ValueError, x509.InvalidVersion):
             skipped += 1
-    return certs, skipped
+    return certs, skipped, openssl
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,43 +469,77 @@ class ChainVerifier:
         self._clock = clock
         self._cache: AgingCache[tuple[object, ...], tuple[Verdict, float]] = AgingCache(cache_size)
 
-    def verify(self, chain: PresentedChain, ca_file: Path | None) -> Verdict:
-        """Is there a path from the leaf through the presented certificates to a trust anchor?"""
+    def verify(
+        self, chain: PresentedChain, ca_file: Path | None, *, profile: str = "openssl",
+        security_level: int = trust.DEFAULT_SECURITY_LEVEL,
+    ) -> Verdict:
+        """Would a client of ``profile`` trust this chain (a path from the leaf to a trust anchor)?"""
         now = self._clock()
         try:
             store = self.stores.get(ca_file)
         except TrustStoreError as exc:
             return Verdict(False, VerifyReason.INVALID, f"trust store: {exc}")
         # Digests, not DER: they are already held by the parse cache (no second copy of each DER).
-        key = (tuple(p.info.sha256 for p in chain.parsed), store.token)
+        key = (chain.digests, store.token, profile, security_level)
         cached = self._cache.get(key)
         if cached is not None and now < cached[1]:
             return cached[0]
-        verdict = self._verify(chain, store, now)
+        if profile == "webpki":
+            verdict = self._verify_webpki(chain, store, now)
+        else:
+            # OpenSSL checks validity against the system's clock unless told a time (see openssl_at).
+            moment = None if self._clock is time.time else dt.datetime.fromtimestamp(now, dt.UTC)
+            verdict = _verify_openssl(chain, store.openssl_at(moment), security_level)
         self._cache.put(key, (verdict, self._valid_until(chain.parsed, now)))
+        if not verdict.verified or chain.errors:  # logged when decided: once per chain and VERDICT_TTL
+            leaf = chain.leaf
+            log.info("chain verdict", extra={"kv": {
+                "leaf": leaf.info.subject_cn if leaf else "", "profile": profile, "verified": verdict.verified,
+                "reason": verdict.reason or "", "detail": "; ".join([*chain.errors, verdict.detail])}})
         return verdict
 
     @staticmethod
-    def _valid_until(parsed: Sequence[ParsedCert], now: float) -> float:
-        boundaries = [t for p in parsed for t in (p.info.not_before, p.info.not_after) if t > now]
+    def _valid_until(parsed: Sequence[ParsedCert | None], now: float) -> float:
+        boundaries = [t for p in parsed if p is not None for t in (p.info.not_before, p.info.not_after) if t > now]
         return min([now + VERDICT_TTL, *boundaries])
 
-    def _verify(self, chain: PresentedChain, store: _LoadedStore, now: float) -> Verdict:
-        if chain.leaf.info.self_signed and chain.ders[0] not in store.anchors:
-            return Verdict(False, VerifyReason.SELF_SIGNED, "the leaf is self-signed and not a trust anchor")
+    def _verify_webpki(self, chain: PresentedChain, store: _LoadedStore, now: float) -> Verdict:
+        leaf = chain.leaf
+        if leaf is None:
+            return Verdict(False, VerifyReason.INVALID, chain.errors[0])
+        if leaf.info.self_signed and chain.ders[0] not in store.anchors:
+            return Verdict(False, VerifyReason.SELF_SIGNED, "certificate 0 "
+                           f"({_cn(leaf.info)}) is self-signed and not a trust anchor")
+        if store.store is None:
+            return Verdict(False, VerifyReason.UNKNOWN_ISSUER,
+                           "the trust store holds no certificate cryptography reads")
         moment = dt.datetime.fromtimestamp(now, dt.UTC)
-        verifier = _server_verifier(verification.PolicyBuilder().store(store.store).time(moment), chain.leaf)
+        verifier = _server_verifier(verification.PolicyBuilder().store(store.store).time(moment), leaf)
         if verifier is None:
-            return Verdict(False, VerifyReason.INVALID, "the leaf has no usable subjectAltName")
+            return Verdict(False, VerifyReason.INVALID, f"certificate 0 ({_cn(leaf.info)}) has no usable "
+                           "subjectAltName: Web PKI clients match names only there")
         try:
             certs = [_load(der) for der in chain.ders]
-        except ValueError as exc:  # read by exporter/der.py, but not a certificate cryptography accepts
-            return Verdict(False, VerifyReason.INVALID, f"a certificate cannot be verified: {exc}")
+        except (ValueError, x509.InvalidVersion) as exc:  # not a certificate cryptography accepts
+            return Verdict(False, VerifyReason.INVALID, f"a certificate cannot be verified: {_clean(str(exc))}")
         try:
             verifier.verify(certs[0], certs[1:])
         except verification.VerificationError as exc:
             return _classify(str(exc), chain.parsed, now)
         return Verdict(True)
+
+
+def _verify_openssl(chain: PresentedChain, store: crypto.X509Store, level: int) -> Verdict:
+    try:
+        loaded = trust.OpenSSLChain(chain.ders)
+    except crypto.Error:  # a TLS peer's chain was read by OpenSSL already; a file's may not be
+        return Verdict(False, VerifyReason.INVALID, "a certificate cannot be read by OpenSSL")
+    failure = loaded.verify(store, level)
+    return Verdict(True) if failure is None else Verdict(False, failure.reason, failure.detail)
+
+
+def _cn(info: CertificateInfo) -> str:
+    return f"CN={info.subject_cn}" if info.subject_cn else "no CN"
 
 
 def _own_subjects(leaf: ParsedCert) -> list[verification.Subject]:
@@ -450,12 +560,32 @@ def _server_verifier(builder: verification.PolicyBuilder, leaf: ParsedCert) -> v
     return None
 
 
-def _classify(message: str, parsed: Sequence[ParsedCert], now: float) -> Verdict:
+_DUMP = re.compile(r"[A-Z]\w*(?:<[^>]*>)? ?[{(].*", re.DOTALL)  # a Rust debug dump: Name { ... }, Other(...)
+
+
+def _clean(message: str) -> str:
+    """cryptography's message without its Rust debug dumps and the context it appends."""
+    text = message.split(" (encountered processing", 1)[0]
+    quoted: list[str] = re.findall(r'"([^"]{3,})"', text)
+    if quoted:  # validation failed: Other("EE keyUsage must not assert keyCertSign")
+        return quoted[-1]
+    return _DUMP.sub("", text).rstrip(" :") or "the chain was refused"
+
+
+_WEBPKI_REASONS = (  # phrases of cryptography's messages (43..50) -> reasons
+    ("RSA key is too weak", VerifyReason.WEAK_KEY), ("Forbidden public key algorithm", VerifyReason.WEAK_KEY),
+    ("Forbidden signature algorithm", VerifyReason.WEAK_SIGNATURE), ("path length", VerifyReason.PATH_LENGTH),
+    ("name constraint", VerifyReason.NAME_CONSTRAINTS), ("maximum depth", VerifyReason.CHAIN_TOO_LONG),
+    ("extended key usage", VerifyReason.PURPOSE),
+)
+
+
+def _classify(message: str, parsed: Sequence[ParsedCert | None], now: float) -> Verdict:
     # cryptography's VerificationError carries only a message; these phrases are stable across
     # 43..50 ("cert is not valid at validation time", "candidates exhausted ... no interior errors").
-    detail = message.split(" (encountered processing", 1)[0]
+    detail = _clean(message)
     if "not valid at validation time" in message:
-        infos = [p.info for p in parsed]
+        infos = [p.info for p in parsed if p is not None]
         if any(i.not_after < now for i in infos):
             return Verdict(False, VerifyReason.EXPIRED, detail)
         if any(i.not_before > now for i in infos):
@@ -463,4 +593,8 @@ def _classify(message: str, parsed: Sequence[ParsedCert], now: float) -> Verdict
         return Verdict(False, VerifyReason.EXPIRED, detail + " (a trust anchor is out of its validity period)")
     if "no interior errors" in message:
         return Verdict(False, VerifyReason.UNKNOWN_ISSUER, "no path from the leaf to a trust anchor")
+    lowered = message.lower()
+    for phrase, reason in _WEBPKI_REASONS:
+        if phrase.lower() in lowered:
+            return Verdict(False, reason, detail)
     return Verdict(False, VerifyReason.INVALID, detail)

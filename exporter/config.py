@@ -47,6 +47,10 @@ class TLSSettings(StrictModel):
     key_file: Path | None = None
     key_password_file: Path | None = None
     insecure_skip_verify: bool = False  # skip the trust verdict (dates are always exported)
+    # Whose trust verdict: "openssl" (an OpenSSL 3 client: curl, Python, nginx upstreams) or "webpki"
+    # (the CA/Browser Forum profile of cryptography's verifier). docs/exporter-config.md.
+    verify_profile: Literal["openssl", "webpki"] = "openssl"
+    security_level: int = Field(default=2, ge=0, le=5)  # OpenSSL's; openssl profile only
     min_version: TLSVersion | None = None
     max_version: TLSVersion | None = None
 

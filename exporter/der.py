@@ -16,7 +16,10 @@ Every tag and length read is checked; anything that is not what the reader expec
   and issuer compared as ``x509.Name.__eq__`` does (RDN by RDN, attribute sets, string types ignored);
 - the subjectAltName's dNSName and iPAddress entries (address ranges, 8 or 32 bytes, are skipped);
 - basicConstraints' cA flag;
-- the subject public key's type and size (RSA and DSA by their modulus, EC by its named curve).
+- the subject public key's type and size (RSA and DSA by their modulus, EC by its named curve, or by
+  its order when the parameters are explicit, as OpenSSL sizes it).
+It also hands out the signed parts (:func:`signed_parts`), so a certificate's own key can be checked
+against its signature whatever the algorithm (exporter/certs.py decides self-signed that way).
 It does not decode the parts it does not need, so a certificate ``cryptography`` would refuse for
 one of them (an odd extension, an explicit cA FALSE) is still reported; trust verification, which
 is ``cryptography``'s, still refuses it.
@@ -95,6 +98,9 @@ def element(der: bytes, pos: int, end: int) -> Element:
         if not 0 < count <= 4 or start + count > end:
             raise DerError(f"bad length of the element at byte {pos}")
         length = int.from_bytes(der[start:start + count], "big")
+        # DER lengths are minimal: the long form only from 128 on, without leading zero bytes.
+        if length < 0x80 or der[start] == 0:
+            raise DerError(f"a non-minimal length of the element at byte {pos}")
         start += count
     if start + length > end:
         raise DerError(f"the element at byte {pos} runs past its container")
@@ -119,19 +125,66 @@ def elements(der: bytes, start: int, end: int) -> list[Element]:
     return found
 
 
-def certificate_fields(der: bytes) -> CertFields:
-    """Read the fields the metrics need from one DER certificate; raises :class:`DerError`."""
+class SignedParts(NamedTuple):
+    """What checking a certificate's signature needs, as bytes of the certificate."""
+
+    tbs: bytes  # the whole TBSCertificate element, as signed
+    algorithm: bytes  # the outer signatureAlgorithm's OID content bytes
+    parameters: bytes  # its parameters element, encoded ("" when absent)
+    signature: bytes  # the signatureValue BIT STRING's bits (after the unused-bits byte)
+    public_key: bytes  # the whole SubjectPublicKeyInfo element
+
+
+def _outer(der: bytes) -> tuple[Element, Element, Element]:
+    """The three elements of a Certificate: tbsCertificate, signatureAlgorithm, signatureValue."""
     _, start, end = expect(der, 0, len(der), SEQUENCE)  # Certificate
     if end != len(der):
-        raise DerError(f"{len(der) - end} bytes after the certificate")
-    tbs = expect(der, start, end, SEQUENCE)
-    signature = expect(der, tbs[2], end, SEQUENCE)  # the outer signatureAlgorithm
+        raise DerError(f"{len(der) - end} bytes after the certificate, at byte {end}")
+    parts = elements(der, start, end)
+    if [p[0] for p in parts] != [SEQUENCE, SEQUENCE, BIT_STRING]:
+        raise DerError(f"not a Certificate (tbsCertificate, signatureAlgorithm, signatureValue) at byte {start}")
+    return parts[0], parts[1], parts[2]
+
+
+def signed_parts(der: bytes) -> SignedParts:
+    """The signed bytes, the signature and its algorithm, and the public key; raises DerError."""
+    tbs, algorithm, value = _outer(der)
+    _, oid_start, oid_end = expect(der, algorithm[1], algorithm[2], OID)
+    fields = _tbs_fields(der, tbs)
+    if value[1] == value[2] or der[value[1]] != 0:
+        raise DerError(f"a signature that is not whole bytes at byte {value[1]}")
+    spki = fields[5]
+    return SignedParts(
+        tbs=der[element(der, 0, len(der))[1]:tbs[2]],  # the first element of the Certificate, header included
+
+        algorithm=der[oid_start:oid_end],
+        parameters=der[oid_end:algorithm[2]],
+        signature=der[value[1] + 1:value[2]],
+        public_key=der[fields[4][2]:spki[2]],  # header included: it starts where the subject ends
+    )
+
+
+def _tbs_fields(der: bytes, tbs: Element) -> list[Element]:
+    """The TBSCertificate's fields from serialNumber on (the version checked and dropped)."""
     fields = elements(der, tbs[1], tbs[2])
     if fields and fields[0][0] == _VERSION:
+        version = _only(der, fields[0], INTEGER)
+        if _integer(der, version) not in (0, 1, 2):  # v1, v2, v3
+            raise DerError(f"an unknown certificate version at byte {version[1]}")
         del fields[0]
     # serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, then optional fields
     if len(fields) < 6 or [f[0] for f in fields[:6]] != _TBS_TAGS:
         raise DerError(f"not a TBSCertificate at byte {tbs[1]}")
+    for tag, start, _ in fields[6:]:
+        if tag not in _TBS_OPTIONAL:
+            raise DerError(f"an unexpected field (tag 0x{tag:02x}) in the TBSCertificate at byte {start}")
+    return fields
+
+
+def certificate_fields(der: bytes) -> CertFields:
+    """Read the fields the metrics need from one DER certificate; raises :class:`DerError`."""
+    tbs, signature, _ = _outer(der)
+    fields = _tbs_fields(der, tbs)
     serial, _, issuer, validity, subject, spki = fields[:6]
     not_before, not_after = read_validity(der, validity)
     subject_rdns, issuer_rdns = elements(der, subject[1], subject[2]), elements(der, issuer[1], issuer[2])
@@ -162,6 +215,7 @@ def certificate_fields(der: bytes) -> CertFields:
 
 
 _TBS_TAGS = [INTEGER, SEQUENCE, SEQUENCE, SEQUENCE, SEQUENCE, SEQUENCE]
+_TBS_OPTIONAL = (0x81, 0xA1, 0x82, 0xA2, _EXTENSIONS)  # [1] issuerUniqueID, [2] subjectUniqueID, [3]
 
 
 def _algorithm_oid(der: bytes, algorithm: Element) -> bytes:
@@ -173,6 +227,8 @@ def _algorithm_oid(der: bytes, algorithm: Element) -> bytes:
 def _integer(der: bytes, integer: Element) -> int:
     if integer[1] == integer[2]:
         raise DerError(f"an empty INTEGER at byte {integer[1]}")
+    if integer[2] - integer[1] > 1 and (der[integer[1]], der[integer[1] + 1] & 0x80) in ((0, 0), (0xFF, 0x80)):
+        raise DerError(f"a non-minimal INTEGER at byte {integer[1]}")
     return int.from_bytes(der[integer[1]:integer[2]], "big", signed=True)
 
 
@@ -225,6 +281,8 @@ def common_name(der: bytes, rdns: list[Element]) -> str:
     """The first commonName of a name's RDNs, as text ("" when there is none)."""
     for rdn in rdns:
         for _, attr_start, attr_end in _attributes(der, rdn):
+            if der[attr_start] != OID:
+                raise DerError(f"expected an attribute type (OID) at byte {attr_start}")
             if der.startswith(_COMMON_NAME_TLV, attr_start, attr_end):  # the attribute's type, encoded
                 tag, value_start, value_end = element(der, attr_start + len(_COMMON_NAME_TLV), attr_end)
                 value = _decode_string(tag, der[value_start:value_end], value_start)
@@ -283,12 +341,18 @@ def same_name(a: Name, b: Name) -> bool:
 def find_extensions(der: bytes, extensions: Element) -> tuple[Element | None, Element | None]:
     """The extnValue (an OCTET STRING) of subjectAltName and of basicConstraints, where present.
 
-    Only these two are read; either appearing twice is an error (RFC 5280 4.2).
+    Only these two are decoded; any extension appearing twice is an error (RFC 5280 4.2), as for
+    ``cryptography`` and OpenSSL.
     """
     found: list[Element | None] = [None, None]
+    seen: set[bytes] = set()
     for tag, start, end in elements(der, extensions[1], extensions[2]):
         if tag != SEQUENCE:
             raise DerError(f"expected an Extension at byte {start}")
+        _, oid_start, oid_end = expect(der, start, end, OID)
+        if der[oid_start:oid_end] in seen:
+            raise DerError(f"extension {dotted(der[oid_start:oid_end])} appears twice (at byte {start})")
+        seen.add(der[oid_start:oid_end])
         # Compared encoded (tag, length, OID): the other extensions are skipped without decoding.
         which = 0 if der.startswith(_SUBJECT_ALT_NAME_TLV, start, end) else \
             1 if der.startswith(_BASIC_CONSTRAINTS_TLV, start, end) else None
@@ -299,8 +363,6 @@ def find_extensions(der: bytes, extensions: Element) -> tuple[Element | None, El
             value = element(der, value[2], end)
         if value[0] != OCTET_STRING or value[2] != end:
             raise DerError(f"malformed Extension at byte {start}")
-        if found[which] is not None:
-            raise DerError(f"extension {dotted((_SUBJECT_ALT_NAME, _BASIC_CONSTRAINTS)[which])} appears twice")
         found[which] = value
     return found[0], found[1]
 
@@ -367,12 +429,22 @@ def read_key(der: bytes, spki: Element) -> tuple[str, int]:
         _, start, end = expect(der, bits_start + 1, bits_end, SEQUENCE)
         return "rsa", _integer_bits(der, expect(der, start, end, INTEGER))
     if oid == _EC:
+        if params and params[0] == SEQUENCE:  # explicit ECParameters: the size is the order's (as OpenSSL)
+            return "ec", _explicit_curve_bits(der, params)
         return "ec", _curve_bits(der[params[1]:params[2]]) if params and params[0] == OID else 0
     if oid == _DSA:
         if params is None or params[0] != SEQUENCE:
             return "dsa", 0
         return "dsa", _integer_bits(der, expect(der, params[1], params[2], INTEGER))  # p of (p, q, g)
     return _FIXED_SIZE_KEYS.get(oid, ("unknown", 0))
+
+
+def _explicit_curve_bits(der: bytes, params: Element) -> int:
+    """The bit size of an explicit curve's order (SEC 1 ECParameters: version, fieldID, curve, base, order)."""
+    items = elements(der, params[1], params[2])
+    if len(items) < 5 or [i[0] for i in items[:5]] != [INTEGER, SEQUENCE, SEQUENCE, OCTET_STRING, INTEGER]:
+        raise DerError(f"malformed explicit EC parameters at byte {params[1]}")
+    return _integer_bits(der, items[4])
 
 
 def _integer_bits(der: bytes, integer: Element) -> int:
@@ -400,3 +472,93 @@ def dotted(oid: bytes) -> str:
             value = 0
     top = min(arcs[0] // 40, 2)  # the first subidentifier packs the first two arcs
     return ".".join(map(str, [top, arcs[0] - 40 * top, *arcs[1:]]))
+
+
+# --- signature algorithms ------------------------------------------------------------------------
+
+
+def _oid(text: str) -> bytes:
+    arcs = [int(a) for a in text.split(".")]
+    body = bytearray()
+    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        while arc > 0x7F:
+            arc >>= 7
+            chunk.append(arc & 0x7F | 0x80)
+        body += bytes(reversed(chunk))
+    return bytes(body)
+
+
+_DIGESTS = {_oid(k): v for k, v in {
+    "1.2.840.113549.2.5": "md5", "1.3.14.3.2.26": "sha1", "2.16.840.1.101.3.4.2.4": "sha224",
+    "2.16.840.1.101.3.4.2.1": "sha256", "2.16.840.1.101.3.4.2.2": "sha384", "2.16.840.1.101.3.4.2.3": "sha512",
+    "2.16.840.1.101.3.4.2.7": "sha3_224", "2.16.840.1.101.3.4.2.8": "sha3_256",
+    "2.16.840.1.101.3.4.2.9": "sha3_384", "2.16.840.1.101.3.4.2.10": "sha3_512",
+}.items()}
+# signatureAlgorithm OID -> (scheme, digest); RSASSA-PSS takes its digest from the parameters.
+SIGNATURE_SCHEMES = {_oid(k): v for k, v in {
+    "1.2.840.113549.1.1.4": ("rsa", "md5"), "1.2.840.113549.1.1.5": ("rsa", "sha1"),
+    "1.2.840.113549.1.1.14": ("rsa", "sha224"), "1.2.840.113549.1.1.11": ("rsa", "sha256"),
+    "1.2.840.113549.1.1.12": ("rsa", "sha384"), "1.2.840.113549.1.1.13": ("rsa", "sha512"),
+    "2.16.840.1.101.3.4.3.13": ("rsa", "sha3_224"), "2.16.840.1.101.3.4.3.14": ("rsa", "sha3_256"),
+    "2.16.840.1.101.3.4.3.15": ("rsa", "sha3_384"), "2.16.840.1.101.3.4.3.16": ("rsa", "sha3_512"),
+    "1.2.840.113549.1.1.10": ("rsa-pss", ""),
+    "1.2.840.10045.4.1": ("ecdsa", "sha1"), "1.2.840.10045.4.3.1": ("ecdsa", "sha224"),
+    "1.2.840.10045.4.3.2": ("ecdsa", "sha256"), "1.2.840.10045.4.3.3": ("ecdsa", "sha384"),
+    "1.2.840.10045.4.3.4": ("ecdsa", "sha512"), "2.16.840.1.101.3.4.3.9": ("ecdsa", "sha3_224"),
+    "2.16.840.1.101.3.4.3.10": ("ecdsa", "sha3_256"), "2.16.840.1.101.3.4.3.11": ("ecdsa", "sha3_384"),
+    "2.16.840.1.101.3.4.3.12": ("ecdsa", "sha3_512"),
+    "1.2.840.10040.4.3": ("dsa", "sha1"), "2.16.840.1.101.3.4.3.1": ("dsa", "sha224"),
+    "2.16.840.1.101.3.4.3.2": ("dsa", "sha256"),
+    "1.3.101.112": ("ed25519", ""), "1.3.101.113": ("ed448", ""),
+}.items()}
+_MGF1 = _oid("1.2.840.113549.1.1.8")
+
+
+class SignatureScheme(NamedTuple):
+    """How a certificate's signature is checked: the scheme, its digest, and RSASSA-PSS's MGF1 digest and salt."""
+
+    scheme: str  # rsa, rsa-pss, ecdsa, dsa, ed25519, ed448; "" when unknown
+    digest: str  # md5, sha1, sha256, ...; "" for EdDSA and when unknown
+    mgf_digest: str = ""
+    salt_length: int = 0
+
+
+def signature_scheme(parts: SignedParts) -> SignatureScheme:
+    """The signature scheme of a certificate's outer signatureAlgorithm; raises DerError on bad parameters."""
+    scheme, digest = SIGNATURE_SCHEMES.get(parts.algorithm, ("", ""))
+    if scheme != "rsa-pss":
+        return SignatureScheme(scheme, digest)
+    return _pss(parts.parameters)
+
+
+def signature_digest(parts: SignedParts) -> str:
+    """The digest of a certificate's signature ("ed25519"/"ed448" for EdDSA, "" when unknown)."""
+    found = signature_scheme(parts)
+    return found.scheme if found.scheme in ("ed25519", "ed448") else found.digest
+
+
+def _pss(params: bytes) -> SignatureScheme:
+    # RSASSA-PSS-params: [0] hashAlgorithm DEFAULT sha1, [1] maskGenAlgorithm DEFAULT mgf1SHA1,
+    # [2] saltLength DEFAULT 20, [3] trailerField DEFAULT 1 (RFC 4055 section 3.1).
+    digest, mgf, salt = "sha1", "sha1", 20
+    if not params:
+        return SignatureScheme("rsa-pss", digest, mgf, salt)
+    _, start, end = expect(params, 0, len(params), SEQUENCE)
+    for tag, field_start, field_end in elements(params, start, end):
+        if tag == 0xA0:
+            digest = _digest_of(params, expect(params, field_start, field_end, SEQUENCE))
+        elif tag == 0xA1:
+            _, alg_start, alg_end = expect(params, field_start, field_end, SEQUENCE)
+            _, oid_start, oid_end = expect(params, alg_start, alg_end, OID)
+            if params[oid_start:oid_end] != _MGF1:
+                return SignatureScheme("", "")
+            mgf = _digest_of(params, expect(params, oid_end, alg_end, SEQUENCE))
+        elif tag == 0xA2:
+            salt = _integer(params, expect(params, field_start, field_end, INTEGER))
+    return SignatureScheme("rsa-pss", digest, mgf, salt)
+
+
+def _digest_of(data: bytes, algorithm: Element) -> str:
+    _, start, end = expect(data, algorithm[1], algorithm[2], OID)
+    return _DIGESTS.get(data[start:end], "")

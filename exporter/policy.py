@@ -78,7 +78,7 @@ def evaluate(
     if not chain:
         return {}
     result: dict[str, bool] = {}
-    leaf = chain[0]
+    leaf = chain[0] if chain[0].index == 0 else None  # None: the leaf could not be read
     if policies.min_rsa_bits is not None:
         result[MIN_RSA_BITS] = _min_bits(chain, "rsa", policies.min_rsa_bits)
     if policies.min_ec_bits is not None:
@@ -88,8 +88,8 @@ def evaluate(
     if policies.min_tls_version is not None and tls_version is not None:
         have, want = tls_version_rank(tls_version), tls_version_rank(policies.min_tls_version)
         result[MIN_TLS_VERSION] = have is None or want is None or have < want
-    if policies.max_validity_days is not None:
+    if policies.max_validity_days is not None and leaf is not None:
         result[MAX_VALIDITY_DAYS] = leaf.not_after - leaf.not_before > policies.max_validity_days * 86400
-    if policies.forbid_self_signed and _labels_match(labels, policies.forbid_self_signed):
+    if policies.forbid_self_signed and leaf is not None and _labels_match(labels, policies.forbid_self_signed):
         result[SELF_SIGNED] = leaf.self_signed
     return result

@@ -5,7 +5,9 @@ Exit codes (the worst over all addresses probed):
     1  the probe failed: no chain was read (dns, refused, timeout, not_tls, tls_alert, ...)
     2  usage or config error (argparse's convention)
     3  a chain was read but is not trusted, or does not cover the name
-    4  trusted and the name matches, but a policy from --config is violated
+    4  trusted and the name matches, but a policy is violated: from --config, or without one the
+       defaults of OpenSSL's security level 2 (RSA keys of 2048 bits or more, EC keys of 224 bits or
+       more, no SHA-1 or MD5 signature below the root)
 With --insecure the trust and name checks are skipped and count as fine.
 """
 
@@ -25,11 +27,15 @@ from typing import Any, TextIO, get_args
 from certpager.config import parse_duration
 from certpager.errors import ConfigError
 from exporter import config as exporter_config
+from exporter import trust
 from exporter.config import Module, Policies, StartTLSProtocol, StartTLSSettings, TLSSettings
 from exporter.probes.base import CertificateInfo, ProbeRequest, ProbeResult
 from exporter.probes.tls import TLSProber
 
 EXIT_OK, EXIT_PROBE_FAILED, EXIT_USAGE, EXIT_UNTRUSTED, EXIT_POLICY = 0, 1, 2, 3, 4
+# Without --config: what an OpenSSL 3 client at security level 2 refuses, as policies (they also
+# cover what the trust verdict does not look at: with --insecure, or profile webpki).
+LEVEL_2_POLICIES = Policies(min_rsa_bits=2048, min_ec_bits=224, forbidden_signature_algorithms=["sha1", "md5"])
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +47,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", default="10s", help="whole-probe timeout, e.g. 5s (default 10s)")
     parser.add_argument("--all-ips", action="store_true", help="probe every resolved address")
     parser.add_argument("--insecure", action="store_true", help="skip the trust and name verdicts")
+    parser.add_argument("--verify-profile", choices=["openssl", "webpki"],
+                        help="whose trust verdict: an OpenSSL 3 client (default) or the Web PKI profile")
+    parser.add_argument("--security-level", type=int, choices=range(6), metavar="0-5",
+                        help="OpenSSL security level for profile openssl (default 2)")
     parser.add_argument("--config", help="exporter config: its policies are checked, --module is taken from it")
     parser.add_argument("--module", default="tls", help="module of --config to start from (default tls)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -48,7 +58,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def build_request(args: argparse.Namespace) -> ProbeRequest:
     """The ProbeRequest the arguments describe; raises ValueError / ConfigError."""
-    module, policies = Module(), Policies()
+    module, policies = Module(), LEVEL_2_POLICIES
     if args.config:
         cfg = exporter_config.load(args.config)
         modules = cfg.all_modules
@@ -62,6 +72,10 @@ def build_request(args: argparse.Namespace) -> ProbeRequest:
         tls_update["ca_file"] = args.cafile
     if args.insecure:
         tls_update["insecure_skip_verify"] = True
+    if getattr(args, "verify_profile", None):
+        tls_update["verify_profile"] = args.verify_profile
+    if getattr(args, "security_level", None) is not None:
+        tls_update["security_level"] = args.security_level
     update: dict[str, Any] = {"tls": TLSSettings.model_validate({**module.tls.model_dump(), **tls_update})}
     if args.starttls:
         update.update(kind="starttls", starttls=StartTLSSettings(protocol=args.starttls))
@@ -95,13 +109,30 @@ def _days_left(not_after: float, now: float) -> str:
     return f"EXPIRED {math.floor((now - not_after) / 86400)} days ago"
 
 
-def _cert_lines(cert: CertificateInfo, now: float) -> list[str]:
+def _weakness(cert: CertificateInfo, level: int) -> str:
+    """What an OpenSSL client at ``level`` refuses in this certificate's key or signature, in words."""
+    if level <= 0:
+        return ""
+    minimum = trust.MIN_BITS[level]
+    found = []
+    bits = trust.key_security_bits(cert.key_type, cert.key_bits)
+    if bits < minimum:
+        found.append(f"WEAK KEY: about {bits} bits, security level {level} needs {minimum}")
+    name = cert.signature_algorithm.lower()
+    if cert.position != "root" and ("sha1" in name or "md5" in name):
+        found.append(f"WEAK SIGNATURE: {cert.signature_algorithm} is below security level {level}")
+    return "   ".join(found)
+
+
+def _cert_lines(cert: CertificateInfo, now: float, level: int = trust.DEFAULT_SECURITY_LEVEL) -> list[str]:
+    weak = _weakness(cert, level)
     return [
         f"  #{cert.index} {cert.position:<12} {cert.subject_cn or '(no CN)'}",
         f"       issuer      {cert.issuer_cn or '(no CN)'}",
         f"       not before  {_when(cert.not_before)}",
         f"       not after   {_when(cert.not_after)}  ({_days_left(cert.not_after, now)})",
         f"       key         {cert.key_type} {cert.key_bits}   signature {cert.signature_algorithm}",
+        *([f"       !           {weak}"] if weak else []),
         *([f"       sans        {', '.join(cert.sans)}"] if cert.sans else []),
         f"       serial      {cert.serial}",
         f"       sha256      {cert.fingerprint_sha256}",
@@ -122,11 +153,15 @@ def _result_lines(request: ProbeRequest, result: ProbeResult, now: float) -> lis
         return [*lines, f"FAILED    {result.reason}: {result.detail}"]
     lines += [f"tls       {result.tls_version}   {result.cipher}",
               f"chain     {len(result.chain)} certificate(s) as sent by the peer:"]
+    tls = request.module.tls
     for cert in result.chain:
-        lines += _cert_lines(cert, now)
-    name = request.module.tls.server_name or request.target.rsplit(":", 1)[0].strip("[]")
-    anchors = request.module.tls.ca_file or "system store"
-    lines.append(f"trust     {_verdict(result.chain_verified, result.verify_reason, result.detail)}  [{anchors}]")
+        lines += _cert_lines(cert, now, tls.security_level)
+    name = tls.server_name or request.target.rsplit(":", 1)[0].strip("[]")
+    anchors = tls.ca_file or "system store"
+    profile = f"{tls.verify_profile}" + (f", security level {tls.security_level}" if tls.verify_profile == "openssl"
+                                         else "")
+    lines.append(f"trust     {_verdict(result.chain_verified, result.verify_reason, result.detail)}  "
+                 f"[{anchors}; {profile}]")
     lines.append(f"hostname  {_verdict(result.hostname_verified, 'name not in the leaf SANs', '')}  [{name}]")
     if result.policy_violations:
         verdicts = ", ".join(f"{p} {'VIOLATED' if v else 'ok'}" for p, v in result.policy_violations.items())

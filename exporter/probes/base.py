@@ -61,8 +61,15 @@ class VerifyReason(enum.StrEnum):
     EXPIRED = "expired"  # a certificate on the path is past notAfter
     NOT_YET_VALID = "not_yet_valid"
     SELF_SIGNED = "self_signed"  # the leaf signs itself and is not a trust anchor
-    UNKNOWN_ISSUER = "unknown_issuer"  # no path to a trust anchor (untrusted root, missing intermediate)
-    INVALID = "invalid"  # any other verification failure (bad signature, constraints, ...)
+    UNKNOWN_ISSUER = "unknown_issuer"  # no path to a trust anchor (an untrusted or unknown root)
+    MISSING_INTERMEDIATE = "missing_intermediate"  # the peer sent the leaf without its issuer
+    CHAIN_TOO_LONG = "chain_too_long"  # more certificates than the verifier's depth limit
+    PATH_LENGTH = "path_length"  # a CA's pathLenConstraint is exceeded
+    NAME_CONSTRAINTS = "name_constraints"  # a name outside a CA's permitted (or inside its excluded) names
+    PURPOSE = "purpose"  # a certificate not meant for TLS servers (extendedKeyUsage, keyUsage)
+    WEAK_KEY = "weak_key"  # a key below the security level (e.g. RSA-1024 at level 2)
+    WEAK_SIGNATURE = "weak_signature"  # a signature below the security level (SHA-1, MD5)
+    INVALID = "invalid"  # any other failure (bad signature, not a CA, unhandled critical extension, ...)
 
 
 class Position(enum.StrEnum):

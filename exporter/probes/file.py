@@ -32,7 +32,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7, pkcs12
 
 from exporter import certs, policy
@@ -64,6 +63,7 @@ class Parsed:
     chain: tuple[CertificateInfo, ...] = ()
     problem: FileProblem | None = None
     keys_only: bool = False  # PEM with private keys but no certificate (skipped in directories and globs)
+    errors: tuple[str, ...] = ()  # certificates that cannot be read (the others keep their series)
 
 
 def file_position(info: CertificateInfo) -> Position:
@@ -73,15 +73,22 @@ def file_position(info: CertificateInfo) -> Position:
     return Position.ROOT if info.self_signed else Position.INTERMEDIATE
 
 
-def _infos(ders: Sequence[bytes], bad: Reason) -> tuple[CertificateInfo, ...]:
+def _parsed_certs(ders: Sequence[bytes | str], bad: Reason) -> Parsed:
+    """Each certificate read on its own: one that cannot be read (a str: why) is an error for it alone."""
     infos = []
+    errors = []
     for index, der in enumerate(ders):
         try:
+            if isinstance(der, str):
+                raise certs.CertificateParseError(der)
             info = certs.parse(der).info
         except certs.CertificateParseError as exc:
-            raise FileProblem(bad, f"certificate #{index} is malformed: {exc}") from exc
+            errors.append(f"certificate #{index} is malformed: {exc}")
+            continue
         infos.append(replace(info, index=index, position=file_position(info)))
-    return tuple(infos)
+    if not infos:
+        raise FileProblem(bad, "; ".join(errors))
+    return Parsed(tuple(infos), errors=tuple(errors))
 
 
 def _header_len(data: bytes, pos: int) -> int:
@@ -118,6 +125,14 @@ def _der_well_formed(data: bytes, start: int = 0, end: int | None = None, depth:
     return pos == end
 
 
+_SIGNED_DATA_OID = bytes.fromhex("06092a864886f70d010702")  # 1.2.840.113549.1.7.2, encoded
+
+
+def _looks_like_pkcs7(data: bytes) -> bool:
+    # ContentInfo ::= SEQUENCE { contentType OID (signedData for a certificate bundle), content [0] }
+    return len(data) > 8 and data.startswith(_SIGNED_DATA_OID, _header_len(data, 0))
+
+
 def _looks_like_pfx(data: bytes) -> bool:
     # PFX ::= SEQUENCE { version INTEGER (v3), authSafe ContentInfo, macData MacData OPTIONAL }
     if len(data) < 8:
@@ -131,7 +146,7 @@ def parse_pem(data: bytes) -> Parsed:
     blocks = _PEM_BLOCK.findall(data)
     if len(blocks) != data.count(b"-----BEGIN "):
         raise FileProblem(Reason.BAD_PEM, "a PEM block has no matching END line")
-    ders: list[bytes] = []
+    ders: list[bytes | str] = []
     for label, body in blocks:
         if label not in _CERT_LABELS | _PKCS7_LABELS:
             continue
@@ -141,16 +156,18 @@ def parse_pem(data: bytes) -> Parsed:
             raise FileProblem(Reason.BAD_PEM, f"bad base64 in a {label.decode()} block: {exc}") from exc
         if label in _PKCS7_LABELS:
             ders += _pkcs7(der, Reason.BAD_PEM)
-        else:
-            try:  # TRUSTED CERTIFICATE appends OpenSSL trust settings after the certificate
+        elif label == b"TRUSTED CERTIFICATE":  # OpenSSL's trust settings follow the certificate
+            try:
                 ders.append(der[: _der_tlv_end(der, 0)])
-            except ValueError as exc:
-                raise FileProblem(Reason.BAD_PEM, f"malformed {label.decode()} block") from exc
+            except ValueError:
+                ders.append("a TRUSTED CERTIFICATE block that does not start with a certificate")
+        else:  # the DER reader refuses bytes after the certificate (a second one would vanish)
+            ders.append(der)
     if not ders:
         keys_only = any(b"PRIVATE KEY" in label for label, _ in blocks)
         return Parsed(problem=FileProblem(Reason.NO_CERTIFICATE, "no CERTIFICATE block in the PEM file"),
                       keys_only=keys_only)
-    return Parsed(_infos(ders, Reason.BAD_PEM))
+    return _parsed_certs(ders, Reason.BAD_PEM)
 
 
 def _pkcs7(der: bytes, bad: Reason) -> list[bytes]:
@@ -175,7 +192,7 @@ def parse_pkcs12(data: bytes, password: Callable[[], bytes | None]) -> Parsed:
     certs_in = ([loaded.cert] if loaded.cert is not None else []) + list(loaded.additional_certs)
     if not certs_in:
         return Parsed(problem=FileProblem(Reason.NO_CERTIFICATE, "the PKCS#12 file holds no certificate"))
-    return Parsed(_infos([c.certificate.public_bytes(Encoding.DER) for c in certs_in], Reason.BAD_PKCS12))
+    return _parsed_certs([c.certificate.public_bytes(Encoding.DER) for c in certs_in], Reason.BAD_PKCS12)
 
 
 def parse_bytes(data: bytes, password: Callable[[], bytes | None]) -> Parsed:
@@ -185,11 +202,9 @@ def parse_bytes(data: bytes, password: Callable[[], bytes | None]) -> Parsed:
     if data[:1] == b"\x30":
         if _looks_like_pfx(data):
             return parse_pkcs12(data, password)
-        try:
-            x509.load_der_x509_certificate(data)
-        except ValueError:
-            return Parsed(_infos(_pkcs7(data, Reason.BAD_DER), Reason.BAD_DER))
-        return Parsed(_infos([data], Reason.BAD_DER))
+        if _looks_like_pkcs7(data):
+            return _parsed_certs(_pkcs7(data, Reason.BAD_DER), Reason.BAD_DER)
+        return _parsed_certs([data], Reason.BAD_DER)
     if not data.strip():
         raise FileProblem(Reason.NO_CERTIFICATE, "the file is empty")
     try:
@@ -334,7 +349,7 @@ class FileProber:
         if parsed.problem is not None:
             return self._failed(path, parsed.problem, started)
         return ProbeResult(
-            success=True, path=path, chain=parsed.chain,
+            success=True, path=path, chain=parsed.chain, detail="; ".join(parsed.errors),
             policy_violations=policy.evaluate(request.policies, parsed.chain, None, request.labels),
             started_at=started, duration=max(0.0, self.clock() - started),
         )

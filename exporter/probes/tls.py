@@ -418,19 +418,24 @@ class TLSProber:
         ders = peer_chain_der(connection)
         if not ders:
             return self._failed(Reason.NO_CERTIFICATE, "the peer sent no certificate", ip, durations, started)
-        try:
-            chain = certs.read_chain(ders)
-        except certs.CertificateParseError as exc:
-            return self._failed(Reason.BAD_DER, f"the peer sent an unreadable certificate: {exc}", ip,
+        chain = certs.read_chain(ders)
+        if not chain.infos:
+            return self._failed(Reason.BAD_DER, f"the peer sent no readable certificate: {chain.errors[0]}", ip,
                                 durations, started)
         version = tls_version_name(connection.get_protocol_version_name())
         cipher = connection.get_cipher_name()
-        verified, verify_reason, hostname_ok, detail = None, None, None, ""
+        verified, verify_reason, hostname_ok = None, None, None
+        details = list(chain.errors)  # an unreadable certificate loses its own series only
         tls = request.module.tls
         if not tls.insecure_skip_verify:
-            verdict = self.verifier.verify(chain, tls.ca_file)
-            verified, verify_reason, detail = verdict.verified, verdict.reason, verdict.detail
-            hostname_ok = certs.match_hostname(chain.leaf, tls.server_name or endpoint.host)
+            verdict = self.verifier.verify(chain, tls.ca_file, profile=tls.verify_profile,
+                                           security_level=tls.security_level)
+            verified, verify_reason = verdict.verified, verdict.reason
+            details.append(verdict.detail)
+            if chain.leaf is not None:
+                hostname_ok = certs.match_hostname(chain.leaf, tls.server_name or endpoint.host,
+                                                   cn_fallback=tls.verify_profile == "openssl")
+        detail = "; ".join(d for d in details if d)
         return ProbeResult(
             success=True, detail=detail, ip=ip, durations=durations, tls_version=version,
             cipher=cipher, chain=chain.infos, chain_verified=verified,

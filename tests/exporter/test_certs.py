@@ -23,8 +23,8 @@ def _infos(chain_ders):
     return certs.read_chain(chain_ders).infos
 
 
-def _verify(verifier, chain_ders, ca_file):
-    return verifier.verify(certs.read_chain(chain_ders), ca_file)
+def _verify(verifier, chain_ders, ca_file, profile="openssl"):
+    return verifier.verify(certs.read_chain(chain_ders), ca_file, profile=profile)
 
 
 def ders(chain: pki.Chain, **kw) -> list[bytes]:
@@ -164,11 +164,17 @@ def test_verifier_verdicts(test_pki):
     assert _verify(verifier, ders(test_pki.chains["not_yet_valid"]), ca).reason is VerifyReason.NOT_YET_VALID
     assert _verify(verifier, ders(test_pki.chains["self_signed"]), ca).reason is VerifyReason.SELF_SIGNED
     assert _verify(verifier, ders(test_pki.chains["valid"], intermediates=False), ca).reason is (
+        VerifyReason.MISSING_INTERMEDIATE)
+    assert _verify(verifier, ders(test_pki.chains["valid"], intermediates=False), ca, "webpki").reason is (
         VerifyReason.UNKNOWN_ISSUER)
     assert _verify(verifier, ders(test_pki.chains["expired_intermediate"]), ca).reason is VerifyReason.EXPIRED
     sha1 = _verify(verifier, ders(test_pki.chains["sha1"]), ca)
-    assert (sha1.verified, sha1.reason) == (False, VerifyReason.INVALID)
-    assert "signature algorithm" in sha1.detail.lower()
+    assert (sha1.verified, sha1.reason) == (False, VerifyReason.WEAK_SIGNATURE)
+    assert sha1.detail.startswith(
+        "certificate 0 (CN=localhost): its signature (sha1WithRSAEncryption) is about 63 bits")
+    sha1 = _verify(verifier, ders(test_pki.chains["sha1"]), ca, "webpki")
+    assert (sha1.verified, sha1.reason) == (False, VerifyReason.WEAK_SIGNATURE)
+    assert "{" not in sha1.detail and "signature algorithm" in sha1.detail.lower()
 
 
 def test_a_certificate_cryptography_refuses_is_reported_and_not_trusted(test_pki):
@@ -185,9 +191,13 @@ def test_a_certificate_cryptography_refuses_is_reported_and_not_trusted(test_pki
     bad = good.replace(b"\x13\x01Q", b"\x13\x01*")
     (info,) = _infos([bad])
     assert (info.subject_cn, info.sans) == ("localhost", ("localhost",))
-    verdict = _verify(certs.ChainVerifier(), [bad, test_pki.intermediate.der], test_pki.ca_file)
+    verdict = _verify(certs.ChainVerifier(), [bad, test_pki.intermediate.der], test_pki.ca_file, "webpki")
     assert (verdict.verified, verdict.reason) == (False, VerifyReason.INVALID)
     assert verdict.detail.startswith("a certificate cannot be verified: ")
+    # OpenSSL reads it, and finds that the changed bytes no longer match the signature.
+    verdict = _verify(certs.ChainVerifier(), [bad, test_pki.intermediate.der], test_pki.ca_file)
+    assert verdict == certs.Verdict(False, VerifyReason.INVALID, "certificate 0 (CN=localhost): certificate "
+                                    "signature failure (OpenSSL error 7 at depth 0)")
 
 
 def test_wrong_name_does_not_affect_trust(test_pki):
@@ -209,8 +219,13 @@ def test_cross_signed_intermediate(test_pki, tmp_path):
     assert _verify(verifier, [chain.leaf.der, cross.der], tmp_path / "other.crt").verified is True
     # Served with both the original and the cross-signed intermediate, trusted by either root.
     both = [chain.leaf.der, test_pki.intermediate.der, cross.der]
-    assert _verify(verifier, both, tmp_path / "other.crt").verified is True
+    assert _verify(verifier, both, tmp_path / "other.crt", "webpki").verified is True
     assert _verify(verifier, both, test_pki.ca_file).verified is True
+    # OpenSSL takes the first issuer the peer sent that fits and does not backtrack through the
+    # others it sent: an OpenSSL client refuses this order (s_client agrees: test_trust_corpus.py).
+    assert _verify(verifier, both, tmp_path / "other.crt").reason is VerifyReason.UNKNOWN_ISSUER
+    assert _verify(verifier, [chain.leaf.der, cross.der, test_pki.intermediate.der],
+                   tmp_path / "other.crt").verified is True
     info = _infos(both)
     assert [c.position for c in info] == [Position.LEAF, Position.INTERMEDIATE, Position.INTERMEDIATE]
     assert info[2].issuer_cn == "Other Root"
@@ -225,7 +240,8 @@ def test_verdict_cache_ends_at_the_next_validity_boundary(test_pki):
     assert _verify(verifier, chain, test_pki.ca_file).verified is True
     clock.now = ts(LEAF_NOT_AFTER) + 1  # one second past notAfter: the cached verdict must not be reused
     assert _verify(verifier, chain, test_pki.ca_file) == certs.Verdict(
-        False, VerifyReason.EXPIRED, "validation failed: cert is not valid at validation time")
+        False, VerifyReason.EXPIRED,
+        "certificate 0 (CN=localhost): certificate has expired (OpenSSL error 10 at depth 0)")
 
 
 def test_verdict_cache_hits_within_ttl(test_pki):

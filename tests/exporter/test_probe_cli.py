@@ -9,7 +9,7 @@ import io
 import json
 import socket
 
-from certpager import cli
+from certpager import cli, pki
 from certpager.tlsserver import TLSServer
 from exporter import probe_cli
 from tests.exporter.conftest import LEAF_NOT_AFTER, NOW, ts
@@ -151,3 +151,26 @@ def test_unknown_module_in_config_is_usage_error(tmp_path, capsys):
     config.write_text("modules: {}\n")
     assert probe_cli.run(parse("127.0.0.1:1", "--config", str(config), "--module", "nope")) == probe_cli.EXIT_USAGE
     assert "--module 'nope' is not in" in capsys.readouterr().err
+
+
+async def test_weak_keys_and_signatures_are_flagged_without_a_config(test_pki, tmp_path):
+    # RSA-1024 leaf signed with SHA-1 under an RSA intermediate: what an OpenSSL client refuses.
+    rsa_inter = test_pki.chains["sha1"].intermediates[0]
+    chain = pki.Chain(leaf=pki.make_leaf(rsa_inter, ("localhost",), key="rsa1024", hash="sha1"),
+                      intermediates=(rsa_inter,), root=test_pki.root)
+    files = chain.write(tmp_path)
+    async with TLSServer(files.cert_file, files.key_file) as server:
+        code, text = await run(server.address, "--cafile", str(test_pki.ca_file), "--servername", "localhost")
+        assert code == probe_cli.EXIT_UNTRUSTED
+        assert "trust     FAILED: weak_key (certificate 0 (CN=localhost): its RSA key of 1024 bits is about 80" in text
+        assert "WEAK KEY: about 80 bits, security level 2 needs 112" in text
+        assert "WEAK SIGNATURE: sha1WithRSAEncryption is below security level 2" in text
+        assert "min_rsa_bits VIOLATED" in text and "forbidden_signature_algorithm VIOLATED" in text
+        # Trust not checked: the level-2 policies still make the exit non-zero.
+        code, text = await run(server.address, "--insecure", "--json")
+        assert code == probe_cli.EXIT_POLICY
+        assert json.loads(text)["results"][0]["policy_violations"]["min_rsa_bits"] is True
+        # At security level 0 an OpenSSL client accepts it: trusted, but the policies still say why not.
+        code, text = await run(server.address, "--cafile", str(test_pki.ca_file), "--servername", "localhost",
+                               "--security-level", "0")
+        assert code == probe_cli.EXIT_POLICY and "trust     OK" in text

@@ -137,11 +137,13 @@ async def test_wrong_hostname_is_trusted_but_not_verified(prober, test_pki, trus
     assert result.chain[0].sans == ("other.example",)
 
 
-async def test_missing_intermediate_is_unknown_issuer(prober, test_pki, trusting):
+async def test_missing_intermediate_is_reported(prober, test_pki, trusting):
     async with TLSServer.for_files(test_pki.files["valid"], intermediates=False) as server:
         result = await probe_one(prober, server.address, trusting)
     assert len(result.chain) == 1
-    assert (result.chain_verified, result.verify_reason) == (False, VerifyReason.UNKNOWN_ISSUER)
+    assert (result.chain_verified, result.verify_reason) == (False, VerifyReason.MISSING_INTERMEDIATE)
+    assert result.detail == ("certificate 0 (CN=localhost): unable to get local issuer certificate "
+                             "(OpenSSL error 20 at depth 0)")
     assert result.chain[0].not_after == ts(LEAF_NOT_AFTER)
 
 
@@ -518,4 +520,6 @@ async def test_weak_server_is_observed_and_reported(prober, test_pki, trusting, 
     assert (result.success, result.tls_version, result.chain[0].key_bits) == (True, "TLS 1.1", 1024)
     assert result.policy_violations == {"min_rsa_bits": True, "forbidden_signature_algorithm": True,
                                         "min_tls_version": True}
-    assert (result.chain_verified, result.verify_reason) == (False, VerifyReason.INVALID)
+    # An OpenSSL client at security level 2 refuses the 1024-bit leaf first.
+    assert (result.chain_verified, result.verify_reason) == (False, VerifyReason.WEAK_KEY)
+    assert "certificate 0 (CN=localhost): its RSA key of 1024 bits is about 80 bits strong" in result.detail
