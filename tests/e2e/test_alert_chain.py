@@ -98,7 +98,8 @@ def expected_alerts(stack: Stack) -> dict[Key, tuple[dict[str, str], dict[str, s
 
 
 def target_level_alerts(stack: Stack) -> dict[Key, tuple[dict[str, str], dict[str, str]]]:
-    """verify_failed (self-signed endpoint), probe_failed (port nobody listens on), policy_violation (RSA-1024)."""
+    """verify_failed (self-signed endpoint; RSA-1024 endpoint at security level 2), probe_failed (port nobody
+    listens on), policy_violation (RSA-1024)."""
     selfsigned, down, weak = stack.endpoints["selfsigned"], stack.down_address, stack.endpoints["weak"]
     address, cn = selfsigned.server.address, "selfsigned.certpager.test"
     common = {"environment": "e2e", "instance": stack.exporter_address, "job": "certpager"}
@@ -122,6 +123,17 @@ def target_level_alerts(stack: Stack) -> dict[Key, tuple[dict[str, str], dict[st
                             f"be checked. Run `certpager probe {down}` from the exporter's host.",
              "runbook_url": "docs/runbooks.md#probe_failed", "expires_at": ""},
         ),
+        # An OpenSSL client at its default security level refuses an RSA-1024 leaf too.
+        ("CertificateVerifyFailed", weak.server.address): (
+            {"alertname": "CertificateVerifyFailed", "class": "verify_failed", "severity": "critical",
+             "certificate": "weak.certpager.test", "issuer": ISSUER, "target": weak.server.address,
+             "service": "svc-weak", "reason": "weak_key", **common},
+            {"summary": f"Certificate weak.certpager.test on {weak.server.address} does not verify (weak_key)",
+             "description": f"Clients connecting to {weak.server.address} reject its certificate: weak_key. "
+                            f"Run `certpager probe {weak.server.address}` to see the chain as presented.",
+             "runbook_url": "docs/runbooks.md#verify_failed",
+             "expires_at": rfc3339(weak.chain.leaf.not_after)},
+        ),
         ("CertificatePolicyViolation", weak.server.address): (
             {"alertname": "CertificatePolicyViolation", "class": "policy_violation", "severity": "error",
              "certificate": "weak.certpager.test", "issuer": ISSUER, "target": weak.server.address,
@@ -138,7 +150,7 @@ def test_alerts_reach_the_webhook_and_a_renewed_certificate_resolves(stack: Stac
     started = time.monotonic()
     expected = expected_alerts(stack)
     try:
-        firing = wait_until("the seven alerts at the receiver", lambda: in_state(stack, expected, "firing"), 40)
+        firing = wait_until("the eight alerts at the receiver", lambda: in_state(stack, expected, "firing"), 40)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; received {sorted(latest(stack))}\n{stack.logs()}") from None
     first_page = time.monotonic() - started
