@@ -11,7 +11,9 @@ counts the prober's CPU only, sockets and asyncio included.
 Variants (same server, same RSA-2048 root -> intermediate -> leaf chain, TLS 1.3):
   engine        exporter.probes.tls.TLSProber.probe (everything a real probe does, caches warm)
   off+cached    VERIFY_NONE handshake, read the chain, certs.ChainVerifier (verdict cache) + hostname
-  off+uncached  the same, but the verdict cache and parse cache are bypassed every probe
+  off+uncached  the same, but the verdict cache and parse cache are bypassed every probe (profile
+                openssl: OpenSSL's X509_verify_cert plus the purpose and security-level checks)
+  off+uncached-webpki  the same with profile webpki (cryptography's verifier); in memory only
   openssl       VERIFY_PEER handshake against the CA file, read get_verified_chain() (pyOpenSSL has
                 no hostname check, so this slightly under-counts what OpenSSL verifying would cost)
   off-only      VERIFY_NONE handshake and chain read, no verification (the floor)
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import socket
 import ssl
 import statistics
@@ -142,15 +145,14 @@ def variants(port: int, files: pki.ChainFiles) -> dict[str, Callable[[], Awaitab
     async def off_cached() -> object:
         chain = certs.read_chain(peer_chain_der(await _handshake(port, off, "localhost")))
         assert verifier.verify(chain, files.ca_file).verified
-        return certs.match_hostname(chain.leaf, "localhost")
+        return certs.match_hostname(_leaf(chain), "localhost")
 
     async def off_uncached() -> object:
         ders = peer_chain_der(await _handshake(port, off, "localhost"))
-        parsed = tuple(certs._parse(d, b"", i) for i, d in enumerate(ders))  # bypass the parse cache
-        chain = certs.PresentedChain(tuple(ders), parsed, tuple(p.info for p in parsed))
+        chain = _uncached_chain(ders)
         fresh = certs.ChainVerifier(verifier.stores)  # keeps the loaded store, empty verdict cache
         assert fresh.verify(chain, files.ca_file).verified
-        return certs.match_hostname(chain.leaf, "localhost")
+        return certs.match_hostname(_leaf(chain), "localhost")
 
     async def openssl() -> object:
         return (await _handshake(port, strict, "localhost")).get_verified_chain()
@@ -243,6 +245,18 @@ def _stdlib_memory_handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> 
     raise RuntimeError("handshake did not finish")
 
 
+def _leaf(chain: certs.PresentedChain) -> certs.ParsedCert:
+    assert chain.leaf is not None
+    return chain.leaf
+
+
+def _uncached_chain(ders: list[bytes]) -> certs.PresentedChain:
+    """The presented chain parsed afresh (the parse cache bypassed)."""
+    parsed = tuple(certs._parse(d, b"", i) for i, d in enumerate(ders))
+    digests = tuple(hashlib.sha256(d).digest() for d in ders)
+    return certs.PresentedChain(tuple(ders), digests, parsed, tuple(p.info for p in parsed))
+
+
 def memory_variants(files: pki.ChainFiles) -> dict[str, Callable[[], float]]:
     server = server_context(files.cert_file, files.key_file)
     off = build_context(TLSSettings())
@@ -266,19 +280,19 @@ def memory_variants(files: pki.ChainFiles) -> dict[str, Callable[[], float]]:
         def verify() -> None:
             chain = certs.read_chain(peer_chain_der(c))
             assert verifier.verify(chain, files.ca_file).verified
-            certs.match_hostname(chain.leaf, "localhost")
+            certs.match_hostname(_leaf(chain), "localhost")
         return cpu + timed(verify)
 
-    def off_uncached() -> float:
-        cpu, c = _memory_handshake(off, server)
+    def uncached(profile: str) -> Callable[[], float]:
+        def run() -> float:
+            cpu, c = _memory_handshake(off, server)
 
-        def verify() -> None:
-            ders = peer_chain_der(c)
-            parsed = tuple(certs._parse(d, b"", i) for i, d in enumerate(ders))  # bypass the parse cache
-            chain = certs.PresentedChain(tuple(ders), parsed, tuple(p.info for p in parsed))
-            assert certs.ChainVerifier(verifier.stores).verify(chain, files.ca_file).verified
-            certs.match_hostname(chain.leaf, "localhost")
-        return cpu + timed(verify)
+            def verify() -> None:
+                chain = _uncached_chain(peer_chain_der(c))
+                assert certs.ChainVerifier(verifier.stores).verify(chain, files.ca_file, profile=profile).verified
+                certs.match_hostname(_leaf(chain), "localhost")
+            return cpu + timed(verify)
+        return run
 
     def openssl() -> float:
         cpu, c = _memory_handshake(strict, server)
@@ -289,7 +303,8 @@ def memory_variants(files: pki.ChainFiles) -> dict[str, Callable[[], float]]:
         cpu, c = _memory_handshake(hybrid, server)
         return cpu + timed(lambda: peer_chain_der(c))
 
-    fns = {"off-only": off_only, "off+cached": off_cached, "off+uncached": off_uncached, "openssl": openssl,
+    fns = {"off-only": off_only, "off+cached": off_cached, "off+uncached": uncached("openssl"),
+           "off+uncached-webpki": uncached("webpki"), "openssl": openssl,
            "hybrid-share": hybrid_share, "stdlib-off": lambda: _stdlib_memory_handshake(old, server)}
     if hybrid is None:
         del fns["hybrid-share"]
