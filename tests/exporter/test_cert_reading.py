@@ -108,3 +108,47 @@ def test_malformed_der_is_an_error_naming_the_offset():
     assert damaged != data
     with pytest.raises(der.DerError, match=r"expected an attribute type \(OID\) at byte \d+"):
         der.certificate_fields(damaged)
+
+
+def test_a_leaf_without_san_matches_its_cn_for_openssl_clients_only():
+    from tests.exporter import pki_shapes
+
+    root = pki_shapes.make("cn root", None, ca=True)
+    no_san = certs.read_chain([pki_shapes.make("cn-only.test", root, ca=False, names=[]).der]).leaf
+    with_san = certs.read_chain([pki_shapes.make("cn-only.test", root, ca=False, names=["other.test"]).der]).leaf
+    assert no_san is not None and with_san is not None
+    assert certs.match_hostname(no_san, "cn-only.test", cn_fallback=True)  # OpenSSL's X509_check_host
+    assert not certs.match_hostname(no_san, "cn-only.test")  # browsers, Go, Python's ssl
+    assert not certs.match_hostname(with_san, "cn-only.test", cn_fallback=True)  # a SAN: the CN is never used
+    assert not certs.match_hostname(no_san, "127.0.0.1", cn_fallback=True)
+
+
+@pytest.mark.parametrize(("tls", "message"), [
+    ({"security_level": 6}, "less than or equal to 5"),
+    ({"security_level": -1}, "greater than or equal to 0"),
+    ({"verify_profile": "browser"}, "'openssl' or 'webpki'"),
+])
+def test_verify_settings_are_validated(tls, message):
+    with pytest.raises(ValueError, match=message):
+        Module.model_validate({"tls": tls})
+
+
+async def test_a_peer_sending_an_unreadable_intermediate_keeps_the_other_series(tmp_path):
+    from certpager.tlsserver import TLSServer
+    from exporter.config import TLSSettings
+    from exporter.probes.tls import TLSProber
+    from tests.exporter import pki_shapes
+
+    root = pki_shapes.make("peer dup root", None, ca=True)
+    inter = pki_shapes.make("peer dup int", root, ca=True, edit=derkit.with_duplicate_extension)
+    leaf = pki_shapes.make("peer.test", inter, ca=False)
+    (tmp_path / "chain.pem").write_bytes(leaf.pem + inter.pem)
+    (tmp_path / "key.pem").write_bytes(leaf.key_pem)
+    (tmp_path / "ca.pem").write_bytes(root.pem)
+    module = Module(tls=TLSSettings(server_name="peer.test", ca_file=tmp_path / "ca.pem"))
+    async with TLSServer(tmp_path / "chain.pem", tmp_path / "key.pem") as server:
+        (result,) = await TLSProber().probe(ProbeRequest(target=server.address, module=module, timeout=5))
+    assert result.success and [(c.index, c.subject_cn) for c in result.chain] == [(0, "peer.test")]
+    assert result.hostname_verified is True
+    assert result.chain_verified is False  # OpenSSL does not take it as the issuer either
+    assert "certificate 1 cannot be read: extension 2.5.29.19 appears twice" in result.detail
