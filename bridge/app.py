@@ -110,7 +110,8 @@ class Bridge:
         self.worker = OutboxWorker(
             store, sinks, clock=clock, metrics=self.metrics, max_in_flight=settings.max_in_flight,
             retry_initial=settings.retry_initial, retry_max=settings.retry_max,
-            sweep_interval=settings.sweep_interval, retention=self.holder.current.config.store.retention,
+            sweep_interval=settings.sweep_interval, lease=settings.lease,
+            retention=self.holder.current.config.store.retention,
         )
         self.app = App()
         self.app.on_lifespan(self._running)

@@ -31,7 +31,8 @@ from bridge.sinks.base import Sink
 from bridge.sinks.dryrun import DryRunSink, DryRunStatuspage
 from bridge.sinks.pagerduty import PagerDutySink
 from bridge.sinks.statuspage import HttpTransport, StatuspageSink, Transport
-from bridge.store.base import StoreError
+from bridge.store.base import Store, StoreError
+from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
 from certpager.errors import ConfigError
 from certpager.logs import setup_logging
@@ -147,6 +148,14 @@ def make_sink(holder: ConfigHolder) -> Sink:
     )
 
 
+def make_store(loaded: LoadedConfig) -> Store:
+    """PostgreSQL when ``store.url`` is set (replicas share it), else the SQLite file at ``store.path``."""
+    settings = loaded.config.store
+    if settings.url is not None:
+        return PostgresStore(settings.url, password=loaded.secrets.store_password, pool_size=settings.pool_size)
+    return SqliteStore(settings.path)
+
+
 async def serve_config(
     config_file: str | Path, listen_address: str | None = None, *, stop: asyncio.Event | None = None,
     started: Callable[[int], None] | None = None,
@@ -162,7 +171,7 @@ async def _serve(
     holder = ConfigHolder(loaded)
     registry = CollectorRegistry()
     sinks = make_sinks(holder, registry)
-    store = SqliteStore(loaded.config.store.path)
+    store = make_store(loaded)
     bridge = Bridge(holder, store=store, sinks=sinks, registry=registry)
     auth = loaded.config.server.auth
     if auth.bearer_token is None and auth.bearer_token_file is None and auth.basic_auth is None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
@@ -275,9 +276,41 @@ class Server(Section):
 
 
 class Store(Section):
-    type: Literal["sqlite"] = "sqlite"  # postgres: later work
+    """SQLite at ``path``, or PostgreSQL when ``url`` is set (several replicas share it)."""
+
     path: Path = Path("certpager-bridge.db")
+    url: str | None = None  # postgresql://USER@HOST:PORT/DATABASE; the password never goes here
+    password: SecretStr | None = None  # e.g. $PGPASSWORD; unset: password_file, else libpq's PGPASSWORD/.pgpass
+    password_file: Path | None = None
+    pool_size: int = Field(default=8, ge=1, le=100)  # connections per replica (PostgreSQL)
     retention: Duration = 7 * 86400.0  # how long receipts, resolved occurrences and dead letters are kept
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        # The messages never repeat the URL: it may carry a password.
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected a postgresql:// URL")
+        try:
+            parts = urlsplit(value)
+            has_password = parts.password is not None
+            _ = parts.port
+        except ValueError:
+            raise ValueError("expected a postgresql://USER@HOST:PORT/DATABASE URL") from None
+        if has_password:
+            raise ValueError("the URL carries a password: put it in store.password_file or store.password ($VAR)")
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ValueError("expected a postgresql://USER@HOST:PORT/DATABASE URL (host and database)")
+        return value
+
+    @model_validator(mode="after")
+    def _password(self) -> Self:
+        _exclusive(self, (("password", "password_file"),))
+        if self.url is None and (self.password is not None or self.password_file is not None):
+            raise ValueError("password and password_file are for PostgreSQL: set store.url too")
+        return self
 
 
 class Outbox(Section):
@@ -285,6 +318,9 @@ class Outbox(Section):
     retry_initial: Duration = 1.0  # first backoff when the sink gives no Retry-After
     retry_max: Duration = 300.0  # backoff cap
     sweep_interval: Duration = 5.0  # look for due retries at least this often
+    # A claimed item is handed to another replica when its delivery has not reported back by then (the
+    # replica died): keep it well above a delivery's timeout, or a slow delivery is sent twice.
+    lease: Duration = Field(default=60.0, ge=1.0)
 
     @model_validator(mode="after")
     def _backoff(self) -> Self:
@@ -316,6 +352,7 @@ class Secrets:
     basic_password: str | None = field(default=None, repr=False)
     statuspage_token: str | None = field(default=None, repr=False)
     component_map: Mapping[str, str] = field(default_factory=dict)  # service name -> Statuspage component id
+    store_password: str | None = field(default=None, repr=False)
 
     def routing_key_for(self, route: str) -> str | None:
         """The routing key for an environment, falling back to the default key."""
@@ -378,6 +415,9 @@ def resolve_secrets(config: BridgeConfig, config_path: Path) -> Secrets:
         if basic is None
         else _secret(
             basic.password, basic.password_file, key="server.auth.basic_auth.password_file", config_path=config_path
+        ),
+        store_password=_secret(
+            config.store.password, config.store.password_file, key="store.password_file", config_path=config_path
         ),
     )
 

@@ -270,6 +270,8 @@ class OutboxWorker:
             return
         self._last_prune = now
         try:
+            if not await self._store.lead("prune"):  # another replica prunes (PostgreSQL)
+                return
             removed = await self._store.prune(before=now - self._retention)
         except Exception as exc:
             log.error("store prune failed", extra={"kv": {"err": str(exc)}})

@@ -18,8 +18,19 @@ LOOPS: Mapping[str, LoopFactory] = {"asyncio": asyncio.new_event_loop, "uvloop":
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, LoopFactory]:
-    """pytest-asyncio's hook: every async test runs once per loop."""
+    """pytest-asyncio's hook: every async test runs once per loop; PostgreSQL-only ones on uvloop (the CLI's)."""
+    if "postgres_server" in getattr(item, "fixturenames", ()):
+        return {"uvloop": LOOPS["uvloop"]}
     return LOOPS
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL cluster for the whole session (tests/postgres.py), or None when not installed."""
+    from tests.postgres import cluster
+
+    with cluster() as server:
+        yield server
 
 
 @pytest.fixture

@@ -2,10 +2,11 @@
 
 Every write is atomic. :meth:`Store.ingest` records the raw webhook, runs
 :func:`bridge.decisions.decide` over the rows it needs and writes the state changes and the outbox
-rows, all in ONE transaction, before the webhook is answered. Outbox items are claimed head-of-key
-only (the lowest id of each ordering key), under a lease, so a resolve never overtakes its trigger and
-an in-flight item is not handed out twice; a PostgreSQL backend does the same with
-``FOR UPDATE SKIP LOCKED`` without changing callers.
+rows, all in ONE transaction, before the webhook is answered (the script is :mod:`bridge.store.ingest`,
+shared by every backend). Outbox items are claimed head-of-key only (the lowest id of each ordering
+key), under a lease, so a resolve never overtakes its trigger and an in-flight item is not handed out
+twice; PostgreSQL does the same across replicas with ``FOR UPDATE SKIP LOCKED``. Periodic jobs run on
+one elected replica (:meth:`Store.lead`).
 
     StoreError        the store could not do it (disk full, locked, closed): answer 503, retry later
 """
@@ -119,6 +120,15 @@ class Store(Protocol):
 
     async def prune(self, *, before: float) -> int:
         """Drop receipts, resolved occurrences, closed incidents and dead letters older than ``before``."""
+        ...
+
+    async def lead(self, role: str) -> bool:
+        """Whether this replica is the one that runs ``role`` now (pruning, pollers, grouping windows).
+
+        Call it before each round of a periodic job and skip the round on False. A replica not holding the
+        role campaigns for it on each call, so when the holder dies another one takes over at its next
+        round. SQLite: always True (one process owns the file). PostgreSQL: a session advisory lock.
+        """
         ...
 
     def outbox_stats(self) -> OutboxStats:

@@ -221,6 +221,10 @@ class SqliteStore:
     async def prune(self, *, before: float) -> int:
         return await self._submit(lambda conn: _prune(conn, before))
 
+    async def lead(self, role: str) -> bool:
+        """Always True while open: this process holds the file's lock, so it is the only replica."""
+        return self.is_open
+
     # --- reads ---------------------------------------------------------------------------------------
 
     def outbox_stats(self) -> OutboxStats:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -9,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from bridge.config import BridgeConfig, LoadedConfig, resolve_secrets
 from bridge.sinks.base import Delivered, DeliveryOutcome, OutboxItem
 from bridge.store.sqlite import SqliteStore
-from tests.bridge.stores import BACKENDS, make_backend
+from tests.bridge.stores import BACKENDS, Backend, PostgresBackend, SqliteBackend
 
 PAYLOADS = Path(__file__).parent / "payloads"
 ROUTING_KEY = "R" * 32
@@ -120,7 +122,16 @@ async def store(tmp_path: Path):
 @pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, tmp_path: Path):
     """A store backend on a fresh database (see tests/bridge/stores.py); every backend in turn."""
-    handle = await make_backend(request.param, tmp_path)
+    handle: Backend
+    if request.param == "postgresql":
+        if not isinstance(asyncio.get_running_loop(), uvloop.Loop):
+            pytest.skip("PostgreSQL store tests run on uvloop only, the bridge CLI's loop (keeps the suite lean)")
+        server = request.getfixturevalue("postgres_server")
+        if server is None:
+            pytest.skip("PostgreSQL is not installed (scripts/install-system-deps installs it)")
+        handle = await PostgresBackend.create(server)
+    else:
+        handle = SqliteBackend(tmp_path)
     try:
         yield handle
     finally:

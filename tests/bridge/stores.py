@@ -14,8 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import asyncpg
+
 from bridge.sinks.base import OutboxItem
+from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
+from tests.postgres import PASSWORD, PostgresServer
 
 PENDING_SQL = "SELECT id, sink, ordering_key, payload, attempts, created_at FROM outbox ORDER BY id"
 
@@ -63,11 +67,38 @@ class SqliteBackend:
         pass
 
 
-BACKENDS = ["sqlite"]
+class PostgresBackend:
+    """A fresh database on the session's cluster, dropped at the end of the test."""
+
+    name = "postgresql"
+
+    def __init__(self, server: PostgresServer, database: str) -> None:
+        self.server, self.database = server, database
+        self.url = server.url(database)
+
+    @classmethod
+    async def create(cls, server: PostgresServer) -> PostgresBackend:
+        return cls(server, await server.create_database())
+
+    def new(self, **options: Any) -> PostgresStore:
+        return PostgresStore(self.url, password=PASSWORD, **{"stats_interval": 0.05, **options})
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        conn = await self.server.connect(self.database)
+        try:
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
+    async def count(self, table: str) -> int:
+        return int((await self.fetch(f"SELECT COUNT(*) FROM {table}"))[0][0])
+
+    async def pending(self, sink: str | None = None) -> list[OutboxItem]:
+        items = [outbox_item(row) for row in await self.fetch(PENDING_SQL)]
+        return [i for i in items if sink is None or i.sink == sink]
+
+    async def close(self) -> None:
+        await self.server.drop_database(self.database)
 
 
-async def make_backend(name: str, directory: Path) -> Backend:
-    """The handle for backend ``name``, on a fresh database."""
-    if name == "sqlite":
-        return SqliteBackend(directory)
-    raise ValueError(f"unknown store backend {name!r}")
+BACKENDS = ["sqlite", "postgresql"]

@@ -50,7 +50,11 @@ INVALID = {
     "invalid-listen-address.yml": "server.listen_address: expected a listen address like :9880 or 127.0.0.1:9880",
     "invalid-basic-auth.yml": "server.auth.basic_auth: password or password_file is required",
     "invalid-max-body.yml": "server.max_body_bytes: Input should be greater than or equal to 1024",
-    "invalid-store-type.yml": "store.type: Input should be 'sqlite'",
+    "invalid-store-url-password.yml":
+        "store.url: the URL carries a password: put it in store.password_file or store.password ($VAR)",
+    "invalid-store-url-scheme.yml": "store.url: expected a postgresql:// URL",
+    "invalid-store-password-without-url.yml":
+        "store: password and password_file are for PostgreSQL: set store.url too",
     "invalid-retry.yml": "outbox: need 0 < retry_initial <= retry_max",
     "invalid-link-template.yml": "links.dashboard: expected an http:// or https:// URL template",
     "invalid-unset-variable.yml":
@@ -103,6 +107,21 @@ def test_env_expansion_and_file_secrets(tmp_path):
     assert loaded.config.integrations.pagerduty.events_url == "http://127.0.0.1:1"
     for text in (repr(loaded), repr(secrets), str(loaded.config)):
         assert KEY_A not in text and KEY_B not in text and "s3cret" not in text
+
+
+def test_postgresql_store_password_from_a_file_or_the_environment(tmp_path):
+    (tmp_path / "pg.password").write_text("pg-SECRET-in-file\n")
+    path = tmp_path / "bridge.yml"
+    url = "postgresql://certpager@db.example:5432/certpager"
+    path.write_text(f"store:\n  url: {url}\n  password_file: pg.password\n  pool_size: 4\n")
+    loaded = load(path, env={})
+    assert (loaded.config.store.url, loaded.config.store.pool_size) == (url, 4)
+    assert loaded.secrets.store_password == "pg-SECRET-in-file"
+    path.write_text(f"store:\n  url: {url}\n  password: $PGPASS\n")
+    loaded = load(path, env={"PGPASS": "pg-SECRET-env"})
+    assert loaded.secrets.store_password == "pg-SECRET-env"
+    for text in (repr(loaded), repr(loaded.secrets), str(loaded.config)):
+        assert "pg-SECRET" not in text
 
 
 def test_reload_rereads_secret_files_and_keeps_the_old_config_on_error(tmp_path, caplog):

@@ -1,0 +1,467 @@
+"""The PostgreSQL store: several bridge replicas share one database and none pages twice.
+
+- **Ingest**: one transaction per webhook, from a connection pool, running the shared script
+  (:mod:`bridge.store.ingest`). Before it reads any state it takes a transaction-scoped advisory lock per
+  scope the webhook touches, in sorted order (replicas never deadlock on them), so two replicas given the
+  same transition (an HA Alertmanager pair sends to both) decide one after the other and the second sees a
+  duplicate. Should two ever overlap anyway, the occurrences' primary key and the status guard refuse the
+  second: its transaction rolls back and runs again. A failure that is not a conflict is a
+  :class:`StoreError`: the webhook is answered 503 and Alertmanager retries.
+- **Outbox**: claims are ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)`` of the head item
+  of each ordering key, setting a lease. Any replica delivers; a replica that dies leaves leased items
+  that any other claims once the lease ends; a key's next item waits while its head is leased, so per-key
+  order holds across replicas.
+- **Migrations** (:data:`bridge.store.migrations.POSTGRES_MIGRATIONS`) run under a session advisory lock,
+  so replicas starting together apply each migration once; the version is in ``certpager_schema``.
+- **Election** (:meth:`PostgresStore.lead`): a session advisory lock per role on a dedicated connection.
+  The replica holding it runs that role's periodic work; when it dies its session ends, PostgreSQL
+  releases the lock, and the next replica to ask takes the role over.
+- **Gauges**: :meth:`outbox_stats` and :meth:`dead_letters` are synchronous (a scrape calls them), so they
+  answer from a snapshot refreshed every ``stats_interval`` seconds.
+- **Outages**: a lost connection fails the operation (503 for a webhook); the pool connects again on the
+  next use, so replicas recover by themselves when the database is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeAlias, TypeVar
+from urllib.parse import urlsplit
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from bridge.alertmanager import Notification
+from bridge.decisions import Incident, Occurrence, Policy, State
+from bridge.sinks.base import OutboxItem
+from bridge.store import ingest
+from bridge.store.base import DeadLetterRow, IngestResult, OutboxStats, Receipt, StoreError
+from bridge.store.ingest import Conflict, LoadState, RecordReceipt, Write
+from bridge.store.migrations import POSTGRES_MIGRATIONS, statements
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Conn: TypeAlias = "asyncpg.Connection | PoolConnectionProxy"  # a pooled connection or a dedicated one
+
+LOCK_CLASS = 0x43505247  # "CPRG": the first key of certpager's two-key advisory locks
+MIGRATION_LOCK = (LOCK_CLASS, 0)
+ELECTION_CLASS = LOCK_CLASS + 1  # (ELECTION_CLASS, crc32(role)); scope locks use the one-bigint key space
+MAX_ATTEMPTS = 5  # an ingest that keeps conflicting gives up (503) rather than spin
+# Ask the server to notice a vanished client (host gone, not just the process) within ~30 s, so a
+# partitioned leader's advisory locks are released.
+SESSION_SETTINGS = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
+_RETRYABLE = (
+    Conflict, asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
+)
+_OCCURRENCE_COLS = "fingerprint, starts_at, status, incident_key, scope, updated_at"
+_INCIDENT_COLS = "key, scope, event_class, route, open, trigger, updated_at"
+_CLAIM_SQL = """
+UPDATE outbox SET lease_until = $4 WHERE id IN (
+    SELECT id FROM outbox AS o
+    WHERE sink = $1 AND next_attempt_at <= $2 AND lease_until <= $2
+      AND NOT EXISTS (SELECT 1 FROM outbox AS p
+                      WHERE p.sink = o.sink AND p.ordering_key = o.ordering_key AND p.id < o.id)
+    ORDER BY next_attempt_at, id LIMIT $3
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, sink, ordering_key, payload, attempts, created_at, next_attempt_at
+"""
+_RETRY_SQL = """
+UPDATE outbox AS o SET attempts = o.attempts + $1, next_attempt_at = r.at, lease_until = 0, last_error = r.error
+FROM unnest($2::bigint[], $3::float8[], $4::text[]) AS r(id, at, error) WHERE o.id = r.id
+"""
+_DEAD_LETTER_SQL = """
+WITH moved AS (DELETE FROM outbox WHERE id = $1 RETURNING *)
+INSERT INTO dead_letters (id, sink, ordering_key, payload, attempts, created_at, dead_at, status, error)
+SELECT id, sink, ordering_key, payload, attempts + 1, created_at, $2, $3, $4 FROM moved
+ON CONFLICT (id) DO NOTHING
+"""
+_PRUNE_SQL = (
+    "DELETE FROM receipts WHERE received_at < $1",
+    "DELETE FROM occurrences WHERE status = 'resolved' AND updated_at < $1",
+    "DELETE FROM dead_letters WHERE dead_at < $1",
+    "DELETE FROM incidents WHERE open = false AND updated_at < $1 AND key NOT IN"
+    " (SELECT incident_key FROM occurrences WHERE status = 'firing')",
+)
+
+
+def redacted(url: str) -> str:
+    """``url`` without its user info (it may carry a password): what logs and errors show."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def scope_lock_keys(scopes: Iterable[str]) -> list[int]:
+    """One signed 64-bit advisory lock key per scope, sorted (every replica locks in the same order)."""
+    keys = {int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "big", signed=True) for s in scopes}
+    return sorted(keys)
+
+
+def role_key(role: str) -> int:
+    """The election lock's second key for ``role`` (a signed 32-bit int)."""
+    return zlib.crc32(role.encode()) - (1 << 31)
+
+
+async def migrate(conn: Conn) -> int:
+    """Apply the missing migrations, one replica at a time; return the resulting version."""
+    await conn.execute("SELECT pg_advisory_lock($1, $2)", *MIGRATION_LOCK)
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS certpager_schema (version INTEGER NOT NULL)")
+        version = int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM certpager_schema"))
+        latest = len(POSTGRES_MIGRATIONS)
+        if version > latest:
+            raise RuntimeError(f"store schema version {version} is newer than this bridge knows ({latest})")
+        for number in range(version + 1, latest + 1):
+            async with conn.transaction():
+                for statement in statements(POSTGRES_MIGRATIONS[number - 1]):
+                    await conn.execute(statement)
+                await conn.execute("DELETE FROM certpager_schema")
+                await conn.execute("INSERT INTO certpager_schema (version) VALUES ($1)", number)
+            log.info("store schema migrated", extra={"kv": {"version": number}})
+        return max(version, latest)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1, $2)", *MIGRATION_LOCK)
+
+
+class PostgresStore:
+    """The PostgreSQL store (see module docstring). ``open()`` before use, ``close()`` after."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        password: str | None = None,
+        pool_size: int = 8,
+        timeout: float = 10.0,
+        stats_interval: float = 1.0,
+    ) -> None:
+        self.url = url
+        self._password = password
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._stats_interval = stats_interval
+        self._pool: asyncpg.Pool | None = None
+        self._stats = OutboxStats()
+        self._dead: list[DeadLetterRow] = []
+        self._stats_task: asyncio.Task[None] | None = None
+        self._leader: asyncpg.Connection | None = None
+        self._roles: set[str] = set()
+        self._election = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redacted(self.url)!r})"
+
+    @property
+    def is_open(self) -> bool:
+        return self._pool is not None
+
+    async def open(self) -> None:
+        """Connect, apply migrations (one replica at a time) and start the gauge snapshots."""
+        if self._pool is not None:
+            return
+        try:
+            pool = await asyncpg.create_pool(
+                self.url, password=self._password, min_size=1, max_size=self._pool_size, timeout=self._timeout,
+                command_timeout=self._timeout, server_settings=SESSION_SETTINGS,
+            )
+        except Exception as exc:
+            raise StoreError(f"cannot open store {redacted(self.url)}: {exc}") from exc
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+        except Exception as exc:
+            await pool.close()
+            raise StoreError(f"cannot open store {redacted(self.url)}: {exc}") from exc
+        self._pool = pool
+        await self._refresh_stats()
+        self._stats_task = asyncio.create_task(self._stats_loop(), name="certpager-store-stats")
+
+    async def close(self) -> None:
+        """Stop the snapshots, give up every role and close the connections."""
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stats_task
+            self._stats_task = None
+        await self._drop_leader()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), self._timeout)
+
+    async def _run(self, fn: Callable[[Conn], Awaitable[T]], *, transaction: bool = True) -> T:
+        """``fn`` on a pooled connection (in a transaction); conflicts run it again; failures are StoreError."""
+        if self._pool is None:
+            raise StoreError("store is not open")
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                async with self._pool.acquire(timeout=self._timeout) as conn:
+                    if not transaction:
+                        return await fn(conn)
+                    async with conn.transaction():
+                        return await fn(conn)
+            except _RETRYABLE as exc:
+                if attempt == MAX_ATTEMPTS:
+                    raise StoreError(f"store operation kept conflicting: {exc}") from exc
+                log.debug("store transaction conflicted; running it again", extra={"kv": {"err": str(exc)}})
+            except StoreError:
+                raise
+            except Exception as exc:
+                raise StoreError(f"store operation failed: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    # --- inbound -------------------------------------------------------------------------------------
+
+    async def ingest(
+        self, receipt: Receipt, notification: Notification, policy: Policy, *, sinks: Sequence[str]
+    ) -> IngestResult:
+        """Record the webhook, decide and queue the events, in one transaction (see base.Store)."""
+
+        async def op(conn: Conn) -> IngestResult:
+            return await ingest.run_async(ingest.script(receipt, notification, policy, sinks), _PostgresIngest(conn))
+
+        return await self._run(op)
+
+    # --- outbox --------------------------------------------------------------------------------------
+
+    async def claim(self, sink: str, *, now: float, limit: int, lease: float) -> list[OutboxItem]:
+        """Due head-of-key items, leased, skipping rows another replica is claiming (see base.Store)."""
+
+        async def op(conn: Conn) -> list[asyncpg.Record]:
+            return await conn.fetch(_CLAIM_SQL, sink, now, limit, now + lease)
+
+        rows = await self._run(op, transaction=False)
+        rows.sort(key=lambda r: (r["next_attempt_at"], r["id"]))
+        return [_item(row) for row in rows]
+
+    async def next_due(self, sink: str, *, now: float) -> float | None:
+        async def op(conn: Conn) -> Any:
+            sql = "SELECT MIN(next_attempt_at) FROM outbox WHERE sink = $1 AND lease_until <= $2"
+            return await conn.fetchval(sql, sink, now)
+
+        value = await self._run(op, transaction=False)
+        return None if value is None else float(value)
+
+    async def mark_delivered(self, item_id: int) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute("DELETE FROM outbox WHERE id = $1", item_id)
+
+        await self._run(op, transaction=False)
+
+    async def retry_at(self, item_id: int, *, at: float, error: str, attempted: bool = True) -> None:
+        await self.retry_many([(item_id, at, error)], attempted=attempted)
+
+    async def retry_many(self, retries: Sequence[tuple[int, float, str]], *, attempted: bool = True) -> None:
+        ids, ats, errors = [r[0] for r in retries], [r[1] for r in retries], [r[2] for r in retries]
+
+        async def op(conn: Conn) -> None:
+            await conn.execute(_RETRY_SQL, int(attempted), ids, ats, errors)
+
+        await self._run(op, transaction=False)
+
+    async def dead_letter(self, item_id: int, *, error: str, status: int, now: float) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute(_DEAD_LETTER_SQL, item_id, now, status, error)
+
+        await self._run(op, transaction=False)
+
+    async def prune(self, *, before: float) -> int:
+        async def op(conn: Conn) -> int:
+            removed = 0
+            for sql in _PRUNE_SQL:
+                removed += _rowcount(await conn.execute(sql, before))
+            return removed
+
+        return await self._run(op)
+
+    # --- election ------------------------------------------------------------------------------------
+
+    async def lead(self, role: str) -> bool:
+        """Whether this replica holds ``role`` now: it campaigns when it does not (see module docstring)."""
+        async with self._election:
+            try:
+                return await self._lead(role)
+            except Exception as exc:
+                if self._roles:
+                    log.warning("lost the store connection holding roles", extra={"kv": {
+                        "roles": ",".join(sorted(self._roles)), "err": str(exc)}})
+                await self._drop_leader()
+                return False
+
+    async def _lead(self, role: str) -> bool:
+        if self._pool is None:
+            return False
+        conn = self._leader
+        if conn is None or conn.is_closed():
+            if self._roles:
+                log.warning("lost roles with their connection", extra={"kv": {"roles": ",".join(sorted(self._roles))}})
+            self._roles.clear()
+            self._leader = None
+            conn = self._leader = await asyncpg.connect(
+                self.url, password=self._password, timeout=self._timeout, command_timeout=self._timeout,
+                server_settings=SESSION_SETTINGS,
+            )
+        if role in self._roles:
+            await conn.fetchval("SELECT 1")  # the session lives, so it still holds the lock
+            return True
+        if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", ELECTION_CLASS, role_key(role)):
+            self._roles.add(role)
+            log.info("elected to run a role", extra={"kv": {"role": role}})
+            return True
+        return False
+
+    async def _drop_leader(self) -> None:
+        conn, self._leader = self._leader, None
+        self._roles.clear()
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), self._timeout)
+            if not conn.is_closed():
+                conn.terminate()
+
+    # --- reads ---------------------------------------------------------------------------------------
+
+    def outbox_stats(self) -> OutboxStats:
+        """Depth, oldest item and dead letters per sink, as of the last snapshot."""
+        return self._stats
+
+    def dead_letters(self, *, limit: int = 100) -> list[DeadLetterRow]:
+        """The newest dead letters first, as of the last snapshot (at most 100)."""
+        return self._dead[:limit]
+
+    async def _stats_loop(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self._stats_interval)
+            try:
+                await self._refresh_stats()
+            except StoreError as exc:
+                if not failing:
+                    log.warning("cannot read outbox stats; serving the last ones", extra={"kv": {"err": str(exc)}})
+                failing = True
+            else:
+                failing = False
+
+    async def _refresh_stats(self) -> None:
+        async def op(conn: Conn) -> tuple[list[asyncpg.Record], ...]:
+            return (
+                await conn.fetch("SELECT sink, COUNT(*), MIN(created_at) FROM outbox GROUP BY sink"),
+                await conn.fetch("SELECT sink, COUNT(*) FROM dead_letters GROUP BY sink"),
+                await conn.fetch(
+                    "SELECT id, sink, ordering_key, error, status, attempts, dead_at FROM dead_letters"
+                    " ORDER BY dead_at DESC, id DESC LIMIT 100"
+                ),
+            )
+
+        rows, dead, newest = await self._run(op)
+        self._stats = OutboxStats(
+            depth={r[0]: int(r[1]) for r in rows},
+            oldest_created_at={r[0]: float(r[2]) for r in rows},
+            dead_letters={r[0]: int(r[1]) for r in dead},
+        )
+        self._dead = [DeadLetterRow(*row) for row in newest]
+
+
+class _PostgresIngest:
+    """The ingest script's SQL for PostgreSQL (:class:`bridge.store.ingest.AsyncIngestSql`)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    async def record_receipt(self, step: RecordReceipt) -> int:
+        r = step.receipt
+        value = await self.conn.fetchval(
+            "INSERT INTO receipts (source, received_at, group_key, body) VALUES ($1, $2, $3, $4) RETURNING id",
+            r.source, r.received_at, step.group_key, r.body,
+        )
+        return int(value)
+
+    async def lock(self, scopes: Sequence[str]) -> None:
+        """Held until COMMIT: another replica's ingest of these scopes waits here, then reads what this one wrote."""
+        await self.conn.execute(
+            "SELECT COUNT(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k", scope_lock_keys(scopes)
+        )
+
+    async def load_state(self, step: LoadState) -> State:
+        wanted = step.wanted
+        scopes, fingerprints = sorted(wanted.scopes), sorted(wanted.fingerprints)
+        await self.lock(scopes)
+        rows = await self.conn.fetch(
+            f"SELECT {_OCCURRENCE_COLS} FROM occurrences WHERE fingerprint = ANY($1::text[]) UNION ALL"
+            f" SELECT {_OCCURRENCE_COLS} FROM occurrences WHERE status = 'firing' AND scope = ANY($2::text[])",
+            fingerprints, scopes,
+        )
+        occurrences = {(row[0], row[1]): Occurrence(*row) for row in rows}
+        incidents: dict[str, Incident] = {}
+        for row in await self.conn.fetch(
+            f"SELECT {_INCIDENT_COLS} FROM incidents WHERE scope = ANY($1::text[])", scopes
+        ):
+            incidents[row[0]] = Incident(
+                row[0], row[1], row[2], row[3], bool(row[4]), json.loads(row[5]), row[6]
+            )
+        return State(occurrences=occurrences, incidents=incidents)
+
+    async def write(self, step: Write) -> None:
+        changes, conn = step.changes, self.conn
+        if changes.created:
+            c = changes.created
+            await conn.execute(
+                f"INSERT INTO occurrences ({_OCCURRENCE_COLS})"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[])",
+                [o.fingerprint for o in c], [o.starts_at for o in c], [o.status for o in c],
+                [o.incident_key for o in c], [o.scope for o in c], [o.updated_at for o in c],
+            )
+        if changes.updated:
+            u = [o for o, _ in changes.updated]
+            status = await conn.execute(
+                "UPDATE occurrences AS o SET status = u.status, incident_key = u.key, scope = u.scope,"
+                " updated_at = u.at FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+                " $6::float8[], $7::text[]) AS u(fp, starts, status, key, scope, at, old)"
+                " WHERE o.fingerprint = u.fp AND o.starts_at = u.starts AND o.status = u.old",
+                [o.fingerprint for o in u], [o.starts_at for o in u], [o.status for o in u],
+                [o.incident_key for o in u], [o.scope for o in u], [o.updated_at for o in u],
+                [old for _, old in changes.updated],
+            )
+            if _rowcount(status) != len(u):
+                raise Conflict("an occurrence changed since this transaction read it")
+        if changes.incidents:
+            i = changes.incidents
+            await conn.execute(
+                f"INSERT INTO incidents ({_INCIDENT_COLS}) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
+                " $4::text[], $5::bool[], $6::text[], $7::float8[]) ON CONFLICT (key) DO UPDATE SET"
+                " scope = excluded.scope, event_class = excluded.event_class, route = excluded.route,"
+                " open = excluded.open, trigger = excluded.trigger, updated_at = excluded.updated_at",
+                [r.key for r in i], [r.scope for r in i], [r.event_class for r in i], [r.route for r in i],
+                [r.open for r in i], [r.trigger for r in i], [r.updated_at for r in i],
+            )
+        if changes.outbox:
+            b = changes.outbox
+            await conn.execute(
+                "INSERT INTO outbox (sink, ordering_key, payload, created_at, next_attempt_at, receipt_id)"
+                " SELECT s, k, p, c, c, r FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[],"
+                " $5::bigint[]) AS b(s, k, p, c, r)",
+                [o.sink for o in b], [o.ordering_key for o in b], [o.payload for o in b],
+                [o.created_at for o in b], [o.receipt_id for o in b],
+            )
+
+
+def _rowcount(status: str) -> int:
+    """The row count of a command status such as ``UPDATE 3`` or ``DELETE 0``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _item(row: asyncpg.Record) -> OutboxItem:
+    return OutboxItem(
+        id=int(row["id"]), sink=row["sink"], ordering_key=row["ordering_key"],
+        payload=json.loads(row["payload"]), attempts=int(row["attempts"]),
+        created_at=float(row["created_at"]),
+    )
