@@ -152,7 +152,9 @@ def make_store(loaded: LoadedConfig) -> Store:
     """PostgreSQL when ``store.url`` is set (replicas share it), else the SQLite file at ``store.path``."""
     settings = loaded.config.store
     if settings.url is not None:
-        return PostgresStore(settings.url, password=loaded.secrets.store_password, pool_size=settings.pool_size)
+        return PostgresStore(
+            settings.url.get_secret_value(), password=loaded.secrets.store_password, pool_size=settings.pool_size
+        )
     return SqliteStore(settings.path)
 
 

@@ -279,28 +279,27 @@ class Store(Section):
     """SQLite at ``path``, or PostgreSQL when ``url`` is set (several replicas share it)."""
 
     path: Path = Path("certpager-bridge.db")
-    url: str | None = None  # postgresql://USER@HOST:PORT/DATABASE; the password never goes here
-    password: SecretStr | None = None  # e.g. $PGPASSWORD; unset: password_file, else libpq's PGPASSWORD/.pgpass
+    # postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE; a secret (it may hold the password): never printed.
+    url: SecretStr | None = None
+    password: SecretStr | None = None  # e.g. $PGPASSWORD; unset: password_file, the URL's, libpq's PGPASSWORD
     password_file: Path | None = None
     pool_size: int = Field(default=8, ge=1, le=100)  # connections per replica (PostgreSQL)
     retention: Duration = 7 * 86400.0  # how long receipts, resolved occurrences and dead letters are kept
 
     @field_validator("url")
     @classmethod
-    def _url(cls, value: str | None) -> str | None:
+    def _url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return value
         # The messages never repeat the URL: it may carry a password.
-        if not value.startswith(("postgresql://", "postgres://")):
+        url = value.get_secret_value()
+        if not url.startswith(("postgresql://", "postgres://")):
             raise ValueError("expected a postgresql:// URL")
         try:
-            parts = urlsplit(value)
-            has_password = parts.password is not None
+            parts = urlsplit(url)
             _ = parts.port
         except ValueError:
             raise ValueError("expected a postgresql://USER@HOST:PORT/DATABASE URL") from None
-        if has_password:
-            raise ValueError("the URL carries a password: put it in store.password_file or store.password ($VAR)")
         if not parts.hostname or not parts.path.strip("/"):
             raise ValueError("expected a postgresql://USER@HOST:PORT/DATABASE URL (host and database)")
         return value
@@ -308,8 +307,11 @@ class Store(Section):
     @model_validator(mode="after")
     def _password(self) -> Self:
         _exclusive(self, (("password", "password_file"),))
-        if self.url is None and (self.password is not None or self.password_file is not None):
+        given = self.password is not None or self.password_file is not None
+        if self.url is None and given:
             raise ValueError("password and password_file are for PostgreSQL: set store.url too")
+        if self.url is not None and given and urlsplit(self.url.get_secret_value()).password is not None:
+            raise ValueError("the URL carries a password already: drop it or drop password/password_file")
         return self
 
 

@@ -51,7 +51,7 @@ INVALID = {
     "invalid-basic-auth.yml": "server.auth.basic_auth: password or password_file is required",
     "invalid-max-body.yml": "server.max_body_bytes: Input should be greater than or equal to 1024",
     "invalid-store-url-password.yml":
-        "store.url: the URL carries a password: put it in store.password_file or store.password ($VAR)",
+        "store: the URL carries a password already: drop it or drop password/password_file",
     "invalid-store-url-scheme.yml": "store.url: expected a postgresql:// URL",
     "invalid-store-password-without-url.yml":
         "store: password and password_file are for PostgreSQL: set store.url too",
@@ -115,13 +115,17 @@ def test_postgresql_store_password_from_a_file_or_the_environment(tmp_path):
     url = "postgresql://certpager@db.example:5432/certpager"
     path.write_text(f"store:\n  url: {url}\n  password_file: pg.password\n  pool_size: 4\n")
     loaded = load(path, env={})
-    assert (loaded.config.store.url, loaded.config.store.pool_size) == (url, 4)
+    assert (loaded.config.store.url.get_secret_value(), loaded.config.store.pool_size) == (url, 4)
     assert loaded.secrets.store_password == "pg-SECRET-in-file"
     path.write_text(f"store:\n  url: {url}\n  password: $PGPASS\n")
     loaded = load(path, env={"PGPASS": "pg-SECRET-env"})
     assert loaded.secrets.store_password == "pg-SECRET-env"
     for text in (repr(loaded), repr(loaded.secrets), str(loaded.config)):
         assert "pg-SECRET" not in text
+    # A Secret holding the whole URL (as PostgreSQL operators generate them) works too, and is never shown.
+    path.write_text("store:\n  url: $PG_URL\n")
+    loaded = load(path, env={"PG_URL": "postgresql://certpager:pg-SECRET-url@db.example/certpager"})
+    assert "pg-SECRET" not in repr(loaded) + str(loaded.config)
 
 
 def test_reload_rereads_secret_files_and_keeps_the_old_config_on_error(tmp_path, caplog):

@@ -12,7 +12,6 @@ import functools
 import re
 import subprocess
 import sys
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,8 +325,7 @@ def with_secret_files(text: str, secrets_dir: str, tmp: Path) -> str:
 
 def postgres_in_schema() -> bool:
     """Whether the bridge's store schema knows PostgreSQL yet (issue 21's work)."""
-    annotation = Store.model_fields["type"].annotation
-    return any("postgres" in str(arg) for arg in typing.get_args(annotation))
+    return "url" in Store.model_fields
 
 
 def check_configs(objects: tuple[Obj, ...], expect: Expect, tmp: Path) -> None:

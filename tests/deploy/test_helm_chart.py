@@ -86,7 +86,7 @@ def test_values_reach_the_objects():
         assert dashboard["metadata"]["namespace"] == "grafana"
         assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Certificates"}
     bridge_config = yaml.safe_load(named(objects, "ConfigMap", "cp-certpager-bridge")["data"]["bridge.yml"])
-    store = {"retention": "14d", "type": "sqlite", "path": "/var/lib/certpager/certpager-bridge.db"}
+    store = {"retention": "14d", "path": "/var/lib/certpager/certpager-bridge.db"}
     assert bridge_config["store"] == store
     assert bridge_config["integrations"] == wanted["bridge"]["config"]["integrations"]
 

@@ -64,7 +64,6 @@ app.kubernetes.io/component: {{ .component }}
 {{- $_ := set $config "server" $server -}}
 {{- $store := default dict $config.store -}}
 {{- if eq .Values.bridge.store.type "sqlite" -}}
-{{- $_ := set $store "type" "sqlite" -}}
 {{- $_ := set $store "path" "/var/lib/certpager/certpager-bridge.db" -}}
 {{- else -}}
 {{- $store = merge (deepCopy .Values.bridge.store.postgresql.config) $store -}}
