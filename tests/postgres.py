@@ -1,16 +1,19 @@
 """A private PostgreSQL cluster for the tests: Debian's binaries, a temporary directory, an ephemeral port.
 
-One cluster per test session (:func:`cluster`), password authentication over TCP on 127.0.0.1 (so the
-store's password handling is exercised), one fresh database per test (:meth:`PostgresServer.database`).
-PostgreSQL refuses to run as root, so as root it runs as the ``postgres`` system user. ``fsync=off``: the
-tests check behaviour, not durability on power loss (bench/ runs with fsync on).
+One cluster per test session (:func:`cluster`; ``stop_fast`` then ``start`` restart it), password
+authentication over TCP on 127.0.0.1 (so the store's password handling is exercised), one fresh database
+per test (:meth:`PostgresServer.create_database`). PostgreSQL refuses to run as root, so as root it runs
+as the ``postgres`` system user. ``fsync=off``: the tests check behaviour, not durability on power loss
+(bench/ runs with fsync on).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.exporter.starttls.servers import PG_USER, START_TIMEOUT, Daemon, free_port, postgres_bin
+from tests.exporter.starttls.servers import PG_USER, START_TIMEOUT, STOP_TIMEOUT, Daemon, free_port, postgres_bin
 
 PASSWORD = "pg-test-secret-7Hq2"  # the superuser's; tests also check it never reaches a log
 _names = itertools.count(1)
@@ -69,9 +72,16 @@ class PostgresServer:
     def stop(self) -> None:
         self.daemon.stop()
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+    def stop_fast(self) -> None:
+        """PostgreSQL's fast shutdown (SIGINT): sessions are ended now, as a crash or failover would."""
+        proc = self.daemon.proc
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.daemon.stop()
 
     async def connect(self, database: str = "postgres") -> asyncpg.Connection:
         return await asyncpg.connect(self.url(database), password=PASSWORD, timeout=10)

@@ -132,6 +132,10 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX dead_letters_dead_at ON dead_letters(dead_at);
     """,
+    # 2: the alerts of a webhook that were rejected (JSON [{index, error}]), kept with its receipt.
+    """
+    ALTER TABLE receipts ADD COLUMN rejected TEXT
+    """,
 )
 
 LATEST = len(MIGRATIONS)

@@ -78,8 +78,14 @@ FROM unnest($2::bigint[], $3::float8[], $4::text[]) AS r(id, at, error) WHERE o.
 _DEAD_LETTER_SQL = """
 WITH moved AS (DELETE FROM outbox WHERE id = $1 RETURNING *)
 INSERT INTO dead_letters (id, sink, ordering_key, payload, attempts, created_at, dead_at, status, error)
-SELECT id, sink, ordering_key, payload, attempts + 1, created_at, $2, $3, $4 FROM moved
+SELECT id, sink, ordering_key, payload, attempts + $5, created_at, $2, $3, $4 FROM moved
 ON CONFLICT (id) DO NOTHING
+"""
+# Heads of keys only: an item behind an in-flight head is not claimable, however due it is.
+_NEXT_DUE_SQL = """
+SELECT next_attempt_at FROM outbox AS o WHERE sink = $1 AND lease_until <= $2
+  AND NOT EXISTS (SELECT 1 FROM outbox AS p WHERE p.sink = o.sink AND p.ordering_key = o.ordering_key AND p.id < o.id)
+ORDER BY next_attempt_at LIMIT 1
 """
 _PRUNE_SQL = (
     "DELETE FROM receipts WHERE received_at < $1",
@@ -236,17 +242,25 @@ class PostgresStore:
     async def claim(self, sink: str, *, now: float, limit: int, lease: float) -> list[OutboxItem]:
         """Due head-of-key items, leased, skipping rows another replica is claiming (see base.Store)."""
 
-        async def op(conn: Conn) -> list[asyncpg.Record]:
-            return await conn.fetch(_CLAIM_SQL, sink, now, limit, now + lease)
+        async def op(conn: Conn) -> list[OutboxItem]:
+            rows = sorted(await conn.fetch(_CLAIM_SQL, sink, now, limit, now + lease),
+                          key=lambda r: (r["next_attempt_at"], r["id"]))
+            items: list[OutboxItem] = []
+            for row in rows:
+                try:
+                    items.append(_item(row))
+                except (ValueError, TypeError) as exc:  # a row nobody can deliver: aside, alone, so the others go
+                    error = f"outbox row {row['id']} cannot be read, not sent: {type(exc).__name__}: {exc}"
+                    log.error("undecodable outbox row dead-lettered",
+                              extra={"kv": {"sink": sink, "item": row["id"], "err": error}})
+                    await conn.execute(_DEAD_LETTER_SQL, row["id"], now, 0, error, 0)
+            return items
 
-        rows = await self._run(op, transaction=False)
-        rows.sort(key=lambda r: (r["next_attempt_at"], r["id"]))
-        return [_item(row) for row in rows]
+        return await self._run(op)
 
     async def next_due(self, sink: str, *, now: float) -> float | None:
         async def op(conn: Conn) -> Any:
-            sql = "SELECT MIN(next_attempt_at) FROM outbox WHERE sink = $1 AND lease_until <= $2"
-            return await conn.fetchval(sql, sink, now)
+            return await conn.fetchval(_NEXT_DUE_SQL, sink, now)
 
         value = await self._run(op, transaction=False)
         return None if value is None else float(value)
@@ -270,7 +284,7 @@ class PostgresStore:
 
     async def dead_letter(self, item_id: int, *, error: str, status: int, now: float) -> None:
         async def op(conn: Conn) -> None:
-            await conn.execute(_DEAD_LETTER_SQL, item_id, now, status, error)
+            await conn.execute(_DEAD_LETTER_SQL, item_id, now, status, error, 1)
 
         await self._run(op, transaction=False)
 
@@ -380,8 +394,9 @@ class _PostgresIngest:
     async def record_receipt(self, step: RecordReceipt) -> int:
         r = step.receipt
         value = await self.conn.fetchval(
-            "INSERT INTO receipts (source, received_at, group_key, body) VALUES ($1, $2, $3, $4) RETURNING id",
-            r.source, r.received_at, step.group_key, r.body,
+            "INSERT INTO receipts (source, received_at, group_key, body, rejected) VALUES ($1, $2, $3, $4, $5)"
+            " RETURNING id",
+            r.source, r.received_at, step.group_key, r.body, r.rejected_json(),
         )
         return int(value)
 
@@ -460,8 +475,10 @@ def _rowcount(status: str) -> int:
 
 
 def _item(row: asyncpg.Record) -> OutboxItem:
+    payload = json.loads(row["payload"])
+    if not isinstance(payload, dict):
+        raise ValueError(f"expected a JSON object, got {type(payload).__name__}")
     return OutboxItem(
-        id=int(row["id"]), sink=row["sink"], ordering_key=row["ordering_key"],
-        payload=json.loads(row["payload"]), attempts=int(row["attempts"]),
-        created_at=float(row["created_at"]),
+        id=int(row["id"]), sink=row["sink"], ordering_key=row["ordering_key"], payload=payload,
+        attempts=int(row["attempts"]), created_at=float(row["created_at"]),
     )

@@ -37,6 +37,10 @@ class Backend(Protocol):
         """Every queued outbox row in id order."""
         ...
 
+    async def set_payload(self, item_id: int, text: str) -> None:
+        """Overwrite an outbox row's stored payload (to test rows that cannot be decoded)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -62,6 +66,10 @@ class SqliteBackend:
         with sqlite3.connect(self.path) as conn:
             items = [outbox_item(row) for row in conn.execute(PENDING_SQL)]
         return [i for i in items if sink is None or i.sink == sink]
+
+    async def set_payload(self, item_id: int, text: str) -> None:
+        with sqlite3.connect(self.path) as conn:
+            conn.execute("UPDATE outbox SET payload = ? WHERE id = ?", (text, item_id))
 
     async def close(self) -> None:
         pass
@@ -96,6 +104,9 @@ class PostgresBackend:
     async def pending(self, sink: str | None = None) -> list[OutboxItem]:
         items = [outbox_item(row) for row in await self.fetch(PENDING_SQL)]
         return [i for i in items if sink is None or i.sink == sink]
+
+    async def set_payload(self, item_id: int, text: str) -> None:
+        await self.fetch("UPDATE outbox SET payload = $1 WHERE id = $2", text, item_id)
 
     async def close(self) -> None:
         await self.server.drop_database(self.database)

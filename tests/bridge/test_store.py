@@ -160,6 +160,23 @@ async def test_a_webhook_larger_than_one_lookup_chunk_sees_all_its_state(any_sto
         ("resolve", "certificate_expired"), ("trigger", SEVEN_DAYS)]
 
 
+async def test_an_undecodable_outbox_row_becomes_a_dead_letter_alone(backend, any_store):
+    store = any_store
+    await ingest(store, alert(certificate="a.example.com"), alert(certificate="b.example.com"))
+    first, second = await backend.pending()
+    await backend.set_payload(first.id, "{not json")
+    await backend.set_payload(second.id, "[1, 2]")
+    await ingest(store, alert(certificate="c.example.com"), now=101.0)
+    items = await store.claim("pagerduty", now=200.0, limit=10, lease=60.0)
+    assert [i.payload["component"] for i in items] == ["c.example.com"]
+    await eventually(lambda: len(store.dead_letters()), 2)
+    dead = store.dead_letters()
+    assert sorted(d.id for d in dead) == [first.id, second.id]
+    assert all(d.error.startswith(f"outbox row {d.id} cannot be read, not sent:") for d in dead)
+    assert {d.attempts for d in dead} == {0}
+    assert await store.claim("pagerduty", now=201.0, limit=10, lease=60.0) == []
+
+
 # --- SQLite only ---------------------------------------------------------------------------------------
 
 
@@ -221,19 +238,3 @@ async def test_sqlite_a_symlink_to_the_store_file_is_the_same_lock(tmp_path):
             await SqliteStore(alias).open()
     finally:
         await first.close()
-
-
-async def test_sqlite_an_undecodable_outbox_row_becomes_a_dead_letter_alone(store, tmp_path):
-    await ingest(store, alert(certificate="a.example.com"), alert(certificate="b.example.com"))
-    first, second = store.pending()
-    with sqlite3.connect(tmp_path / "bridge.db") as conn:
-        conn.execute("UPDATE outbox SET payload = '{not json' WHERE id = ?", (first.id,))
-        conn.execute("UPDATE outbox SET payload = '[1, 2]' WHERE id = ?", (second.id,))
-    await ingest(store, alert(certificate="c.example.com"), now=101.0)
-    items = await store.claim("pagerduty", now=200.0, limit=10, lease=60.0)
-    assert [i.payload["component"] for i in items] == ["c.example.com"]
-    dead = store.dead_letters()
-    assert sorted(d.id for d in dead) == [first.id, second.id]
-    assert all(d.error.startswith(f"outbox row {d.id} cannot be read, not sent:") for d in dead)
-    assert {d.attempts for d in dead} == {0}
-    assert await store.claim("pagerduty", now=201.0, limit=10, lease=60.0) == []

@@ -14,6 +14,7 @@ import pytest
 
 from bridge.alertmanager import parse
 from bridge.decisions import Policy
+from bridge.outbox import OutboxWorker
 from bridge.store import ingest as script
 from bridge.store.base import Receipt, StoreError
 from bridge.store.migrations import MIGRATIONS, POSTGRES_MIGRATIONS
@@ -179,3 +180,22 @@ async def test_one_replica_holds_a_role_and_another_takes_it_over_when_it_dies(p
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("a closed leader's role was not released")
+
+
+async def test_only_the_replica_elected_for_prune_prunes(pg, replicas):
+    first, second, _ = replicas
+    await ingest(first, alert(), now=100.0)
+    await ingest(first, alert("resolved"), now=101.0)
+    assert await first.lead("prune")
+
+    async def one_round(store) -> None:
+        worker = OutboxWorker(store, {}, clock=lambda: 10_000.0, retention=1000.0, sweep_interval=0.05)
+        task = asyncio.create_task(worker.run())
+        await asyncio.sleep(0.2)
+        await worker.stop()
+        await task
+
+    await one_round(second)  # not elected: its worker skips the prune
+    assert await pg.count("receipts") == 2
+    await one_round(first)
+    assert await pg.count("receipts") == 0
