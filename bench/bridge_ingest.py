@@ -6,9 +6,14 @@ the SQLite store on the local disk (WAL, synchronous=FULL: every commit is fsync
 1. ingest at saturation: alert transitions/s answered 200 by ``POST /api/v1/alerts/alertmanager``, with
    1 and 10 alerts per webhook (Alertmanager groups), many concurrent senders;
 2. answer latency p50/p99 at a fixed, open-loop 500 transitions/s (1 and 10 alerts per webhook);
-3. outbox drain rate into the fake PagerDuty, the rate limiter off (limit 1,000,000/min) and on (120/min).
+3. outbox drain rate into the fake PagerDuty, the rate limiter off (limit 1,000,000/min) and on (120/min);
+4. replicas: ingest at saturation (1 alert per webhook) and its answer p50/p99, with one bridge on SQLite
+   and then 1, 2 and 3 bridges on one PostgreSQL (a private cluster from Debian's binaries, on the same
+   disk, ``fsync=on``, ``synchronous_commit=on``), the senders spread over the replicas. It also prints
+   the CPU the bridges and the PostgreSQL server processes used per transition.
 
-Usage: ``.venv/bin/python -m bench.bridge_ingest [--seconds 8]``. Every phase is bounded in time.
+Usage: ``.venv/bin/python -m bench.bridge_ingest [--seconds 8] [--phases all|replicas]``. Every phase is
+bounded in time.
 """
 
 from __future__ import annotations
@@ -81,14 +86,18 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
 
 
 @contextlib.asynccontextmanager
-async def bridge(workdir: Path, events_url: str, *, rate_limit: int, db: str) -> AsyncIterator[Proc]:
+async def bridge(
+    workdir: Path, events_url: str, *, rate_limit: int, db: str, store: str | None = None
+) -> AsyncIterator[Proc]:
+    """One bridge process; ``store`` is the YAML of its store section (default: SQLite file ``db``)."""
     port = free_port()
-    config = workdir / f"{db}.yml"
+    store = store or f"  path: {workdir / (db + '.db')}"
+    config = workdir / f"{db}-{port}.yml"
     config.write_text(
         f"integrations:\n  pagerduty:\n    routing_key: {ROUTING_KEY}\n    events_url: {events_url}\n"
         f"    rate_limit_per_minute: {rate_limit}\n"
         f"server:\n  listen_address: 127.0.0.1:{port}\n  max_body_bytes: 16777216\n"
-        f"store:\n  path: {workdir / (db + '.db')}\n"
+        f"store:\n{store}\n"
         "outbox:\n  max_in_flight: 32\n"
     )
     proc = await asyncio.create_subprocess_exec(
@@ -204,25 +213,34 @@ class Pool:
             conn.close()
 
 
-async def saturate(url: str, per_webhook: int, seconds: float, senders: int = 32) -> tuple[float, int]:
-    """Closed loop, ``senders`` at once: (transitions/s committed and answered, transitions)."""
-    payloads = Payloads(per_webhook, f"sat{per_webhook}")
+async def saturate(
+    url: str | list[str], per_webhook: int, seconds: float, senders: int = 32, latencies: list[float] | None = None,
+    tag: str = "",
+) -> tuple[float, int]:
+    """Closed loop, ``senders`` at once (spread over the URLs): (transitions/s committed and answered, transitions).
+
+    Each answer's time is appended to ``latencies`` when given.
+    """
+    payloads = Payloads(per_webhook, f"sat{per_webhook}{tag}")
     done = 0
     deadline = time.perf_counter() + seconds
-    pool = Pool(url)
+    pools = [Pool(u) for u in ([url] if isinstance(url, str) else url)]
 
-    async def sender() -> None:
+    async def sender(pool: Pool) -> None:
         nonlocal done
         while time.perf_counter() < deadline:
-            await pool.post(payloads.next())
+            took = await pool.post(payloads.next())
             done += per_webhook
+            if latencies is not None:
+                latencies.append(took)
 
     try:
         started = time.perf_counter()
-        await asyncio.gather(*(sender() for _ in range(senders)))
+        await asyncio.gather(*(sender(pools[i % len(pools)]) for i in range(senders)))
         return done / (time.perf_counter() - started), done
     finally:
-        pool.close()
+        for pool in pools:
+            pool.close()
 
 
 async def paced(url: str, per_webhook: int, rate: float, seconds: float) -> tuple[float, float, float]:
@@ -272,10 +290,66 @@ async def drain(workdir: Path, fake_url: str, *, rate_limit: int, events: int, w
             pool.close()
 
 
-async def main(seconds: float) -> None:
+def postgres_cpu(postmaster: int) -> float:
+    """CPU seconds of a PostgreSQL server: the postmaster and every process it started (live ones)."""
+    total = cpu_seconds(postmaster)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == postmaster:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def report(label: str, rate: float, done: int, latencies: list[float], bridge_cpu: float, pg_cpu: float | None) -> str:
+    cuts = statistics.quantiles(latencies, n=100)
+    line = (f"{label:<28} {rate:7.0f} transitions/s  answer p50={cuts[49] * 1000:5.1f} ms p99={cuts[98] * 1000:6.1f} ms"
+            f"  bridges CPU {bridge_cpu / done * 1e6:4.0f} us/tr")
+    if pg_cpu is not None:
+        line += f"  postgres CPU {pg_cpu / done * 1e6:4.0f} us/tr"
+    return line + f"  (load average {load_average()})"
+
+
+async def replicas_phase(workdir: Path, fake_url: str, seconds: float) -> None:
+    """One bridge on SQLite, then 1, 2 and 3 on one PostgreSQL: saturation with 1 alert per webhook."""
+    from tests.postgres import PASSWORD, cluster  # the tests' private cluster (Debian's binaries)
+
+    async with bridge(workdir, fake_url, rate_limit=120, db="replicas-sqlite") as b:
+        latencies: list[float] = []
+        cpu0 = cpu_seconds(b.proc.pid)
+        rate, done = await saturate(b.url, 1, seconds, latencies=latencies, tag="sqlite")
+        print(report("replicas sqlite x1", rate, done, latencies, cpu_seconds(b.proc.pid) - cpu0, None))
+    (workdir / "pg.password").write_text(PASSWORD + "\n")
+    with cluster(fsync=True) as server:
+        if server is None:
+            print("replicas postgresql: not run (PostgreSQL is not installed: scripts/install-system-deps)")
+            return
+        postmaster = server.daemon.proc.pid if server.daemon.proc is not None else 0
+        for count in (1, 2, 3):
+            database = await server.create_database()
+            store = f"  url: {server.url(database)}\n  password_file: {workdir / 'pg.password'}\n  pool_size: 8"
+            async with contextlib.AsyncExitStack() as stack:
+                bridges = await asyncio.gather(*(
+                    stack.enter_async_context(bridge(workdir, fake_url, rate_limit=120, db=f"pg{count}", store=store))
+                    for _ in range(count)
+                ))
+                latencies = []
+                cpu0, pg0 = sum(cpu_seconds(b.proc.pid) for b in bridges), postgres_cpu(postmaster)
+                rate, done = await saturate([b.url for b in bridges], 1, seconds, latencies=latencies, tag=f"pg{count}")
+                cpu, pg = sum(cpu_seconds(b.proc.pid) for b in bridges) - cpu0, postgres_cpu(postmaster) - pg0
+                print(report(f"replicas postgresql x{count}", rate, done, latencies, cpu, pg))
+            await server.drop_database(database)
+
+
+async def main(seconds: float, phases: str) -> None:
     with tempfile.TemporaryDirectory(prefix="certpager-bench-", dir=REPO) as tmp:
         workdir = Path(tmp)
+        workdir.chmod(0o755)
         print(f"cpus={os.cpu_count()} store={workdir} (WAL, synchronous=FULL)")
+        if phases == "replicas":
+            async with fake_pagerduty(workdir) as fake:
+                await replicas_phase(workdir, fake.url, seconds)
+            return
         async with fake_pagerduty(workdir) as fake:
             async with bridge(workdir, fake.url, rate_limit=120, db="ingest") as b:
                 for per in (1, 10):
@@ -294,9 +368,12 @@ async def main(seconds: float) -> None:
             print(f"drain limiter off   {count} events in {took:5.2f} s = {count / took:6.0f} events/s")
             count, took = await drain(workdir, fake.url, rate_limit=120, events=300, window=10)
             print(f"drain limiter on    {count} events in {took:5.2f} s (limit 120/min per routing key)")
+            await replicas_phase(workdir, fake.url, seconds)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each ingest phase")
-    asyncio.run(main(parser.parse_args().seconds))
+    parser.add_argument("--phases", choices=["all", "replicas"], default="all", help="replicas: only phase 4")
+    args = parser.parse_args()
+    asyncio.run(main(args.seconds, args.phases))

@@ -235,7 +235,9 @@ def bridge_config(base: Any, listen_address: str, token_file: Path, store_path: 
     server["listen_address"] = listen_address
     server["auth"] = {"bearer_token_file": str(token_file)}
     config["server"] = server
-    config["store"] = {**dict(config.get("store") or {}), "type": "sqlite", "path": str(store_path)}
+    # The demo's own SQLite file, whatever store the copied config names (no PostgreSQL keys kept).
+    store = {k: v for k, v in dict(config.get("store") or {}).items() if k == "retention"}
+    config["store"] = {**store, "path": str(store_path)}
     return config
 
 
