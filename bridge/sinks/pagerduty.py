@@ -4,7 +4,8 @@ Three parts, one way each:
 
 - :func:`build_body` translates an :class:`~bridge.events.IncidentEvent` into the Events v2 body (the
   dry-run sink uses it too), fitting PagerDuty's limits instead of letting it answer 400: summary cut
-  to 1024 characters, dedup_key kept within 255, the body within 512 KB.
+  to 1024 characters, dedup_key kept within 255, the body within 512 KB (custom_details replaced by a
+  notice first; then over-long free-text fields cut and over-long URLs dropped, so a page always goes out).
 - :func:`check_body` validates that body locally (required fields, enums, limits), so a bug costs a
   dead letter, not a request and a rate-limit slot.
 - :class:`PagerDutySink` sends it and classifies the answer. Failure is a result, never an exception:
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 SUMMARY_MAX = 1024  # characters (code points), documented limit of payload.summary
 DEDUP_KEY_MAX = 255  # characters, documented limit of dedup_key
 BODY_MAX_BYTES = 512_000  # "512 KB"; Alertmanager reads it as 512,000 bytes, the safe reading
+FIELD_MAX = 1024  # characters kept of source/component/group/class/client when an event is over the size limit
+URL_MAX = 2048  # a link or client_url longer than this is dropped when an event is over the size limit
 RETRY_AFTER_DEFAULT = 30.0  # seconds; PagerDuty suggests retrying 429s 30 s apart
 RATE_WINDOW = 60.0  # seconds; PagerDuty's window looks back 60 s from now
 SEVERITIES = frozenset(s.value for s in Severity)
@@ -133,12 +136,41 @@ def _fit_size(body: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     # Returns the bytes too, so a body is encoded once on its way out (encoding was a third of a send).
     encoded = encode_body(body)
     size = len(encoded)
-    if size <= BODY_MAX_BYTES or "custom_details" not in body["payload"]:
+    if size <= BODY_MAX_BYTES:
         return body, encoded
     # As Alertmanager does: the page matters more than its details; say what was dropped and why.
-    notice = f"custom_details removed: the event was {size} bytes, over PagerDuty's limit of {BODY_MAX_BYTES} bytes"
-    body = {**body, "payload": {**body["payload"], "custom_details": {"error": notice}}}
-    return body, encode_body(body)
+    notes = [f"the event was {size} bytes, over PagerDuty's limit of {BODY_MAX_BYTES} bytes"]
+    payload = dict(body["payload"])
+    if "custom_details" in payload:
+        notes[0] = "custom_details removed: " + notes[0]
+        payload["custom_details"] = {"error": notes[0]}
+        body = {**body, "payload": payload}
+        encoded = encode_body(body)
+        if len(encoded) <= BODY_MAX_BYTES:
+            return body, encoded
+    # Still over: a huge label (certificate, class, environment) or URL. PagerDuty documents no limit of
+    # its own for these fields, only the body's: cut the text ones, drop the URLs (a cut URL is a broken
+    # one). Every field is then bounded, so the page always goes out.
+    for name in ("source", "component", "group", "class"):
+        value = payload.get(name)
+        if isinstance(value, str) and len(value) > FIELD_MAX:
+            payload[name] = value[: FIELD_MAX - 1] + "…"
+            notes.append(f"payload.{name} cut to {FIELD_MAX} characters")
+    fitted = {**body, "payload": payload}
+    links = [link for link in body.get("links", ()) if len(str(link.get("href", ""))) <= URL_MAX]
+    for link in body.get("links", ()):
+        if len(str(link.get("href", ""))) > URL_MAX:
+            notes.append(f"link {str(link.get('text', ''))[:64]!r} dropped: URL over {URL_MAX} characters")
+    fitted.pop("links", None)
+    if links:
+        fitted["links"] = [{**link, "text": str(link.get("text", ""))[:FIELD_MAX]} if "text" in link else link
+                           for link in links]
+    for name, limit in (("client", FIELD_MAX), ("client_url", URL_MAX)):
+        if len(str(fitted.get(name, ""))) > limit:
+            del fitted[name]
+            notes.append(f"{name} dropped: over {limit} characters")
+    payload["custom_details"] = {"error": "; ".join(notes)}
+    return fitted, encode_body(fitted)
 
 
 def check_body(body: Mapping[str, Any], *, encoded: bytes | None = None) -> list[str]:

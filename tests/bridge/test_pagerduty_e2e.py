@@ -4,6 +4,7 @@ Retry-After, dead letters and rotation of the routing key, observed from PagerDu
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 
 import httpx
@@ -107,4 +108,19 @@ async def test_rotated_routing_key_applies_to_queued_events(serve_app, tmp_path)
         assert (await client.post(ALERTMANAGER_PATH, data=body(alert("resolved")))).status == 200
         await until(lambda: len(fake.accepted) == 2)
         assert fake.accepted[1].body["routing_key"] == KEY_B
+        await sink.aclose()
+
+
+async def test_a_1_mb_certificate_label_still_pages(serve_app, tmp_path):
+    async with run_fake_pagerduty() as fake:
+        client, registry, sink = await start(serve_app, tmp_path, fake.url)
+        huge = "c" * 1_000_000
+        generator = "http://prometheus.example/graph?g0.expr=" + "x" * 1_000_000
+        data = body({**alert(certificate=huge, cls="k" * 100_000), "generatorURL": generator})
+        assert (await client.post(ALERTMANAGER_PATH, data=io.BytesIO(data))).status == 200
+        await until(lambda: len(fake.actions()) == 1)
+        (accepted,) = fake.accepted
+        assert accepted.body["event_action"] == "trigger" and len(accepted.body["payload"]["component"]) == 1024
+        assert not registry.get_sample_value(
+            "certpager_bridge_deliveries_total", {"sink": "pagerduty", "result": "dead_letter"})
         await sink.aclose()

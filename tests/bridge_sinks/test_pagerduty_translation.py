@@ -9,6 +9,7 @@ import pytest
 from bridge.events import Action, Link, Severity
 from bridge.sinks.pagerduty import (
     BODY_MAX_BYTES,
+    FIELD_MAX,
     build_body,
     check_body,
     encode_body,
@@ -140,10 +141,39 @@ def test_body_just_under_the_limit_is_kept_whole():
     assert body["payload"]["custom_details"] == dict(event.custom_details)
 
 
-def test_oversize_without_custom_details_is_caught_by_the_local_check():
-    body = build_body(trigger(component="c" * 600_000, custom_details={}), ROUTING_KEY)
+def test_oversize_body_is_caught_by_the_local_check():
+    body = build_body(trigger(), ROUTING_KEY)
+    body["payload"]["component"] = "c" * 600_000
     size = len(encode_body(body))
     assert check_body(body) == [f"event is {size} bytes, over PagerDuty's limit of 512000"]
+
+
+@pytest.mark.parametrize(
+    ("field", "overrides"),
+    [
+        ("component", {"component": "c" * 1_000_000}),  # a 1 MB certificate label
+        ("class", {"event_class": "k" * 1_000_000}),
+        ("group", {"group": "g" * 600_000, "custom_details": {}}),
+    ],
+)
+def test_a_huge_label_is_cut_and_the_page_still_goes_out(field, overrides):
+    body = build_body(trigger(**overrides), ROUTING_KEY)
+    assert check_body(body) == []
+    assert len(body["payload"][field]) == FIELD_MAX and body["payload"][field].endswith("…")
+    assert f"payload.{field} cut to {FIELD_MAX} characters" in body["payload"]["custom_details"]["error"]
+    assert body["payload"]["summary"] == "CRITICAL: Certificate Expired - api.example.com"
+
+
+def test_a_huge_generator_url_is_dropped_and_the_page_still_goes_out():
+    huge = "https://prometheus.example/graph?g0.expr=" + "x" * 1_000_000
+    links = (Link("https://grafana.example.com/d/certs", "Dashboard"), Link(huge, "Alert source"))
+    body = build_body(trigger(links=links, client_url=huge), ROUTING_KEY)
+    assert check_body(body) == []
+    assert body["links"] == [{"href": "https://grafana.example.com/d/certs", "text": "Dashboard"}]
+    assert "client_url" not in body
+    notice = body["payload"]["custom_details"]["error"]
+    assert "link 'Alert source' dropped: URL over 2048 characters" in notice
+    assert "client_url dropped: over 2048 characters" in notice
 
 
 @pytest.mark.parametrize(
