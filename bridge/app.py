@@ -22,10 +22,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from bridge import alertmanager
-from bridge.config import LoadedConfig, Server
+from bridge.config import BridgeConfig, LoadedConfig, Server
 from bridge.config import load as load_config
 from bridge.decisions import Policy
-from bridge.metrics import BridgeMetrics, OutboxCollector
+from bridge.keys import CLASS_SHORT
+from bridge.metrics import BoundedLabel, BridgeMetrics, OutboxCollector
 from bridge.outbox import OutboxWorker
 from bridge.sinks.base import Sink
 from bridge.sinks.statuspage import StatuspageSettings
@@ -104,6 +105,8 @@ class Bridge:
         self.store, self.sinks, self.clock = store, tuple(sinks), clock
         registry = registry if registry is not None else CollectorRegistry()
         self.metrics = BridgeMetrics(registry)
+        self._classes = BoundedLabel(known_classes(self.holder.current.config))
+        self._environments = BoundedLabel(known_environments(self.holder.current.config))
         self.metrics.start_at_zero(sinks)
         registry.register(OutboxCollector(store, sinks=sinks.keys(), clock=clock))
         settings = self.holder.current.config.outbox
@@ -132,6 +135,8 @@ class Bridge:
             raise
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())
+        self._classes.known = frozenset(known_classes(self.holder.current.config))
+        self._environments.known = frozenset(known_environments(self.holder.current.config))
         log.info("config reloaded", extra={"kv": {"file": str(self.holder.current.path)}})
 
     @contextlib.asynccontextmanager
@@ -186,7 +191,8 @@ class Bridge:
                 metrics.transition(verdict).inc(count)
         for event in result.events:
             if event.action == "trigger":
-                metrics.incident(event.event_class, event.group, event.severity.value).inc()
+                labels = (self._classes(event.event_class), self._environments(event.group), event.severity.value)
+                metrics.incident(*labels).inc()
         summary = {
             "receipt": result.receipt_id, "alerts": len(notification.alerts), "new": result.new,
             "duplicates": result.duplicates, "stale": result.stale, "events": len(result.events),
@@ -219,6 +225,18 @@ class Bridge:
     ) -> Response:
         self.metrics.webhook("alertmanager", result).inc()
         return Response(status, json.dumps(body).encode(), JSON, headers)
+
+
+def known_classes(config: BridgeConfig) -> set[str]:
+    """Alert classes the bridge and its config name: their incident counters keep their own label value."""
+    return {*CLASS_SHORT, *config.integrations.pagerduty.severity_mapping, *config.automation,
+            *config.grouping.correlation}
+
+
+def known_environments(config: BridgeConfig) -> set[str]:
+    """Environments the config names (routing keys, services), and no environment at all."""
+    pd = config.integrations.pagerduty
+    return {"", *pd.routing_keys, *pd.routing_key_files, *pd.services}
 
 
 def _challenge(server: Server) -> tuple[tuple[str, str], ...]:

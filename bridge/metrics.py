@@ -45,6 +45,31 @@ class Children:
         return child
 
 
+class BoundedLabel:
+    """One label's values, bounded: the known ones, then the first ``spare`` others seen, then ``other``.
+
+    Alerts choose values such as class and environment; a label set per value ever seen would let
+    /metrics grow without end (5,000 classes took it from 8 KB to 5 MB). Values over ``max_length``
+    characters are ``other`` at once.
+    """
+
+    OTHER = "other"
+
+    def __init__(self, known: Iterable[str] = (), *, spare: int = 32, max_length: int = 128) -> None:
+        self.known = frozenset(known)
+        self._spare = spare
+        self._max_length = max_length
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self.known or value in self._seen:
+            return value
+        if len(value) > self._max_length or len(self._seen) >= self._spare:
+            return self.OTHER
+        self._seen.add(value)
+        return value
+
+
 class BridgeMetrics:
     """Every counter, histogram and gauge the bridge updates itself."""
 

@@ -246,3 +246,21 @@ async def test_no_auth_configured_is_open(serve_app, tmp_path):
     resp = await client.post(ALERTMANAGER_PATH, data=body(alert()))
     assert resp.status == 200
     assert json.loads(await resp.text())["events"] == 1
+
+
+async def test_incident_counter_labels_are_bounded(serve_app, tmp_path):
+    """5,000 classes must not make 5,000 series: known classes and environments, 32 others, then "other"."""
+    client, _, registry, _ = await make_client(
+        serve_app, tmp_path, extra="integrations:\n  pagerduty:\n    severity_mapping: {my_class: warning}\n")
+    alerts = [alert(cls=f"class_{i}", certificate=f"c{i}.example.com", environment=f"env{i}") for i in range(100)]
+    alerts += [alert(cls="my_class", certificate="mine.example.com", environment="production"),
+               alert(cls="x" * 200, certificate="long.example.com", environment="production")]
+    for i in range(0, len(alerts), 5):  # the test config takes 4 KiB bodies
+        assert (await client.post(ALERTMANAGER_PATH, data=body(*alerts[i : i + 5]), headers=bearer())).status == 200
+    series = [m for m in registry.collect() if m.name == "certpager_bridge_incidents"][0].samples
+    counted = {(s.labels["class"], s.labels["environment"]): s.value for s in series if s.name.endswith("_total")}
+    assert sum(counted.values()) == 102  # nothing lost, only folded
+    classes = {c for c, _ in counted}
+    assert "my_class" in classes and "other" in classes and "x" * 200 not in classes
+    assert len(classes) <= 32 + 2
+    assert len({e for _, e in counted}) <= 32 + 1
