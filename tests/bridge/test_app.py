@@ -257,7 +257,7 @@ async def test_incident_counter_labels_are_bounded(serve_app, tmp_path):
                alert(cls="x" * 200, certificate="long.example.com", environment="production")]
     for i in range(0, len(alerts), 5):  # the test config takes 4 KiB bodies
         assert (await client.post(ALERTMANAGER_PATH, data=body(*alerts[i : i + 5]), headers=bearer())).status == 200
-    series = [m for m in registry.collect() if m.name == "certpager_bridge_incidents"][0].samples
+    series = next(m for m in registry.collect() if m.name == "certpager_bridge_incidents").samples
     counted = {(s.labels["class"], s.labels["environment"]): s.value for s in series if s.name.endswith("_total")}
     assert sum(counted.values()) == 102  # nothing lost, only folded
     classes = {c for c, _ in counted}
