@@ -31,7 +31,7 @@ from bridge.outbox import OutboxWorker
 from bridge.sinks.base import Sink
 from bridge.sinks.statuspage import StatuspageSettings
 from bridge.store.base import Receipt, Store, StoreError
-from certpager.web import App, Request, Response, add_lifecycle_routes, metrics_handler
+from certpager.web import App, Request, Response, add_lifecycle_routes, metrics_handler, text
 
 log = logging.getLogger(__name__)
 ALERTMANAGER_PATH = "/api/v1/alerts/alertmanager"
@@ -120,7 +120,17 @@ class Bridge:
         self.app.on_lifespan(self._running)
         self.app.route("POST", ALERTMANAGER_PATH, self.alertmanager_webhook)
         self.app.route("GET", "/metrics", metrics_handler(registry))
-        add_lifecycle_routes(self.app, ready=self.ready, reload=self.reload)
+        add_lifecycle_routes(self.app, ready=self.ready, reload=self.reload, reload_guard=self._reload_guard)
+
+    def _reload_guard(self, request: Request) -> Response | None:
+        """``server.reload``: the webhook's credentials (default), anyone, or nobody (SIGHUP only)."""
+        loaded = self.holder.current
+        mode = loaded.config.server.reload
+        if mode == "disabled":
+            return text("reload over HTTP is disabled (server.reload); send SIGHUP\n", 403)
+        if mode == "authenticated" and not authorized(request.headers.get("authorization", ""), loaded):
+            return text("unauthorized\n", 401, _challenge(loaded.config.server))
+        return None
 
     def ready(self) -> bool:
         """Whether the store is open and the outbox worker runs."""

@@ -10,6 +10,7 @@ See docs/bridge.md for the user-facing reference; keep both in step.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -21,8 +22,9 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from bridge.events import Severity
+from bridge.keys import CLASS_SHORT
 from bridge.templates import DEFAULT_TEMPLATES, template_problem
-from certpager.config import Duration, StrictModel, load_config, read_secret_file
+from certpager.config import Duration, StrictModel, load_config, read_secret_file, shown_key
 from certpager.errors import ConfigError
 
 DEFAULT_EVENTS_URL = "https://events.pagerduty.com"
@@ -40,7 +42,9 @@ DEFAULT_LISTEN_ADDRESS = ":9880"
 DEFAULT_ROUTE = "default"
 ROUTING_KEY_RE = re.compile(r"^[A-Za-z0-9]{32}$")
 KEY_EXPECTATION = "expected a 32-character PagerDuty integration key (letters and digits)"
-CLASS_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+KNOWN_CLASSES: tuple[str, ...] = tuple(CLASS_SHORT)  # the classes rules/ gives its alerts
+TEMPLATE_PLACEHOLDER_RE = re.compile(r"\{\{\s*(labels|annotations)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+MIN_SWEEP = 0.1  # seconds; a shorter sweep spins the worker (0 took 86% of a core while idle)
 AutomationAction = Literal[
     "trigger_renewal", "notify_stakeholders", "create_postmortem", "retry_renewal", "escalate_to_security"
 ]
@@ -82,9 +86,35 @@ class Links(Section):
     @field_validator("dashboard", "runbook")
     @classmethod
     def _template(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
+        if value is None:
+            return value
+        if not value.startswith(("http://", "https://")):
             raise ValueError("expected an http:// or https:// URL template")
+        # What is left once the known placeholders are gone must hold no braces: a typo
+        # ({{ lables.class }}) or an unclosed {{ would otherwise go out literally in every page.
+        rest = TEMPLATE_PLACEHOLDER_RE.sub("", value)
+        start = rest.find("{{")
+        if start >= 0:
+            end = rest.find("}}", start)
+            if end < 0:
+                raise ValueError("'{{' without a closing '}}'")
+            raise ValueError(
+                f"unknown placeholder {rest[start : end + 2][:80]!r}: expected {{{{ labels.NAME }}}} or "
+                "{{ annotations.NAME }}"
+            )
+        if "}}" in rest:
+            raise ValueError("'}}' without an opening '{{'")
         return value
+
+
+def check_classes(names: list[str] | dict[str, object], what: str) -> None:
+    """Raise ValueError when ``names`` holds a class no alert of rules/ has (a typo would never match)."""
+    unknown = [shown_key(name) for name in names if name not in KNOWN_CLASSES]
+    if unknown:
+        raise ValueError(
+            f"unknown alert class {', '.join(repr(n) for n in unknown)} in {what}: expected one of "
+            + ", ".join(KNOWN_CLASSES)
+        )
 
 
 class PagerDutyConfig(Section):
@@ -105,9 +135,7 @@ class PagerDutyConfig(Section):
     @field_validator("severity_mapping")
     @classmethod
     def _classes(cls, value: dict[str, Severity]) -> dict[str, Severity]:
-        for name in value:
-            if not CLASS_RE.match(name):
-                raise ValueError(f"{name!r} is not an alert class name (letters, digits, underscores)")
+        check_classes(value, "severity_mapping")
         return value
 
     @field_validator("events_url")
@@ -228,6 +256,12 @@ class Grouping(Section):
     time_window: Duration = 300.0
     correlation: list[str] = Field(default_factory=list)  # alert classes
 
+    @field_validator("correlation")
+    @classmethod
+    def _classes(cls, value: list[str]) -> list[str]:
+        check_classes(value, "correlation")
+        return value
+
 
 class Automation(Section):
     """Runbook actions for one class (validated now, run by later work)."""
@@ -264,6 +298,9 @@ class Auth(Section):
 class Server(Section):
     listen_address: str = DEFAULT_LISTEN_ADDRESS
     auth: Auth = Auth()
+    # POST /-/reload: "authenticated" takes the webhook's credentials (open only when server.auth is
+    # empty), "open" takes any request (a sidecar on localhost), "disabled" leaves SIGHUP only.
+    reload: Literal["authenticated", "open", "disabled"] = "authenticated"
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
 
     @field_validator("listen_address")
@@ -324,6 +361,20 @@ class Outbox(Section):
     # replica died): keep it well above a delivery's timeout, or a slow delivery is sent twice.
     lease: Duration = Field(default=60.0, ge=1.0)
 
+    @field_validator("retry_initial", "retry_max", "sweep_interval")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):  # .inf in YAML: an item retried "never" is an item lost
+            raise ValueError("expected a finite duration")
+        return value
+
+    @field_validator("sweep_interval")
+    @classmethod
+    def _sweep(cls, value: float) -> float:
+        if value < MIN_SWEEP:
+            raise ValueError("expected a duration of at least 100ms")
+        return value
+
     @model_validator(mode="after")
     def _backoff(self) -> Self:
         if self.retry_initial <= 0 or self.retry_max < self.retry_initial:
@@ -337,6 +388,13 @@ class BridgeConfig(Section):
     integrations: Integrations = Integrations()
     grouping: Grouping = Grouping()
     automation: dict[str, Automation] = Field(default_factory=dict)  # alert class -> actions
+
+    @field_validator("automation")
+    @classmethod
+    def _classes(cls, value: dict[str, Automation]) -> dict[str, Automation]:
+        check_classes(value, "automation")
+        return value
+
     server: Server = Server()
     store: Store = Store()
     outbox: Outbox = Outbox()

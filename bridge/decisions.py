@@ -25,11 +25,10 @@ from typing import Any
 from urllib.parse import quote
 
 from bridge.alertmanager import Alert, Notification, Status
-from bridge.config import BridgeConfig
+from bridge.config import TEMPLATE_PLACEHOLDER_RE, BridgeConfig
 from bridge.events import Action, IncidentEvent, Link, Severity
 from bridge.keys import LADDER, Subject, class_title, subject_of
 
-_TEMPLATE_RE = re.compile(r"\{\{\s*(labels|annotations)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _SEVERITIES = {s.value: s for s in Severity}
 _EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(IncidentEvent))
 
@@ -330,7 +329,7 @@ def render_template(template: str, labels: Mapping[str, str], annotations: Mappi
         source = labels if match.group(1) == "labels" else annotations
         return quote(source.get(match.group(2), ""), safe="")
 
-    return _TEMPLATE_RE.sub(value, template)
+    return TEMPLATE_PLACEHOLDER_RE.sub(value, template)
 
 
 def _links(alert: Alert, policy: Policy) -> tuple[Link, ...]:

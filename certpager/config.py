@@ -54,7 +54,8 @@ def parse_duration(value: object) -> float:
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
     if pos != len(text) or not text:
-        raise ValueError(f"expected a duration like 30s, 5m, 7d, got {value!r}")
+        # Never the value itself: it may be a secret put on the wrong line ($VAR expanded, or a typo).
+        raise ValueError("expected a duration like 30s, 5m, 7d")
     return total
 
 
@@ -94,11 +95,31 @@ class _EnvError(Exception):
         self.message = message
 
 
+_TOKEN_RUN_RE = re.compile(r"[A-Za-z0-9]{16,}")
+
+
+def shown_key(key: object) -> str:
+    """A mapping key as an error may print it; one that looks like a token is hidden.
+
+    Map keys are user data, and a secret pasted where a name belongs (``routing_keys: {<key>: prod}``)
+    would otherwise be printed in the key path of its own error. Hidden: over 64 characters, a run of 24
+    letters and digits, or a run of 16 that mixes both. Names like ``certificate_expiring_30_days`` or
+    ``production`` are shown.
+    """
+    text = str(key)
+    if len(text) > 64:
+        return "<hidden key>"
+    for run in _TOKEN_RUN_RE.findall(text):
+        if len(run) >= 24 or (any(c.isdigit() for c in run) and any(c.isalpha() for c in run)):
+            return "<hidden key>"
+    return text
+
+
 def _expand_tree(node: Any, env: Mapping[str, str], path: str) -> Any:
     if isinstance(node, str):
         return expand_env(node, env, where=path)
     if isinstance(node, dict):
-        return {k: _expand_tree(v, env, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+        return {k: _expand_tree(v, env, f"{path}.{shown_key(k)}" if path else shown_key(k)) for k, v in node.items()}
     if isinstance(node, list):
         return [_expand_tree(v, env, f"{path}[{i}]") for i, v in enumerate(node)]
     return node
@@ -141,7 +162,7 @@ def _error_key(loc: tuple[int | str, ...]) -> str:
         if isinstance(item, int):
             parts.append(f"[{item}]")
         else:
-            parts.append(f".{item}" if parts else str(item))
+            parts.append(f".{shown_key(item)}" if parts else shown_key(item))
     return "".join(parts)
 
 

@@ -168,8 +168,14 @@ async def _send_response(response: Response, send: Send, *, head: bool) -> None:
         await send({"type": "http.response.body", "body": b""})
 
 
-def add_lifecycle_routes(app: App, *, ready: ReadyFn, reload: ReloadFn) -> None:
-    """Register /-/healthy, /-/ready and POST /-/reload on ``app``."""
+def add_lifecycle_routes(
+    app: App, *, ready: ReadyFn, reload: ReloadFn, reload_guard: Callable[[Request], Response | None] | None = None
+) -> None:
+    """Register /-/healthy, /-/ready and POST /-/reload on ``app``.
+
+    ``reload_guard`` sees each reload request first; the response it returns (401, 403) is the answer
+    and nothing is reloaded, None lets the reload go ahead.
+    """
 
     async def healthy(_: Request) -> Response:
         return text("Healthy.\n")
@@ -177,7 +183,10 @@ def add_lifecycle_routes(app: App, *, ready: ReadyFn, reload: ReloadFn) -> None:
     async def is_ready(_: Request) -> Response:
         return text("Ready.\n") if ready() else text("Not ready.\n", 503)
 
-    async def do_reload(_: Request) -> Response:
+    async def do_reload(request: Request) -> Response:
+        refusal = reload_guard(request) if reload_guard is not None else None
+        if refusal is not None:
+            return refusal
         try:
             await reload()
         except Exception as exc:  # the reason goes back to the operator who asked

@@ -226,11 +226,11 @@ def test_slo_series_start_at_zero(tmp_path):
 async def test_reload_rotates_the_token_and_keeps_old_config_on_error(serve_app, tmp_path):
     client, _, registry, _ = await make_client(serve_app, tmp_path)
     (tmp_path / "token").write_text("rotated-token")
-    assert (await client.post("/-/reload")).status == 200
+    assert (await client.post("/-/reload", headers=bearer())).status == 200
     assert (await client.post(ALERTMANAGER_PATH, data=body(alert()), headers=bearer())).status == 401
     assert (await client.post(ALERTMANAGER_PATH, data=body(alert()), headers=bearer("rotated-token"))).status == 200
     (tmp_path / "bridge.yml").write_text("server: {listen_address: nonsense}\n")
-    resp = await client.post("/-/reload")
+    resp = await client.post("/-/reload", headers=bearer("rotated-token"))
     assert resp.status == 500
     assert "server.listen_address: expected a listen address" in await resp.text()
     assert "rotated-token" not in await resp.text()
@@ -251,9 +251,9 @@ async def test_no_auth_configured_is_open(serve_app, tmp_path):
 async def test_incident_counter_labels_are_bounded(serve_app, tmp_path):
     """5,000 classes must not make 5,000 series: known classes and environments, 32 others, then "other"."""
     client, _, registry, _ = await make_client(
-        serve_app, tmp_path, extra="integrations:\n  pagerduty:\n    severity_mapping: {my_class: warning}\n")
+        serve_app, tmp_path, extra="integrations:\n  pagerduty:\n    services: {staging: PXXXXXX}\n")
     alerts = [alert(cls=f"class_{i}", certificate=f"c{i}.example.com", environment=f"env{i}") for i in range(100)]
-    alerts += [alert(cls="my_class", certificate="mine.example.com", environment="production"),
+    alerts += [alert(cls="verify_failed", certificate="mine.example.com", environment="staging"),
                alert(cls="x" * 200, certificate="long.example.com", environment="production")]
     for i in range(0, len(alerts), 5):  # the test config takes 4 KiB bodies
         assert (await client.post(ALERTMANAGER_PATH, data=body(*alerts[i : i + 5]), headers=bearer())).status == 200
@@ -261,6 +261,26 @@ async def test_incident_counter_labels_are_bounded(serve_app, tmp_path):
     counted = {(s.labels["class"], s.labels["environment"]): s.value for s in series if s.name.endswith("_total")}
     assert sum(counted.values()) == 102  # nothing lost, only folded
     classes = {c for c, _ in counted}
-    assert "my_class" in classes and "other" in classes and "x" * 200 not in classes
+    assert "verify_failed" in classes and "other" in classes and "x" * 200 not in classes
     assert len(classes) <= 32 + 2
-    assert len({e for _, e in counted}) <= 32 + 1
+    environments = {e for _, e in counted}
+    assert "staging" in environments and "other" in environments and len(environments) <= 32 + 2
+
+
+async def test_reload_takes_the_webhook_credentials_unless_configured_otherwise(serve_app, tmp_path):
+    client, _, registry, _ = await make_client(serve_app, tmp_path)
+    (tmp_path / "bridge.yml").write_text("server: {listen_address: nonsense}\n")  # a reload would fail: 500
+    for headers in ({}, bearer("wrong"), {"Authorization": "Basic é"}):
+        resp = await client.post("/-/reload", headers=headers)
+        assert (resp.status, await resp.text()) == (401, "unauthorized\n")
+        assert resp.headers.getall("WWW-Authenticate") == ['Bearer realm="certpager"', 'Basic realm="certpager"']
+    assert registry.get_sample_value("certpager_bridge_config_last_reload_successful") == 1  # nothing reloaded
+    good = base64.b64encode(b"am:pw").decode()
+    assert (await client.post("/-/reload", headers={"Authorization": f"Basic {good}"})).status == 500
+    write_config(tmp_path, "  reload: open\n")
+    assert (await client.post("/-/reload", headers=bearer())).status == 200  # now open
+    assert (await client.post("/-/reload")).status == 200
+    write_config(tmp_path, "  reload: disabled\n")
+    assert (await client.post("/-/reload")).status == 200  # "open" until this reload applied
+    resp = await client.post("/-/reload", headers=bearer())
+    assert (resp.status, await resp.text()) == (403, "reload over HTTP is disabled (server.reload); send SIGHUP\n")

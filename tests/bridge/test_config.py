@@ -18,6 +18,8 @@ REPO = Path(__file__).parents[2]
 KEY_A = "A" * 32
 KEY_B = "B" * 32
 KEY_EXPECTED = "expected a 32-character PagerDuty integration key (letters and digits)"
+CLASSES = ("certificate_expired, certificate_expiring_7_days, certificate_expiring_30_days, policy_violation, "
+           "renewal_failed, deployment_failed, probe_failed, verify_failed")
 
 INVALID = {
     "invalid-unknown-key.yml": "integrations.pagerduty.routing_kye: unknown key",
@@ -30,7 +32,22 @@ INVALID = {
     "invalid-severity.yml": "integrations.pagerduty.severity_mapping.certificate_expired: "
         "Input should be 'critical', 'error', 'warning' or 'info'",
     "invalid-class-name.yml": "integrations.pagerduty.severity_mapping: "
-        "'certificate expired' is not an alert class name (letters, digits, underscores)",
+        f"unknown alert class 'certificate expired' in severity_mapping: expected one of {CLASSES}",
+    "invalid-unknown-class.yml": "integrations.pagerduty.severity_mapping: "
+        f"unknown alert class 'verify_faild' in severity_mapping: expected one of {CLASSES}",
+    "invalid-unknown-correlation-class.yml":
+        f"grouping.correlation: unknown alert class 'renewal_faild' in correlation: expected one of {CLASSES}",
+    "invalid-secret-as-class.yml": "integrations.pagerduty.severity_mapping: "
+        f"unknown alert class '<hidden key>' in severity_mapping: expected one of {CLASSES}",
+    "invalid-secret-as-key.yml": f"integrations.pagerduty.routing_keys.<hidden key>: {KEY_EXPECTED}",
+    "invalid-sweep-zero.yml": "outbox.sweep_interval: expected a duration of at least 100ms",
+    "invalid-retry-inf.yml": "outbox.retry_initial: expected a finite duration\n{path}: outbox.retry_max: "
+        "expected a finite duration",
+    "invalid-link-typo.yml": "links.runbook: unknown placeholder '{{ lables.class }}': "
+        "expected {{ labels.NAME }} or {{ annotations.NAME }}",
+    "invalid-link-unclosed.yml": "links.dashboard: '{{' without a closing '}}'",
+    "invalid-duration-secret.yml": "store.retention: expected a duration like 30s, 5m, 7d",
+    "invalid-reload-mode.yml": "server.reload: Input should be 'authenticated', 'open' or 'disabled'",
     "invalid-events-url.yml": "integrations.pagerduty.events_url: expected an http:// or https:// base URL",
     "invalid-statuspage-token.yml": "integrations.statuspage: api_token and api_token_file are mutually exclusive",
     "invalid-component-map.yml": 'integrations.statuspage.component_map: '
@@ -74,7 +91,7 @@ def test_invalid_config_names_file_key_and_expectation(name):
     path = TESTDATA / name
     with pytest.raises(ConfigError) as info:
         load(path, env={})
-    assert str(info.value) == f"{path}: {INVALID[name]}"
+    assert str(info.value) == f"{path}: {INVALID[name]}".replace("{path}", str(path))
     for secret in SECRETS_IN_TESTDATA:
         assert secret not in str(info.value)
 

@@ -33,8 +33,7 @@ def test_check_invalid_config_names_file_key_and_expectation(tmp_path):
     path = write(tmp_path / "c.yml", "global: {scrape_interval: soon}\n")
     code, out, err = run_check(path)
     assert (code, out) == (1, "")
-    assert err == (f"FAILED: {path}: global.scrape_interval: expected a duration like 30s, 5m, 7d, "
-                   "got 'soon'\n")
+    assert err == f"FAILED: {path}: global.scrape_interval: expected a duration like 30s, 5m, 7d\n"
 
 
 def test_check_reports_broken_target_file(tmp_path):

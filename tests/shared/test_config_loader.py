@@ -69,7 +69,7 @@ def test_errors_name_file_key_and_expectation_without_values(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as err:
         load_config(Outer, path)
     text = str(err.value)
-    assert f"{path}: inner.every: expected a duration like 30s, 5m, 7d, got 'soon'" in text
+    assert f"{path}: inner.every: expected a duration like 30s, 5m, 7d" in text
     assert f"{path}: items[1]: " in text
     assert f"{path}: extra: unknown key" in text
     assert "hunter2" not in text
