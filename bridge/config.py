@@ -13,7 +13,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -107,7 +107,7 @@ class Links(Section):
         return value
 
 
-def check_classes(names: list[str] | dict[str, object], what: str) -> None:
+def check_classes(names: Iterable[str], what: str) -> None:
     """Raise ValueError when ``names`` holds a class no alert of rules/ has (a typo would never match)."""
     unknown = [shown_key(name) for name in names if name not in KNOWN_CLASSES]
     if unknown:
