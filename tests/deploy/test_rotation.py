@@ -48,6 +48,7 @@ class Stack:
     am_token: Path
     bridge_token: Path
     routing_key: Path
+    token_in_force: str = OLD_TOKEN
 
     def events(self) -> list[dict[str, Any]]:
         """Every event the fake PagerDuty accepted, in arrival order."""
@@ -56,10 +57,13 @@ class Stack:
         return [json.loads(line) for line in self.pagerduty_events.read_text().splitlines() if line]
 
     def reload_bridge(self) -> None:
-        """The runbook's reload: POST /-/reload answers once the new config and secrets are in force."""
-        request = urllib.request.Request(f"{self.bridge_url}/-/reload", method="POST")
+        """The runbook's reload: POST /-/reload, with the credential in force until it answers (the old token
+        when the token itself rotates), answers once the new config and secrets are in force."""
+        headers = {"Authorization": f"Bearer {self.token_in_force}"}
+        request = urllib.request.Request(f"{self.bridge_url}/-/reload", method="POST", headers=headers)
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200, response.read()
+        self.token_in_force = self.bridge_token.read_text().strip()
 
     def post_webhook(self, token: str) -> int:
         """POST an (empty-bodied, so invalid) webhook: 401 when the token is refused, 400 once it is accepted."""
