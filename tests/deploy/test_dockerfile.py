@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -143,6 +144,11 @@ async def _run_healthcheck(env: dict[str, str]) -> int:
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )
     return await asyncio.wait_for(process.wait(), 30)
+
+
+def test_healthcheck_script_is_executable():
+    """COPY keeps the file's mode: the HEALTHCHECK runs it by name, so it must be executable in the checkout."""
+    assert os.access(_healthcheck_script(), os.X_OK)
 
 
 async def test_healthcheck_passes_on_a_healthy_service_and_fails_otherwise():

@@ -105,6 +105,15 @@ def test_config_change_rolls_the_pods():
     assert before.keys() == after.keys() and all(before[k] != after[k] for k in before)
 
 
+def test_no_disruption_budget_that_blocks_node_drains():
+    """PostgreSQL with one replica: a PodDisruptionBudget of minAvailable 1 could never let a drain evict it."""
+    args = ["--set", "bridge.store.type=postgresql", "--set", "bridge.store.postgresql.existingSecret=pg"]
+    one = parse(run(tool("helm"), "template", "cp", CHART, *args, "--set", "bridge.replicas=1").stdout)
+    two = parse(run(tool("helm"), "template", "cp", CHART, *args, "--set", "bridge.replicas=2").stdout)
+    assert not of_kind(one, "PodDisruptionBudget")
+    assert [p["spec"]["minAvailable"] for p in of_kind(two, "PodDisruptionBudget")] == [1]
+
+
 def test_bridge_may_reach_the_alertmanagers_it_syncs_with():
     """Acknowledgement sync reads and writes Alertmanager's API: the NetworkPolicy opens those ports."""
     objects = parse(run(
