@@ -181,6 +181,11 @@ def _tbs_fields(der: bytes, tbs: Element) -> list[Element]:
     return fields
 
 
+def public_key_of(der: bytes) -> tuple[str, int]:
+    """Only the subject public key's type and size (what a security level looks at)."""
+    return read_key(der, _tbs_fields(der, _outer(der)[0])[5])
+
+
 def certificate_fields(der: bytes) -> CertFields:
     """Read the fields the metrics need from one DER certificate; raises :class:`DerError`."""
     tbs, signature, _ = _outer(der)

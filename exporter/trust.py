@@ -24,6 +24,7 @@ against Debian's ``openssl s_client -verify_return_error``.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -140,7 +141,8 @@ _NS_SSL_SERVER = 0x40  # bit 1 of the Netscape cert type BIT STRING's first byte
 
 def _purpose_failure(path: Sequence[bytes], chain: OpenSSLChain) -> Failure | None:
     for depth, cert_der in enumerate(path):
-        problem = _purpose_problem(cert_der, leaf=depth == 0)
+        # A CA recurs in every chain it issued: its answer is cached, a leaf's is not.
+        problem = _purpose_problem(cert_der, leaf=True) if depth == 0 else _ca_purpose_problem(cert_der)
         if problem:
             return Failure(VerifyReason.PURPOSE, f"{chain.describe(cert_der)}: not for TLS servers ({problem})")
     return None
@@ -168,6 +170,11 @@ def _purpose_problem(cert_der: bytes, *, leaf: bool) -> str:
     if len(bits) >= 4 and not bits[3] & _NS_SSL_SERVER:  # BIT STRING tag, length, unused bits, first byte
         return "Netscape cert type without SSL server"
     return ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _ca_purpose_problem(cert_der: bytes) -> str:
+    return _purpose_problem(cert_der, leaf=False)
 
 
 def _extensions(cert_der: bytes) -> x509.Extensions | None:
@@ -199,8 +206,8 @@ def _level_failure(path: Sequence[bytes], level: int, chain: OpenSSLChain) -> Fa
             return weak
     if level <= 0:
         return None
-    for cert_der in path[:-1]:  # not the anchor's own signature
-        bits = signature_bits(cert_der)
+    for depth, cert_der in enumerate(path[:-1]):  # not the anchor's own signature
+        bits = signature_bits(cert_der) if depth == 0 else _ca_signature_bits(cert_der)
         if bits < MIN_BITS[level]:
             algorithm = der.certificate_fields(cert_der).signature_algorithm
             return Failure(VerifyReason.WEAK_SIGNATURE,
@@ -212,12 +219,12 @@ def _level_failure(path: Sequence[bytes], level: int, chain: OpenSSLChain) -> Fa
 def _key_failure(cert_der: bytes, level: int, chain: OpenSSLChain) -> Failure | None:
     if level <= 0:
         return None
-    fields = der.certificate_fields(cert_der)
-    bits = key_security_bits(fields.key_type, fields.key_bits)
+    key_type, key_bits = der.public_key_of(cert_der) if cert_der == chain.ders[0] else _ca_key(cert_der)
+    bits = key_security_bits(key_type, key_bits)
     if bits >= MIN_BITS[level]:
         return None
     return Failure(VerifyReason.WEAK_KEY,
-                   f"{chain.describe(cert_der)}: its {fields.key_type.upper()} key of {fields.key_bits} bits is "
+                   f"{chain.describe(cert_der)}: its {key_type.upper()} key of {key_bits} bits is "
                    f"about {bits} bits strong, below security level {level} ({MIN_BITS[level]} bits)")
 
 
@@ -255,6 +262,16 @@ def _table_bits(size: int) -> int:
 # Signature algorithm OIDs (content bytes) -> security bits of their digest (X509_get_signature_info).
 _DIGEST_BITS = {"md5": 39, "sha1": 63, "sha224": 112, "sha256": 128, "sha384": 192, "sha512": 256,
                 "sha3_224": 112, "sha3_256": 128, "sha3_384": 192, "sha3_512": 256}
+
+
+@functools.lru_cache(maxsize=1024)
+def _ca_key(cert_der: bytes) -> tuple[str, int]:
+    return der.public_key_of(cert_der)
+
+
+@functools.lru_cache(maxsize=1024)
+def _ca_signature_bits(cert_der: bytes) -> int:
+    return signature_bits(cert_der)
 
 
 def signature_bits(cert_der: bytes) -> int:
