@@ -156,6 +156,8 @@ def _result_lines(request: ProbeRequest, result: ProbeResult, now: float) -> lis
     tls = request.module.tls
     for cert in result.chain:
         lines += _cert_lines(cert, now, tls.security_level)
+    # A certificate that cannot be read has no line of its own above: say which and why.
+    lines += [f"  {part}" for part in result.detail.split("; ") if " cannot be read: " in part]
     name = tls.server_name or request.target.rsplit(":", 1)[0].strip("[]")
     anchors = tls.ca_file or "system store"
     profile = f"{tls.verify_profile}" + (f", security level {tls.security_level}" if tls.verify_profile == "openssl"

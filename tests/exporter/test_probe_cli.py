@@ -174,3 +174,18 @@ async def test_weak_keys_and_signatures_are_flagged_without_a_config(test_pki, t
         code, text = await run(server.address, "--cafile", str(test_pki.ca_file), "--servername", "localhost",
                                "--security-level", "0")
         assert code == probe_cli.EXIT_POLICY and "trust     OK" in text
+
+
+async def test_an_unreadable_certificate_is_named_in_the_report(tmp_path):
+    from tests.exporter import derkit, pki_shapes
+
+    root = pki_shapes.make("cli dup root", None, ca=True)
+    inter = pki_shapes.make("cli dup int", root, ca=True, edit=derkit.with_duplicate_extension)
+    leaf = pki_shapes.make("localhost", inter, ca=False)
+    (tmp_path / "chain.pem").write_bytes(leaf.pem + inter.pem)
+    (tmp_path / "key.pem").write_bytes(leaf.key_pem)
+    async with TLSServer(tmp_path / "chain.pem", tmp_path / "key.pem") as server:
+        code, text = await run(server.address, "--insecure")
+    assert code == probe_cli.EXIT_OK
+    assert "#0 leaf         localhost" in text and "#1 " not in text
+    assert "  certificate 1 cannot be read: extension 2.5.29.19 appears twice (at byte " in text
