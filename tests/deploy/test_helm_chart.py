@@ -6,6 +6,8 @@ checked by tests/deploy/k8s.py, and values that break the schema are refused wit
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import yaml
 
@@ -103,6 +105,30 @@ def test_config_change_rolls_the_pods():
     before = checksums()
     after = checksums("exporter.config.global.scrape_interval=1m", "bridge.config.links.runbook=https://r.example/x")
     assert before.keys() == after.keys() and all(before[k] != after[k] for k in before)
+
+
+def notes(tmp_path, *sets: str) -> str:
+    """NOTES.txt as helm renders it after an install. `helm install --dry-run` needs a cluster, so a copy of the
+    chart renders it as a template; --debug prints the text that then fails to parse as YAML."""
+    chart = tmp_path / "certpager"
+    shutil.copytree(CHART, chart)
+    (chart / "templates" / "NOTES.txt").rename(chart / "templates" / "notes.yaml")
+    args = [a for s in sets for a in ("--set", s)]
+    result = run(tool("helm"), "template", "cp", chart, "--namespace", "monitoring", "--debug",
+                 "--show-only", "templates/notes.yaml", *args, check=False)
+    text = result.stdout.split("# Source: certpager/templates/notes.yaml\n", 1)[1]
+    assert "error calling" not in result.stderr and "executing" not in result.stderr, result.stderr
+    return text
+
+
+def test_notes_tell_the_addresses_of_what_was_installed(tmp_path):
+    text = notes(tmp_path / "all")
+    assert "http://cp-certpager-exporter.monitoring.svc:9879/metrics" in text
+    assert "http://cp-certpager-bridge.monitoring.svc:9880/api/v1/alerts/alertmanager" in text
+    assert "no targets are configured" in text and "sqlite on a PersistentVolumeClaim" in text
+    text = notes(tmp_path / "bridge", "exporter.enabled=false", "bridge.store.type=postgresql",
+                 "bridge.store.postgresql.existingSecret=pg", "bridge.replicas=3")
+    assert "Exporter:" not in text and "postgresql, 3 replicas" in text
 
 
 def test_no_disruption_budget_that_blocks_node_drains():
