@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from bridge.alertmanager import label_fingerprint
 from bridge.app import ALERTMANAGER_PATH, Bridge, ConfigHolder
-from bridge.config import LoadedConfig, load
+from bridge.config import KNOWN_CLASSES, LoadedConfig, load
 from bridge.metrics import StatuspageMetrics
 from bridge.sinks.base import Sink
 from bridge.sinks.dryrun import DryRunSink, DryRunStatuspage
@@ -51,18 +51,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config.file", dest="config_file", help=f"config file (default {DEFAULT_CONFIG})")
     parser.add_argument("--config.check", dest="config_check", action="store_true", help="validate the config, exit")
     parser.add_argument("--web.listen-address", dest="listen_address", help="override server.listen_address")
-    parser.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
+    parser.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="log level (default info)")
+    parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"],
+                        help="log line format (default logfmt)")
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     alert = actions.add_parser("test-alert", help="send a synthetic Alertmanager alert through a running bridge")
-    alert.add_argument("--class", dest="alert_class", default="certificate_expired")
-    alert.add_argument("--certificate", default="example.com")
-    alert.add_argument("--environment", default="")
-    alert.add_argument("--severity", default="", help="alert severity label (default: none, the mapping decides)")
+    # A class outside rules/ would open a real incident nobody's runbook knows: only known ones.
+    alert.add_argument("--class", dest="alert_class", default="certificate_expired", choices=KNOWN_CLASSES,
+                       metavar="CLASS", help="alert class, one of: " + ", ".join(KNOWN_CLASSES)
+                       + " (default certificate_expired)")
+    alert.add_argument("--certificate", default="example.com",
+                       help="certificate label: which certificate the incident is about (default example.com)")
+    alert.add_argument("--environment", default="",
+                       help="environment label; picks routing_keys.<environment> (default: none, the default key)")
+    alert.add_argument("--severity", default="", choices=["", "critical", "error", "warning", "info"],
+                       metavar="SEVERITY",
+                       help="alert severity label (default: none, the mapping decides)")
     alert.add_argument("--url", default=None, help=f"bridge base URL (default from the config, else {DEFAULT_URL})")
-    alert.add_argument("--resolve", action="store_true", help="send the alert as resolved")
-    alert.add_argument("--config.file", dest="alert_config_file", default=None, help="read credentials from here")
-    alert.add_argument("--timeout", type=float, default=10.0)
+    alert.add_argument("--resolve", action="store_true",
+                       help="send the alert as resolved (closes the incident an earlier test-alert opened)")
+    alert.add_argument("--config.file", dest="alert_config_file", default=None,
+                       help="the bridge's config file, for its server.auth credentials "
+                       "(default: --config.file given before test-alert)")
+    alert.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the bridge (default 10)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -256,7 +268,18 @@ def test_alert(args: argparse.Namespace) -> int:
         print(f"cannot reach the bridge at {url}: {exc}", file=sys.stderr)
         return 1
     print(f"{response.status_code} {_pretty(response.text)}")
+    if response.status_code == 401:
+        print(_credentials_hint(loaded), file=sys.stderr)
     return 0 if response.status_code == 200 else 1
+
+
+def _credentials_hint(loaded: LoadedConfig | None) -> str:
+    """What to do about a 401 (never the credential itself)."""
+    if loaded is None:
+        return ("the bridge wants credentials: pass its config with --config.file FILE (before or after "
+                "test-alert); its server.auth bearer token or basic auth is sent")
+    return (f"the bridge refused the credentials of {loaded.path} (server.auth): is it the config the bridge "
+            "runs with, and was the bridge reloaded after its token or password changed?")
 
 
 def _pretty(text: str) -> str:

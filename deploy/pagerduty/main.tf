@@ -82,10 +82,11 @@ locals {
     }
   }
 
-  # certpager's alert classes (rules/certpager.rules.yml, label `class`; the event's payload.class) by priority.
+  # certpager's alert classes (rules/certpager.rules.yml, label `class`; the event's payload.class) by priority:
+  # P1 the classes the rules make critical, P3 the warning ones (tests/deploy/test_pagerduty_terraform.py).
   class_priorities = {
-    P1 = ["certificate_expired", "renewal_failed", "deployment_failed"]
-    P2 = ["certificate_expiring_7_days", "verify_failed", "policy_violation"]
+    P1 = ["certificate_expired", "renewal_failed", "verify_failed"]
+    P2 = ["certificate_expiring_7_days", "deployment_failed", "policy_violation"]
     P3 = ["certificate_expiring_30_days", "probe_failed"]
   }
 
@@ -224,7 +225,7 @@ resource "pagerduty_event_orchestration_service" "certificates" {
   set {
     id = "start"
     rule {
-      label = "Expired, renewal failed, deployment failed: P1"
+      label = "Expired, renewal failed, verification failed: P1"
       dynamic "condition" {
         for_each = local.class_priorities["P1"]
         content {
@@ -236,7 +237,7 @@ resource "pagerduty_event_orchestration_service" "certificates" {
       }
     }
     rule {
-      label = "Expiring within 7 days, verification failed, policy violated: P2"
+      label = "Expiring within 7 days, deployment failed, policy violated: P2"
       dynamic "condition" {
         for_each = local.class_priorities["P2"]
         content {

@@ -87,7 +87,13 @@ async def test_test_alert_fires_and_resolves_through_the_endpoint(serve_app, tmp
     base = ("test-alert", "--class", "certificate_expired", "--certificate", "example.com",
             "--environment", "production", "--url", url)
     code, out = await run_cli(*base)
-    assert (code, out.strip().splitlines()[-1]) == (1, '401 {"error": "unauthorized", "status": "error"}')
+    assert code == 1
+    assert '401 {"error": "unauthorized", "status": "error"}' in out.splitlines()
+    assert "the bridge wants credentials: pass its config with --config.file FILE" in out
+    (tmp_path / "stale.yml").write_text("server:\n  auth: {bearer_token: not-the-token}\n")
+    code, out = await run_cli(*base, "--config.file", str(tmp_path / "stale.yml"))
+    assert code == 1 and f"the bridge refused the credentials of {tmp_path / 'stale.yml'} (server.auth)" in out
+    assert "not-the-token" not in out
     code, out = await run_cli(*base, "--config.file", str(config))
     assert code == 0, out
     assert out.strip().splitlines()[-1] == (
@@ -157,3 +163,32 @@ async def test_a_second_bridge_on_the_same_store_refuses_to_start(tmp_path):
             " (only one may deliver from an outbox)")
     finally:
         await store.close()
+
+
+async def test_test_alert_refuses_an_unknown_class_before_sending():
+    # --url points nowhere: an unknown class must fail in argument parsing, before any request.
+    code, out = await run_cli("test-alert", "--class", "bogus", "--url", "http://127.0.0.1:9")
+    assert code == 2
+    assert "argument --class: invalid choice: 'bogus'" in out and "cannot reach" not in out
+
+
+def undocumented_options(help_text: str) -> list[str]:
+    """Options of an argparse --help page with no help text (nothing after them, no continuation line)."""
+    lines = help_text.splitlines()
+    missing = []
+    for i, line in enumerate(lines):
+        if not line.startswith("  -"):
+            continue
+        head, _, rest = line.strip().partition("  ")
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        continued = following.startswith("   ") and not following.strip().startswith("-")
+        if not rest.strip() and not continued:
+            missing.append(head)
+    return [m for m in missing if not m.startswith("-h")]
+
+
+async def test_every_bridge_option_has_help():
+    for args in (("--help",), ("test-alert", "--help")):
+        code, out = await run_cli(*args)
+        assert code == 0 and "--config.file" in out
+        assert undocumented_options(out) == [], args

@@ -7,9 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bridge.app import ConfigHolder
-from bridge.config import DEFAULT_EVENTS_URL, load
+from bridge.config import DEFAULT_EVENTS_URL, KNOWN_CLASSES, BridgeConfig, load
+from bridge.decisions import Policy
 from bridge.events import Severity
 from certpager.errors import ConfigError
 
@@ -165,8 +167,33 @@ def test_reload_rereads_secret_files_and_keeps_the_old_config_on_error(tmp_path,
 
 def test_example_config_in_deploy_is_valid():
     loaded = load(REPO / "deploy" / "bridge" / "certpager-bridge.yml", env={})
-    assert loaded.config.integrations.pagerduty.severity_mapping["certificate_expired"] is Severity.CRITICAL
+    assert loaded.config.integrations.pagerduty.severity_mapping == {}  # the rules' severity label decides
     assert not loaded.secrets.has_pagerduty  # ships in dry-run mode
+
+
+def shipped_bridge_configs() -> dict[str, BridgeConfig]:
+    """Every bridge config the project ships: the example, the Kustomize base and overlay, the chart's values."""
+    configs = {}
+    for path in (REPO / "deploy" / "bridge" / "certpager-bridge.yml", REPO / "deploy" / "kubernetes" / "base" /
+                 "bridge.yml", REPO / "deploy" / "kubernetes" / "overlays" / "postgresql" / "bridge.yml"):
+        data = yaml.safe_load(path.read_text())
+        data.pop("store", None)  # the store (a $VAR URL in the overlay) has nothing to do with severity
+        configs[str(path.relative_to(REPO))] = BridgeConfig.model_validate(data)
+    values = yaml.safe_load((REPO / "deploy" / "helm" / "certpager" / "values.yaml").read_text())
+    configs["deploy/helm/certpager/values.yaml"] = BridgeConfig.model_validate(values["bridge"]["config"])
+    return configs
+
+
+def test_severity_has_one_source_of_truth_the_rules():
+    """Every class of rules/ reaches PagerDuty with the severity the rule gives it, whichever shipped config."""
+    rules = yaml.safe_load((REPO / "rules" / "certpager.rules.yml").read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r and "class" in r.get("labels", {})]
+    assert {a["labels"]["class"] for a in alerts} == set(KNOWN_CLASSES)  # the bridge knows every class, no more
+    for name, config in shipped_bridge_configs().items():
+        policy = Policy.from_config(config)
+        for rule in alerts:
+            labels = rule["labels"]
+            assert policy.severity_for(labels["class"], labels).value == labels["severity"], (name, rule["alert"])
 
 
 def test_statuspage_token_and_component_map_from_files_and_variables(tmp_path):

@@ -11,6 +11,7 @@ import hcl2
 import yaml
 
 from bridge.config import load as load_bridge_config
+from bridge.decisions import Policy
 from tests.deploy.k8s import ROOT, SECRETS_DIR, with_secret_files
 
 MAIN = ROOT / "deploy" / "pagerduty" / "main.tf"
@@ -109,7 +110,11 @@ def test_bridge_values_read_exactly_the_secret_the_terraform_writes(tmp_path):
     path.write_text(with_secret_files(yaml.safe_dump(config), SECRETS_DIR, tmp_path))
     loaded = load_bridge_config(path, env={})
     assert set(loaded.secrets.routing_keys) == set(LOCALS["services"])
-    severities = {k: v.value for k, v in loaded.config.integrations.pagerduty.severity_mapping.items()}
+    # The severity each class's events carry with this config: the rules' severity label, unless mapped.
+    policy = Policy.from_config(loaded.config)
+    rules = yaml.safe_load((ROOT / "rules" / "certpager.rules.yml").read_text())
+    labels = [r["labels"] for g in rules["groups"] for r in g["rules"] if "alert" in r and "class" in r["labels"]]
+    severities = {lab["class"]: policy.severity_for(lab["class"], lab).value for lab in labels}
     priorities: dict[str, list[str]] = LOCALS["class_priorities"]
     assert {severities[c] for c in priorities["P1"]} == {"critical"}, "P1 classes page at once"
     assert {severities[c] for c in priorities["P3"]} == {"warning"}, "P3 classes wait (low urgency)"
