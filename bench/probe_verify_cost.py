@@ -37,13 +37,13 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from OpenSSL import SSL  # noqa: E402
+from OpenSSL import SSL, crypto  # noqa: E402
 
 from certpager import pki  # noqa: E402
 from certpager.tlsserver import TLSServer, server_context  # noqa: E402
@@ -55,6 +55,7 @@ from exporter.probes.tls import (  # noqa: E402
     build_context,
     handshake,
     new_connection,
+    peer_chain,
     peer_chain_der,
 )
 
@@ -148,8 +149,7 @@ def variants(port: int, files: pki.ChainFiles) -> dict[str, Callable[[], Awaitab
         return certs.match_hostname(_leaf(chain), "localhost")
 
     async def off_uncached() -> object:
-        ders = peer_chain_der(await _handshake(port, off, "localhost"))
-        chain = _uncached_chain(ders)
+        chain = _uncached_chain(*peer_chain(await _handshake(port, off, "localhost")))
         fresh = certs.ChainVerifier(verifier.stores)  # keeps the loaded store, empty verdict cache
         assert fresh.verify(chain, files.ca_file).verified
         return certs.match_hostname(_leaf(chain), "localhost")
@@ -250,11 +250,11 @@ def _leaf(chain: certs.PresentedChain) -> certs.ParsedCert:
     return chain.leaf
 
 
-def _uncached_chain(ders: list[bytes]) -> certs.PresentedChain:
+def _uncached_chain(ders: list[bytes], decoded: Sequence[crypto.X509] = ()) -> certs.PresentedChain:
     """The presented chain parsed afresh (the parse cache bypassed)."""
     parsed = tuple(certs._parse(d, b"", i) for i, d in enumerate(ders))
     digests = tuple(hashlib.sha256(d).digest() for d in ders)
-    return certs.PresentedChain(tuple(ders), digests, parsed, tuple(p.info for p in parsed))
+    return certs.PresentedChain(tuple(ders), digests, parsed, tuple(p.info for p in parsed), (), tuple(decoded))
 
 
 def memory_variants(files: pki.ChainFiles) -> dict[str, Callable[[], float]]:
@@ -288,7 +288,7 @@ def memory_variants(files: pki.ChainFiles) -> dict[str, Callable[[], float]]:
             cpu, c = _memory_handshake(off, server)
 
             def verify() -> None:
-                chain = _uncached_chain(peer_chain_der(c))
+                chain = _uncached_chain(*peer_chain(c))
                 assert certs.ChainVerifier(verifier.stores).verify(chain, files.ca_file, profile=profile).verified
                 certs.match_hostname(_leaf(chain), "localhost")
             return cpu + timed(verify)

@@ -94,9 +94,10 @@ def _der(cert: crypto.X509) -> bytes:
 class OpenSSLChain:
     """One presented chain, loaded into OpenSSL once, verified against a store."""
 
-    def __init__(self, ders: Sequence[bytes]) -> None:
+    def __init__(self, ders: Sequence[bytes], decoded: Sequence[crypto.X509] = ()) -> None:
         self.ders = list(ders)
-        self.certs = [crypto.load_certificate(crypto.FILETYPE_ASN1, d) for d in ders]
+        self.certs = list(decoded) if len(decoded) == len(ders) else \
+            [crypto.load_certificate(crypto.FILETYPE_ASN1, d) for d in ders]
 
     def index_of(self, cert_der: bytes) -> int | None:
         """The presented index of a certificate (None: it came from the trust store)."""

@@ -266,8 +266,13 @@ def tls_version_name(version: str | None) -> str | None:
 
 def peer_chain_der(connection: SSL.Connection) -> list[bytes]:
     """Every certificate the peer sent, in order, as DER (works with verification off)."""
-    chain = connection.get_peer_cert_chain()
-    return [crypto.dump_certificate(crypto.FILETYPE_ASN1, cert) for cert in chain or []]
+    return peer_chain(connection)[0]
+
+
+def peer_chain(connection: SSL.Connection) -> tuple[list[bytes], list[crypto.X509]]:
+    """The peer's certificates as DER, and as the X509 objects OpenSSL already decoded (for its verifier)."""
+    chain = connection.get_peer_cert_chain() or []
+    return [crypto.dump_certificate(crypto.FILETYPE_ASN1, cert) for cert in chain], chain
 
 
 def _negotiator(protocol: str) -> Any:
@@ -415,10 +420,10 @@ class TLSProber:
         self, request: ProbeRequest, endpoint: net.Endpoint, ip: str | None, connection: SSL.Connection,
         durations: dict[Phase, float], started: float,
     ) -> ProbeResult:
-        ders = peer_chain_der(connection)
+        ders, decoded = peer_chain(connection)
         if not ders:
             return self._failed(Reason.NO_CERTIFICATE, "the peer sent no certificate", ip, durations, started)
-        chain = certs.read_chain(ders)
+        chain = certs.read_chain(ders, decoded)
         if not chain.infos:
             return self._failed(Reason.BAD_DER, f"the peer sent no readable certificate: {chain.errors[0]}", ip,
                                 durations, started)
