@@ -200,7 +200,7 @@ class Bridge:
             if count:
                 metrics.transition(verdict).inc(count)
         for event in result.events:
-            if event.action == "trigger":
+            if event.action == "trigger" and not event.update:
                 labels = (self._classes(event.event_class), self._environments(event.group), event.severity.value)
                 metrics.incident(*labels).inc()
         summary = {

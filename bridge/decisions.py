@@ -95,15 +95,18 @@ class Policy:
     dashboard: str | None = None
     runbook: str | None = None
     ladder: tuple[str, ...] = LADDER
+    service_label: str = "service"  # the label naming the affected services (integrations.statuspage)
 
     @classmethod
     def from_config(cls, config: BridgeConfig) -> Policy:
         pd = config.integrations.pagerduty
+        statuspage = config.integrations.statuspage
         return cls(
             severity_mapping=dict(pd.severity_mapping),
             default_severity=pd.default_severity,
             dashboard=config.links.dashboard,
             runbook=config.links.runbook,
+            service_label=statuspage.service_label if statuspage is not None else "service",
         )
 
     def severity_for(self, event_class: str, labels: Mapping[str, str]) -> Severity:
@@ -141,8 +144,12 @@ def decide(state: State, notification: Notification, policy: Policy, *, now: flo
         touched.add(subject.scope)
         occurrences.record(alert, subject, now)
         if alert.status == "firing":
-            trigger = fresh[subject.key] = build_trigger(alert, subject, notification, policy)
-            incidents[subject.key] = _with_trigger(incidents.get(subject.key), trigger, subject, now)
+            trigger = build_trigger(alert, subject, notification, policy)
+            current = incidents.get(subject.key)
+            if current is not None and (current.open or subject.key in fresh):
+                trigger = _joined(current, trigger)
+            fresh[subject.key] = trigger
+            incidents[subject.key] = _with_trigger(current, trigger, subject, now)
     firing = occurrences.firing_by_scope()
     by_scope: dict[str, list[str]] = {}
     for key, incident in incidents.items():
@@ -150,6 +157,7 @@ def decide(state: State, notification: Notification, policy: Policy, *, now: flo
             by_scope.setdefault(incident.scope, []).append(key)
     for scope in sorted(touched):
         _reconcile(by_scope.get(scope, []), firing.get(scope, set()), incidents, policy, decision, fresh, now)
+    _join_updates(state, incidents, fresh, decision)
     decision.occurrences = [o for k, o in occurrences.rows.items() if state.occurrences.get(k) != o]
     decision.incidents = [i for k, i in incidents.items() if state.incidents.get(k) != i]
     return decision
@@ -195,6 +203,43 @@ class _Occurrences:
             if row.status == "firing":
                 result.setdefault(row.scope, set()).add(row.incident_key)
         return result
+
+
+def _services(trigger: Mapping[str, Any] | IncidentEvent) -> list[str]:
+    details = trigger.custom_details if isinstance(trigger, IncidentEvent) else trigger.get("custom_details", {})
+    services = details.get("affected_services", []) if isinstance(details, Mapping) else []
+    return [str(s) for s in services] if isinstance(services, list) else []
+
+
+def _joined(current: Incident, trigger: IncidentEvent) -> IncidentEvent:
+    """``trigger`` for an incident that stays open: its affected services are those of every alert so far.
+
+    The union only grows while the incident is open (the alerts of one certificate problem are fixed
+    together); it starts anew when the incident opens again.
+    """
+    services = list(dict.fromkeys([*_services(current.trigger), *_services(trigger)]))
+    if services == _services(trigger):
+        return trigger
+    return dataclasses.replace(trigger, custom_details={**trigger.custom_details, "affected_services": services})
+
+
+def _join_updates(
+    state: State, incidents: Mapping[str, Incident], fresh: Mapping[str, IncidentEvent], decision: Decision
+) -> None:
+    """An alert joined an incident that was and stays open with more services or another severity: an update.
+
+    PagerDuty takes it as a trigger on the open alert (deduplicated there, details refreshed); Statuspage
+    posts an incident update. The same services and severity again produce nothing.
+    """
+    sent = {event.key for event in decision.events}
+    for key, trigger in fresh.items():
+        before, after = state.incidents.get(key), incidents.get(key)
+        if before is None or after is None or not before.open or not after.open or key in sent:
+            continue
+        grew = set(_services(trigger)) - set(_services(before.trigger))
+        if grew or trigger.severity.value != before.trigger.get("severity"):
+            note = f"updated: affected services now {', '.join(_services(trigger))}" if grew else "updated: severity"
+            decision.events.append(dataclasses.replace(trigger, update=True, note=note))
 
 
 def _with_trigger(current: Incident | None, trigger: IncidentEvent, subject: Subject, now: float) -> Incident:
@@ -300,15 +345,15 @@ def build_trigger(alert: Alert, subject: Subject, notification: Notification, po
         group=subject.environment,
         event_class=subject.event_class,
         timestamp=alert.starts_at,
-        custom_details=_details(alert, subject),
+        custom_details=_details(alert, subject, policy.service_label),
         links=_links(alert, policy),
         client="certpager",
         client_url=notification.external_url or None,
     )
 
 
-def _details(alert: Alert, subject: Subject) -> dict[str, Any]:
-    services = [s.strip() for s in alert.labels.get("service", "").split(",") if s.strip()]
+def _details(alert: Alert, subject: Subject, service_label: str = "service") -> dict[str, Any]:
+    services = list(dict.fromkeys(s.strip() for s in alert.labels.get(service_label, "").split(",") if s.strip()))
     return {
         "certificate_name": subject.certificate,
         "issuer": alert.labels.get("issuer", ""),

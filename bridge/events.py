@@ -53,6 +53,7 @@ class IncidentEvent:
     client: str = "certpager"
     client_url: str | None = None
     note: str = ""  # why this event exists when it is not obvious (superseded, stale, ...)
+    update: bool = False  # a trigger for an incident already open (an alert joined it): no new incident
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -239,7 +239,11 @@ def worst(statuses: Iterable[str]) -> str:
 
 
 def services_of(event: IncidentEvent, label: str) -> list[str]:
-    """The service names an event's alert names in ``label`` (comma-separated), in order, once each."""
+    """The services an event names: ``affected_services`` (every alert of the incident so far, read from
+    ``label`` by the decisions), else the alert's ``label`` itself (comma-separated); in order, once each."""
+    affected = event.custom_details.get("affected_services")
+    if isinstance(affected, list) and affected:
+        return list(dict.fromkeys(str(s) for s in affected))
     labels = event.custom_details.get("labels")
     raw = labels.get(label, "") if isinstance(labels, Mapping) else ""
     names = [s.strip() for s in str(raw).split(",") if s.strip()]

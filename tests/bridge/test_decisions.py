@@ -203,3 +203,37 @@ def test_non_ladder_classes_are_independent():
     b = Bridge()
     assert sorted(actions(b.send(alert(cls="policy_violation"), alert(cls=EXP)))) == [
         (EXP, "trigger"), ("policy_violation", "trigger")]
+
+
+def test_an_alert_joining_an_open_incident_with_more_services_is_an_update():
+    bridge = Bridge()
+    first = bridge.send(alert(cls=EXP, fingerprint="f1", service="Gateway API"))
+    assert [(e.action, e.update) for e in first.events] == [(Action.TRIGGER, False)]
+    # The same certificate on another target, for another service: the incident stays, its services grow.
+    joined = bridge.send(alert(cls=EXP, fingerprint="f2", service="Web, Gateway API"))
+    (event,) = joined.events
+    assert (event.action, event.update) == (Action.TRIGGER, True)
+    assert event.custom_details["affected_services"] == ["Gateway API", "Web"]
+    assert event.note == "updated: affected services now Gateway API, Web"
+    # Nothing new (a third target for a known service, or the first alert again): no event.
+    assert bridge.send(alert(cls=EXP, fingerprint="f3", service="Web")).events == []
+    # Partial resolve: the incident stays open, the services stay (they resolve together with the incident).
+    assert bridge.send(alert("resolved", cls=EXP, fingerprint="f2", service="Web")).events == []
+    resolved = bridge.send(alert("resolved", cls=EXP, fingerprint="f1"), alert("resolved", cls=EXP, fingerprint="f3"))
+    assert [e.action for e in resolved.events] == [Action.RESOLVE]
+    # Opened anew: the services start from this alert only.
+    again = bridge.send(alert(cls=EXP, fingerprint="f4", starts_at=T1, service="Web"))
+    assert again.events[0].custom_details["affected_services"] == ["Web"] and not again.events[0].update
+
+
+def test_alerts_of_one_incident_in_one_notification_open_it_with_every_service():
+    decision = Bridge().send(alert(cls=EXP, fingerprint="f1", service="Gateway API"),
+                             alert(cls=EXP, fingerprint="f2", service="Web"))
+    (event,) = decision.events
+    assert event.custom_details["affected_services"] == ["Gateway API", "Web"] and not event.update
+
+
+def test_the_service_label_is_the_statuspage_one():
+    policy = Policy(service_label="customer_service")
+    decision = Bridge(policy).send(alert(cls=EXP, customer_service="Checkout", service="internal-db"))
+    assert decision.events[0].custom_details["affected_services"] == ["Checkout"]

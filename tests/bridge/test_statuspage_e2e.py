@@ -147,3 +147,30 @@ async def test_a_rotated_token_applies_to_queued_events_and_nothing_is_refused(s
         await until(lambda: len(sp.own_incidents()) == 1, timeout=OUTAGE * 2)
         assert not [e for e in sp.log if e.status == 401]
         await sink.aclose()
+
+
+async def test_an_alert_joining_adds_its_service_and_pagerduty_deduplicates_it(serve_app, tmp_path):
+    async with run_fake_pagerduty() as pd, run_fake_statuspage(
+        token=TOKEN, components={GATEWAY: "Gateway API", WEB: "Web"}, rate_limit=10_000
+    ) as sp:
+        client, registry, sinks = await start(serve_app, tmp_path, pd.url, sp.url)
+        # One wildcard certificate served by two services' targets: the second alert joins the incident.
+        first = alert(certificate="*.example.com", service="Gateway API", severity="critical", fingerprint="f1")
+        second = alert(certificate="*.example.com", service="Web", severity="critical", fingerprint="f2")
+        assert (await client.post(ALERTMANAGER_PATH, data=body(first))).status == 200
+        await until(lambda: sp.statuses()[GATEWAY] == "major_outage", timeout=OUTAGE * 2)
+        assert (await client.post(ALERTMANAGER_PATH, data=body(second))).status == 200
+        await until(lambda: sp.statuses()[WEB] == "major_outage", timeout=OUTAGE * 2)
+        (incident,) = sp.own_incidents()
+        assert len(incident.updates) == 2 and "Affected now: Gateway API, Web" in incident.updates[1]["body"]
+        await until(lambda: len(pd.accepted) == 2, timeout=OUTAGE * 2)
+        assert [a.outcome for a in pd.accepted] == ["opened", "deduplicated"]
+        assert registry.get_sample_value("certpager_bridge_incidents_total", {
+            "class": "certificate_expired", "environment": "production", "severity": "critical"}) == 1
+        for data in (body(alert("resolved", certificate="*.example.com", fingerprint="f1")),
+                     body(alert("resolved", certificate="*.example.com", fingerprint="f2"))):
+            assert (await client.post(ALERTMANAGER_PATH, data=data)).status == 200
+        await until(lambda: incident.status == "resolved", timeout=OUTAGE * 2)
+        assert sp.statuses() == {GATEWAY: "operational", WEB: "operational"}
+        for sink in sinks.values():
+            await sink.aclose()
