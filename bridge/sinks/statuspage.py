@@ -315,11 +315,13 @@ def plan(
     if event.action is Action.TRIGGER and member is not None:
         group = group_of(event)
         own = view.by_group(group)
+        # Components under maintenance are left out (and, when that is all of them, no incident is opened).
+        components = {c: s for c, s in member.components.items() if c not in view.maintenance}
+        member = Member(member.services, components)
         if own is None:
-            components = {c: s for c, s in member.components.items() if c not in view.maintenance}
             if not components:
                 return Skip("maintenance")
-            members = {event.key: Member(member.services, components)}
+            members = {event.key: member}
             changes = _component_changes(view, None, (), members)
             body = {
                 "name": _cut(_text(templates["name"], member.services, event), NAME_MAX),

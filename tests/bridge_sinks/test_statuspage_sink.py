@@ -141,6 +141,9 @@ async def test_scheduled_maintenance_suppresses_new_incidents_for_its_components
     await sink.deliver(sp_item(trigger("cert-b", "Gateway API,Web")))
     (incident,) = fake.own_incidents()
     assert incident.component_ids == [WEB] and fake.statuses()[GATEWAY] == "under_maintenance"
+    writes = len(fake.writes())
+    await sink.deliver(sp_item(trigger("cert-b", "Gateway API,Web")))  # redelivered: nothing to change
+    assert len(fake.writes()) == writes
     await sink.aclose()
 
 
