@@ -9,7 +9,6 @@ for as long as the server does (the app's lifespan) and is woken by every commit
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hmac
@@ -31,6 +30,7 @@ from bridge.outbox import OutboxWorker
 from bridge.sinks.base import Sink
 from bridge.sinks.statuspage import StatuspageSettings
 from bridge.store.base import Receipt, Store, StoreError
+from certpager.tasks import TaskSupervisor
 from certpager.web import App, Request, Response, add_lifecycle_routes, metrics_handler, text
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,8 @@ class Bridge:
             sweep_interval=settings.sweep_interval, lease=settings.lease,
             retention=self.holder.current.config.store.retention,
         )
+        # Background loops (the outbox worker, which also prunes) restart when they fail (certpager.tasks).
+        self.tasks = TaskSupervisor()
         self.app = App()
         self.app.on_lifespan(self._running)
         self.app.route("POST", ALERTMANAGER_PATH, self.alertmanager_webhook)
@@ -133,15 +135,18 @@ class Bridge:
         return None
 
     def ready(self) -> bool:
-        """Whether the store is open and the outbox worker runs."""
-        return self.store.is_open and self.worker.running
+        """Whether the store is open and the outbox worker (restarted when it fails) runs."""
+        return self.store.is_open and self.worker.running and self.tasks.ready()
 
     async def reload(self) -> None:
         """Load the config again (``POST /-/reload`` and SIGHUP); on error keep the old one and raise."""
         try:
             self.holder.reload()
-        except Exception:
+        except Exception as exc:
             self.metrics.reload_ok.set(0)
+            # Logged here, the one path of SIGHUP and POST /-/reload: a failed reload is never silent.
+            log.error("config reload failed, keeping the old config",
+                      extra={"kv": {"file": str(self.holder.current.path), "err": str(exc)}})
             raise
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())
@@ -152,12 +157,13 @@ class Bridge:
     @contextlib.asynccontextmanager
     async def _running(self) -> AsyncIterator[None]:
         await self.store.open()
-        task = asyncio.create_task(self.worker.run(), name="certpager-outbox")
+        self.tasks.start("outbox", self.worker.run)
         try:
             yield
         finally:
+            self.tasks.closing()
             await self.worker.stop()
-            await task
+            await self.tasks.stop(wait=True)
             await self.store.close()
 
     async def alertmanager_webhook(self, request: Request) -> Response:

@@ -190,13 +190,15 @@ async def _serve(
     auth = loaded.config.server.auth
     if auth.bearer_token is None and auth.bearer_token_file is None and auth.basic_auth is None:
         log.warning("server.auth is not configured: anyone who can reach the bridge can post alerts")
+    stop = stop or asyncio.Event()
+    bridge.tasks.on_failure(lambda _reason: stop.set())  # a background task gave up: exit 1, be restarted
     try:
         await serve(bridge.app, listen_address or loaded.config.server.listen_address, reload=bridge.reload,
                     stop=stop, started=started)
     finally:
         for sink in sinks.values():
             await sink.aclose()
-    return 0
+    return 1 if bridge.tasks.failed else 0
 
 
 def synthetic_payload(

@@ -34,10 +34,31 @@ def _load(name: str) -> Command:
     return cast(Command, importlib.import_module(COMMANDS[name][0]))
 
 
+DESCRIPTION = """\
+certpager watches TLS certificates and pages your on-call rota before they break: an exporter that
+probes endpoints and certificate files for Prometheus, a bridge from Alertmanager to PagerDuty and
+Statuspage, and the same probe for a person at a terminal."""
+
+EPILOG = """\
+examples:
+  certpager probe example.com:443                    check one endpoint now
+  certpager exporter --config.file exporter.yml      serve /metrics and /probe on :9879
+  certpager bridge --config.file bridge.yml          receive Alertmanager webhooks on :9880
+  certpager demo                                     everything on loopback, with generated certificates
+
+Run 'certpager COMMAND --help' for the options of a command."""
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """``1 day``, ``2 days``, ``0 days`` (``words`` when adding an s is not the plural)."""
+    return f"{count} {word if count == 1 else words or word + 's'}"
+
+
 def build_parser(selected: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="certpager", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="certpager", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"certpager {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, title="commands")
     for name, (_, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         if name == selected:

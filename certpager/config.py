@@ -8,14 +8,23 @@ and what was expected. Secrets are never echoed back in errors.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    ValidationError,
+    ValidationInfo,
+)
 
 from certpager.errors import ConfigError
 
@@ -23,6 +32,7 @@ T = TypeVar("T", bound=BaseModel)
 
 _ENV_RE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|y|w|d|h|m|s)")
+_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 
 
@@ -32,21 +42,33 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MAX_DURATION = 100 * _UNIT_SECONDS["y"]
+"""The longest duration any setting accepts (100y): beyond it a timer overflows the event loop."""
+_DURATION_EXPECTED = "expected a duration like 30s, 5m, 7d"
+
+
 def parse_duration(value: object) -> float:
-    """Parse a Prometheus-style duration (``1h30m``, ``30d``, ``500ms``, ``0``) or a number of seconds."""
+    """Parse a Prometheus-style duration (``1h30m``, ``30d``, ``500ms``, ``0``) or a number of seconds.
+
+    The one duration syntax of every config key and command-line flag. Raises ValueError for
+    anything that is not a finite duration from 0 to :data:`MAX_DURATION`.
+    """
     if isinstance(value, bool):
-        raise ValueError("expected a duration like 30s, 5m, 7d")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("expected a non-negative duration")
-        return float(value)
+        raise ValueError(_DURATION_EXPECTED)
     if isinstance(value, timedelta):
-        return value.total_seconds()
+        return _bounded(value.total_seconds())
+    if isinstance(value, int):
+        # float() of an int of 309 digits or more raises OverflowError: compare first.
+        return _bounded(float(value) if abs(value) <= MAX_DURATION else math.inf * (1 if value > 0 else -1))
+    if isinstance(value, float):
+        return _bounded(value)
     if not isinstance(value, str):
-        raise ValueError("expected a duration like 30s, 5m, 7d")
+        raise ValueError(_DURATION_EXPECTED)
     text = value.strip()
-    if text == "0":
-        return 0.0
+    if text.startswith("-"):
+        raise ValueError("expected a non-negative duration")
+    if _NUMBER_RE.fullmatch(text):
+        return _bounded(float(text))  # a plain number of seconds, as in YAML: "5" from a flag
     pos, total = 0, 0.0
     for match in _DURATION_RE.finditer(text):
         if match.start() != pos:
@@ -55,8 +77,18 @@ def parse_duration(value: object) -> float:
         pos = match.end()
     if pos != len(text) or not text:
         # Never the value itself: it may be a secret put on the wrong line ($VAR expanded, or a typo).
-        raise ValueError("expected a duration like 30s, 5m, 7d")
-    return total
+        raise ValueError(_DURATION_EXPECTED)
+    return _bounded(total)
+
+
+def _bounded(seconds: float) -> float:
+    if math.isnan(seconds):
+        raise ValueError(f"{_DURATION_EXPECTED}, got NaN")
+    if seconds < 0:
+        raise ValueError("expected a non-negative duration")
+    if seconds > MAX_DURATION:
+        raise ValueError("expected a duration of at most 100y")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -72,6 +104,32 @@ def format_duration(seconds: float) -> str:
 
 Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
 """A duration in seconds, written in config as ``30s``, ``5m``, ``7d`` or a plain number of seconds."""
+
+
+CHECK_FILES = {"check_files": True}
+"""Validation context under which :data:`ReadableFile` paths are opened (config loads and reloads)."""
+
+
+def check_readable_file(path: Path, info: ValidationInfo) -> Path:
+    """A file the service opens later must be readable now: a typo is a load error, not failed probes.
+
+    Checked when validating with the :data:`CHECK_FILES` context (loading a config file, a command's
+    flags); a model built in code describes files that may appear later, and the probe reports them.
+    """
+    if not (isinstance(info.context, Mapping) and info.context.get("check_files")):
+        return path
+    try:
+        with open(path, "rb") as file:
+            file.read(1)
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, expected a file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return path
+
+
+ReadableFile = Annotated[Path, AfterValidator(check_readable_file)]
+"""A path to a file that must exist and be readable when the config is loaded or reloaded."""
 
 
 def expand_env(value: str, env: Mapping[str, str], *, where: str) -> str:
@@ -144,16 +202,59 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def read_yaml(path: Path | str) -> Any:
-    """Read one YAML document; unreadable files and syntax errors become ConfigError."""
+def _construct_int(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> Any:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
+    except ValueError:  # Python refuses int() of more than 4,300 digits
+        raise yaml.constructor.ConstructorError(
+            None, None, "integer with too many digits", node.start_mark
+        ) from None
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What a YAML error says, with its line and column, but never the text of the line.
+
+    PyYAML's own message quotes the offending line, and that line may hold a password.
+    """
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return "cannot parse"
+    parts = [part for part in (exc.context, exc.problem) if part]
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + ("; ".join(parts) or "cannot parse")
+
+
+def read_yaml(path: Path | str) -> Any:
+    """Read one YAML document; unreadable files, bad encoding and syntax errors become ConfigError."""
+    try:
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(path, [("", f"cannot read file: {exc.strerror or exc}")]) from exc
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(path, [("", f"invalid YAML: line {line}: not valid UTF-8")]) from None
+    try:
         return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(path, [("", f"invalid YAML: {exc}")]) from exc
+        raise ConfigError(path, [("", f"invalid YAML: {yaml_problem(exc)}")]) from None
+    except RecursionError:
+        raise ConfigError(path, [("", "invalid YAML: nested too deeply")]) from None
+
+
+class Problems(ValueError):
+    """Raised by a model validator to report several problems at once, each with its own key path.
+
+    :func:`validation_problems` turns it into one line per problem (not only the first bad target).
+    """
+
+    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{key}: {msg}" for key, msg in problems))
+        self.problems = list(problems)
 
 
 def _error_key(loc: tuple[int | str, ...]) -> str:
@@ -180,7 +281,15 @@ def _error_message(error: Mapping[str, Any]) -> str:
 
 def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
     """Turn pydantic errors into (key path, expectation) pairs; input values are never echoed."""
-    return [(_error_key(tuple(err["loc"])), _error_message(err)) for err in exc.errors(include_input=False)]
+    out: list[tuple[str, str]] = []
+    for err in exc.errors(include_input=False):
+        key = _error_key(tuple(err["loc"]))
+        error = err.get("ctx", {}).get("error")
+        if isinstance(error, Problems):
+            out += [(f"{key}.{sub}" if key and sub else key or sub, msg) for sub, msg in error.problems]
+        else:
+            out.append((key, _error_message(err)))
+    return out
 
 
 def validate(model: type[T], data: Any, *, path: Path | str, context: Any = None) -> T:
@@ -193,6 +302,8 @@ def validate(model: type[T], data: Any, *, path: Path | str, context: Any = None
         return model.model_validate(data, context=context)
     except ValidationError as exc:
         raise ConfigError(path, validation_problems(exc)) from None
+    except RecursionError:
+        raise ConfigError(path, [("", "nested too deeply")]) from None
 
 
 def load_config(
@@ -205,6 +316,8 @@ def load_config(
             data = _expand_tree(data, env, "")
         except _EnvError as exc:
             raise ConfigError(path, [(exc.key, exc.message)]) from None
+        except RecursionError:
+            raise ConfigError(path, [("", "nested too deeply")]) from None
     return validate(model, data, path=path, context=context)
 
 

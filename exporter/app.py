@@ -9,7 +9,6 @@ clocks, sleep, randomness, config loader) is injected so tests can drive it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import cast
 
 from certpager.errors import ConfigError
+from certpager.tasks import TaskSupervisor
 from exporter.config import Config, load
 from exporter.probes.base import ProbeFn, ProbeRequest, ProbeResult
 from exporter.results import ResultStore, render_single
@@ -65,6 +65,8 @@ class Exporter:
         self._wall = wall_clock
         self._sleep = sleep
         self.metrics = SelfMetrics(self._state)
+        # The scheduler and the file watcher are restarted when they fail; /-/ready says when one is down.
+        self.tasks = TaskSupervisor(clock=clock, sleep=sleep)
         self._probes_since_trim = 0
         self.config = self._load()
         self.store = ResultStore(self.config.metrics)
@@ -118,7 +120,13 @@ class Exporter:
     async def reload(self) -> None:
         """Load the config file again; on error keep the old config and re-raise (ConfigError)."""
         async with self._reload_lock:
-            config = await asyncio.to_thread(self._load)
+            try:
+                config = await asyncio.to_thread(self._load)
+            except ConfigError as exc:
+                # Logged here, the one path of SIGHUP and POST /-/reload: a failed reload is never silent.
+                log.error("config reload failed, keeping the old config",
+                          extra={"kv": {"file": str(self.config_path), "err": str(exc)}})
+                raise
             watcher = await asyncio.to_thread(self._new_watcher, config)
             self.config, self.watcher = config, watcher
             self.scheduler.set_timing(_timing(config))
@@ -132,14 +140,13 @@ class Exporter:
                 self.scheduler.targets())}})
 
     async def run(self) -> None:
-        """Probe in the background and watch target files until cancelled."""
-        scheduler = asyncio.create_task(self.scheduler.run())
+        """Probe in the background and watch target files until cancelled, each under :attr:`tasks`."""
+        self.tasks.start("scheduler", self.scheduler.run)
+        self.tasks.start("target-file-watcher", self._watch_files)
         try:
-            await self._watch_files()
+            await asyncio.Event().wait()
         finally:
-            scheduler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await scheduler
+            await self.tasks.stop()
 
     async def _watch_files(self) -> None:
         while True:

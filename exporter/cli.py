@@ -11,6 +11,7 @@ from typing import TextIO
 
 import uvloop
 
+from certpager.cli import plural
 from certpager.errors import ConfigError
 from certpager.logs import setup_logging
 from certpager.runtime import tune_gc
@@ -59,10 +60,13 @@ async def serve_config(
     try:
         exporter = Exporter(config_file)
     except ConfigError as exc:
-        print(f"error loading config: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"error loading config: {line}", file=sys.stderr)
         return 1
+    stop = stop or asyncio.Event()
+    exporter.tasks.on_failure(lambda _reason: stop.set())  # a background task gave up: exit 1, be restarted
     await serve(create_app(exporter), address, reload=exporter.reload, stop=stop, started=started)
-    return 0
+    return 1 if exporter.tasks.failed else 0
 
 
 def check_config(path: Path, out: TextIO, err: TextIO) -> int:
@@ -70,7 +74,8 @@ def check_config(path: Path, out: TextIO, err: TextIO) -> int:
     try:
         config = load(path)
     except ConfigError as exc:
-        print(f"FAILED: {exc}", file=err)
+        for line in str(exc).splitlines():
+            print(f"FAILED: {line}", file=err)
         return 1
     from exporter.targets import TargetFileWatcher, resolve_targets
 
@@ -91,6 +96,7 @@ def check_config(path: Path, out: TextIO, err: TextIO) -> int:
 
 def _summary(path: Path, config: Config, files: int, targets: int) -> str:
     return (
-        f"{path}: OK: {len(config.all_modules)} modules, {len(config.targets)} static targets, "
-        f"{len(config.target_files)} target_files entries ({files} files), {targets} targets in total"
+        f"{path}: OK: {plural(len(config.all_modules), 'module')}, {plural(len(config.targets), 'static target')}, "
+        f"{plural(len(config.target_files), 'target_files entry', 'target_files entries')} "
+        f"({plural(files, 'file')}), {plural(targets, 'target')} in total"
     )

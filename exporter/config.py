@@ -8,13 +8,14 @@ See docs/exporter-config.md for the user-facing reference; keep both in step.
 from __future__ import annotations
 
 import ipaddress
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from certpager.config import Duration, StrictModel, load_config
+from certpager.config import CHECK_FILES, Duration, Problems, ReadableFile, StrictModel, load_config
 
 ModuleKind = Literal["tls", "starttls", "file"]
 StartTLSProtocol = Literal[
@@ -35,6 +36,7 @@ RESERVED_LABELS = frozenset(
      "reason", "phase", "version", "cipher", "sans", "key_type", "key_bits", "signature_algorithm",
      "fingerprint_sha256", "module"}
 )
+MAX_PROBE_TIMEOUT = 3600.0
 LABEL_NAME_RE = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
 
 
@@ -42,10 +44,11 @@ class TLSSettings(StrictModel):
     """How to handshake and what to trust."""
 
     server_name: str | None = None  # SNI and the name verified; default: the target's host
-    ca_file: Path | None = None  # trust anchors; default: the system store
-    cert_file: Path | None = None  # client certificate (mTLS)
-    key_file: Path | None = None
-    key_password_file: Path | None = None
+    # Files are checked readable at load and reload: a typo would fail every target's verdict.
+    ca_file: ReadableFile | None = None  # trust anchors; default: the system store
+    cert_file: ReadableFile | None = None  # client certificate (mTLS)
+    key_file: ReadableFile | None = None
+    key_password_file: ReadableFile | None = None
     insecure_skip_verify: bool = False  # skip the trust verdict (dates are always exported)
     # Whose trust verdict: "openssl" (an OpenSSL 3 client: curl, Python, nginx upstreams) or "webpki"
     # (the CA/Browser Forum profile of cryptography's verifier). docs/exporter-config.md.
@@ -53,6 +56,11 @@ class TLSSettings(StrictModel):
     security_level: int = Field(default=2, ge=0, le=5)  # OpenSSL's; openssl profile only
     min_version: TLSVersion | None = None
     max_version: TLSVersion | None = None
+
+    @field_validator("server_name")
+    @classmethod
+    def _server_name(cls, value: str | None) -> str | None:
+        return _protocol_name(value)
 
     @model_validator(mode="after")
     def _client_cert_pair(self) -> Self:
@@ -72,25 +80,38 @@ class StartTLSSettings(StrictModel):
     # postgres: "sslrequest" (classic) or "direct" (PostgreSQL 17 direct TLS with ALPN postgresql).
     postgres_mode: Literal["sslrequest", "direct"] = "sslrequest"
 
+    @field_validator("hello_name")
+    @classmethod
+    def _hello_name(cls, value: str | None) -> str | None:
+        return _protocol_name(value)
+
 
 class ProxySettings(StrictModel):
     """An HTTP CONNECT proxy the probe tunnels through."""
 
     url: str  # http://host:port
-    auth_file: Path | None = None  # "user:password" for Proxy-Authorization: Basic
+    auth_file: ReadableFile | None = None  # "user:password" for Proxy-Authorization: Basic
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith("http://"):
-            raise ValueError("expected an http:// proxy URL (HTTP CONNECT)")
+        expected = "expected an http://host:port proxy URL (HTTP CONNECT)"
+        if not value.startswith("http://") or any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError(expected)
+        try:
+            parts = urllib.parse.urlsplit(value)
+            port = parts.port  # raises ValueError for a port that is not 0-65535 digits
+        except ValueError:
+            raise ValueError(f"{expected}: the port must be a number from 1 to 65535") from None
+        if not parts.hostname or port == 0:
+            raise ValueError(expected)
         return value
 
 
 class FileSettings(StrictModel):
     """Certificate files: PEM bundles, DER, PKCS#12."""
 
-    password_file: Path | None = None  # PKCS#12 password
+    password_file: ReadableFile | None = None  # PKCS#12 password
 
 
 class Module(StrictModel):
@@ -120,6 +141,8 @@ class Module(StrictModel):
     def _positive_timeout(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("expected a duration greater than 0")
+        if value > MAX_PROBE_TIMEOUT:
+            raise ValueError("expected a duration of at most 1h (a probe that long never answers a scrape)")
         return value
 
     @field_validator("source_ip_address")
@@ -175,11 +198,11 @@ class ThresholdGroup(StrictModel):
 class Policies(StrictModel):
     """Certificate and connection policies; each configured one is exported as checked."""
 
-    min_rsa_bits: int | None = None
-    min_ec_bits: int | None = None
+    min_rsa_bits: int | None = Field(default=None, ge=1, le=65536)
+    min_ec_bits: int | None = Field(default=None, ge=1, le=65536)
     forbidden_signature_algorithms: list[str] = Field(default_factory=list)  # e.g. [sha1, md5]
     min_tls_version: TLSVersion | None = None
-    max_validity_days: int | None = None
+    max_validity_days: int | None = Field(default=None, ge=1, le=36500)
     # Self-signed leaves are a violation for targets whose labels match any of these label sets
     # ([{}] = everywhere).
     forbid_self_signed: list[dict[str, str]] = Field(default_factory=list)
@@ -231,13 +254,15 @@ class MetricsSettings(StrictModel):
 class GlobalSettings(StrictModel):
     scrape_interval: Duration = 300.0  # how often each target is probed in the background
     concurrency: int = Field(default=256, ge=1, le=100_000)
-    jitter: float = Field(default=0.1, ge=0, le=1)  # spread first probes and intervals by this fraction
+    # Spread first probes and intervals by this fraction.
+    jitter: float = Field(default=0.1, ge=0, le=1, allow_inf_nan=False)
     retry_backoff: Duration = 15.0  # first retry after a failed probe; doubles up to the interval
     timeout_offset: Duration = 0.5  # /probe: subtracted from X-Prometheus-Scrape-Timeout-Seconds
 
-    @field_validator("scrape_interval")
+    @field_validator("scrape_interval", "retry_backoff")
     @classmethod
     def _positive(cls, value: float) -> float:
+        # retry_backoff 0 would re-probe a failing target back to back.
         return _positive_duration(value) or value
 
 
@@ -262,25 +287,28 @@ class Config(StrictModel):
 
     @model_validator(mode="after")
     def _references(self) -> Self:
+        # Every problem is reported, each on its own line: not only the first of three bad targets.
         known = self.all_modules
-        for i, target in enumerate(self.targets):
-            if target.module not in known:
-                raise ValueError(f"targets[{i}].module: unknown module {target.module!r}")
+        problems: list[tuple[str, str]] = []
         for i, tf in enumerate(self.target_files):
             if tf.module not in known:
-                raise ValueError(f"target_files[{i}].module: unknown module {tf.module!r}")
+                problems.append((f"target_files[{i}].module", f"unknown module {tf.module!r}"))
         seen: set[str] = set()
         for i, target in enumerate(self.targets):
+            if target.module not in known:
+                problems.append((f"targets[{i}].module", f"unknown module {target.module!r}"))
             # The ``target`` label identifies a target's series, so a name may appear once.
             if target.target in seen:
-                raise ValueError(f"targets[{i}].target: duplicate target {target.target!r} (names must be unique)")
+                problems.append((f"targets[{i}].target",
+                                 f"duplicate target {target.target!r} (names must be unique)"))
             seen.add(target.target)
-            if known[target.module].kind != "file":
-                problem = endpoint_problem(target.target)
-                if problem:
-                    raise ValueError(f"targets[{i}].target: {problem}")
+            module = known.get(target.module)
+            if module is not None and module.kind != "file" and (problem := endpoint_problem(target.target)):
+                problems.append((f"targets[{i}].target", problem))
             if target.address is not None and (problem := endpoint_problem(target.address)):
-                raise ValueError(f"targets[{i}].address: {problem}")
+                problems.append((f"targets[{i}].address", problem))
+        if problems:
+            raise Problems(problems)
         return self
 
     def thresholds_for(self, labels: Mapping[str, str], override: ThresholdOverrides | None) -> dict[str, float]:
@@ -323,6 +351,13 @@ def _check_labels(labels: dict[str, str]) -> dict[str, str]:
     return labels
 
 
+def _protocol_name(value: str | None) -> str | None:
+    # The name goes into SNI, EHLO or a stream header: CR/LF there would split the protocol's lines.
+    if value is not None and (not value or any(c.isspace() or not c.isprintable() for c in value)):
+        raise ValueError("expected a host name without spaces or control characters")
+    return value
+
+
 def _positive_duration(value: float | None) -> float | None:
     if value is not None and value <= 0:
         raise ValueError("expected a duration greater than 0")
@@ -331,4 +366,4 @@ def _positive_duration(value: float | None) -> float | None:
 
 def load(path: Path | str) -> Config:
     """Load and validate an exporter config file (raises certpager.errors.ConfigError)."""
-    return load_config(Config, path)
+    return load_config(Config, path, context=CHECK_FILES)

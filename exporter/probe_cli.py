@@ -24,11 +24,14 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TextIO, get_args
 
-from certpager.config import parse_duration
+from pydantic import ValidationError
+
+from certpager.cli import plural
+from certpager.config import CHECK_FILES, parse_duration, validation_problems
 from certpager.errors import ConfigError
 from exporter import config as exporter_config
 from exporter import trust
-from exporter.config import Module, Policies, StartTLSProtocol, StartTLSSettings, TLSSettings
+from exporter.config import Module, Policies, StartTLSProtocol, StartTLSSettings, TLSSettings, endpoint_problem
 from exporter.probes.base import CertificateInfo, ProbeRequest, ProbeResult
 from exporter.probes.tls import TLSProber
 
@@ -36,6 +39,8 @@ EXIT_OK, EXIT_PROBE_FAILED, EXIT_USAGE, EXIT_UNTRUSTED, EXIT_POLICY = 0, 1, 2, 3
 # Without --config: what an OpenSSL 3 client at security level 2 refuses, as policies (they also
 # cover what the trust verdict does not look at: with --insecure, or profile webpki).
 LEVEL_2_POLICIES = Policies(min_rsa_bits=2048, min_ec_bits=224, forbidden_signature_algorithms=["sha1", "md5"])
+_FLAGS = {"ca_file": "--cafile", "server_name": "--servername", "verify_profile": "--verify-profile",
+          "security_level": "--security-level"}  # TLSSettings key -> the flag setting it
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +49,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--servername", help="SNI and the name verified (default: HOST)")
     parser.add_argument("--cafile", help="trust these CA certificates instead of the system store")
     parser.add_argument("--starttls", choices=get_args(StartTLSProtocol), help="speak this protocol first")
-    parser.add_argument("--timeout", default="10s", help="whole-probe timeout, e.g. 5s (default 10s)")
+    parser.add_argument("--timeout", default="10s",
+                        help="whole-probe timeout: seconds or a duration like 1500ms, 5s (default 10s)")
     parser.add_argument("--all-ips", action="store_true", help="probe every resolved address")
     parser.add_argument("--insecure", action="store_true", help="skip the trust and name verdicts")
     parser.add_argument("--verify-profile", choices=["openssl", "webpki"],
@@ -76,13 +82,22 @@ def build_request(args: argparse.Namespace) -> ProbeRequest:
         tls_update["verify_profile"] = args.verify_profile
     if getattr(args, "security_level", None) is not None:
         tls_update["security_level"] = args.security_level
-    update: dict[str, Any] = {"tls": TLSSettings.model_validate({**module.tls.model_dump(), **tls_update})}
+    if problem := endpoint_problem(args.target):
+        raise ValueError(problem)
+    try:
+        tls = TLSSettings.model_validate({**module.tls.model_dump(), **tls_update}, context=CHECK_FILES)
+    except ValidationError as exc:
+        raise ValueError("; ".join(f"{_FLAGS.get(key, key)}: {msg}" for key, msg in validation_problems(exc))) from None
+    update: dict[str, Any] = {"tls": tls}
     if args.starttls:
         update.update(kind="starttls", starttls=StartTLSSettings(protocol=args.starttls))
     if args.all_ips:
         update["probe_all_ips"] = True
     module = Module.model_validate({**module.model_dump(), **update})
-    timeout = parse_duration(args.timeout)
+    try:
+        timeout = parse_duration(args.timeout)  # the config's syntax: 5, 5s, 1500ms
+    except ValueError as exc:
+        raise ValueError(f"--timeout: {exc}") from None
     if timeout <= 0:
         raise ValueError("--timeout must be greater than 0")
     return ProbeRequest(target=args.target, module=module, timeout=timeout, policies=policies)
@@ -105,8 +120,10 @@ def _when(ts: float) -> str:
 
 def _days_left(not_after: float, now: float) -> str:
     if not_after >= now:
-        return f"{math.floor((not_after - now) / 86400)} days left"
-    return f"EXPIRED {math.floor((now - not_after) / 86400)} days ago"
+        days = math.floor((not_after - now) / 86400)
+        return "less than a day left" if days == 0 else f"{plural(days, 'day')} left"
+    days = math.floor((now - not_after) / 86400)
+    return "EXPIRED less than a day ago" if days == 0 else f"EXPIRED {plural(days, 'day')} ago"
 
 
 def _weakness(cert: CertificateInfo, level: int) -> str:
@@ -152,7 +169,7 @@ def _result_lines(request: ProbeRequest, result: ProbeResult, now: float) -> lis
     if not result.success:
         return [*lines, f"FAILED    {result.reason}: {result.detail}"]
     lines += [f"tls       {result.tls_version}   {result.cipher}",
-              f"chain     {len(result.chain)} certificate(s) as sent by the peer:"]
+              f"chain     {plural(len(result.chain), 'certificate')} as sent by the peer:"]
     tls = request.module.tls
     for cert in result.chain:
         lines += _cert_lines(cert, now, tls.security_level)

@@ -50,6 +50,7 @@ TIMEOUT_GRACE = 1.0
 # means the event loop (the CPU), not the peers, limits the probes.
 LOOP_LAG_LIMIT = 0.010
 MIN_ADMITTED = 16  # probes admitted whatever the lag (fewer if concurrency is lower)
+MAX_BACKOFF_DOUBLINGS = 64  # retry_backoff x 2**64 is beyond any interval, and far from float overflow
 ADMISSION_TICK = 0.1  # seconds between checks of the loop while the limit is full and targets wait
 
 
@@ -176,7 +177,12 @@ class Scheduler:
         return {key: slot.due for key, slot in self._slots.items()}
 
     async def run(self) -> None:
-        """Run until cancelled; cancelling also cancels the probes in flight."""
+        """Run until cancelled; cancelling also cancels the probes in flight.
+
+        Run again after a failure (certpager.tasks restarts it), it picks up every target where it was:
+        the probes the failure cancelled are due now, the others keep their due times.
+        """
+        self._requeue()
         try:
             while True:
                 self._adapt()
@@ -187,6 +193,15 @@ class Scheduler:
                 task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _requeue(self) -> None:
+        # A probe cancelled with the previous run never rescheduled its target (its due time is past,
+        # so it is probed now): rebuild the heap from the slots, dropping every stale entry.
+        self._heap = []
+        for key, slot in self._slots.items():
+            slot.running = False
+            slot.generation += 1
+            self._push(key, slot)
 
     def _adapt(self) -> None:
         # Lags are read on the scheduler's own clock: virtual in tests, where they are 0 unless a test moves it.
@@ -291,7 +306,8 @@ class Scheduler:
     def _next_delay(self, slot: _Slot) -> float:
         interval = slot.target.interval
         if slot.failures:
-            return min(self._timing.retry_backoff * 2.0 ** (slot.failures - 1), interval)
+            # The exponent is capped: 2.0 ** 1024 overflows, and a target failing that long must still be probed.
+            return min(self._timing.retry_backoff * 2.0 ** min(slot.failures - 1, MAX_BACKOFF_DOUBLINGS), interval)
         half = self._timing.jitter / 2
         return interval * (1 + self._rng.uniform(-half, half))
 

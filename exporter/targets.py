@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError, field_validator
 
-from certpager.config import StrictModel, validation_problems
+from certpager.config import StrictModel, validation_problems, yaml_problem
 from exporter.config import Config, Module, TargetFile, _check_labels
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,16 @@ class TargetFileError(ValueError):
 
 def parse_sd_file(path: str, text: str) -> list[SDGroup]:
     """Parse file_sd content (JSON for ``.json``, else YAML); raises TargetFileError."""
+    kind = "JSON" if path.endswith(".json") else "YAML"
     try:
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except RecursionError:
+        # A file nested ~1,000 levels deep: both parsers recurse per level.
+        raise TargetFileError(f"{path}: invalid {kind}: nested too deeply") from None
+    except yaml.MarkedYAMLError as exc:
+        raise TargetFileError(f"{path}: invalid YAML: {yaml_problem(exc)}") from None
     except (ValueError, yaml.YAMLError) as exc:
-        raise TargetFileError(f"{path}: invalid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}") from None
+        raise TargetFileError(f"{path}: invalid {kind}: {exc}") from None
     if data is None:
         return []
     if not isinstance(data, list):
@@ -100,6 +106,8 @@ def parse_sd_file(path: str, text: str) -> list[SDGroup]:
     except ValidationError as exc:
         problems = "; ".join(f"{key}: {msg}" if key else msg for key, msg in validation_problems(exc))
         raise TargetFileError(f"{path}: {problems}") from None
+    except RecursionError:
+        raise TargetFileError(f"{path}: nested too deeply") from None
 
 
 def resolve_targets(

@@ -26,7 +26,7 @@ def create_app(exporter: Exporter, *, background: bool = True) -> App:
     app.route("GET", "/", functools.partial(landing, exporter))
     app.route("GET", "/metrics", functools.partial(metrics, exporter))
     app.route("GET", "/probe", functools.partial(probe, exporter))
-    add_lifecycle_routes(app, ready=lambda: True, reload=exporter.reload)
+    add_lifecycle_routes(app, ready=exporter.tasks.ready, reload=exporter.reload)
     if background:
         app.on_lifespan(functools.partial(_run_background, exporter))
     return app

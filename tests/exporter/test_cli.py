@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from exporter.cli import check_config
-from tests.exporter.service_fixtures import write
+from tests.exporter.service_fixtures import deploy_example, write
 
 DEPLOY_EXAMPLE = Path(__file__).parents[2] / "deploy" / "exporter" / "certpager-exporter.yml"
 
@@ -25,7 +27,7 @@ def test_check_valid_config_prints_summary(tmp_path):
                                      "target_files: [{files: [sd/*.yml]}]\n")
     code, out, err = run_check(path)
     assert (code, err) == (0, "")
-    assert out == (f"{path}: OK: 2 modules, 1 static targets, 1 target_files entries (1 files), "
+    assert out == (f"{path}: OK: 2 modules, 1 static target, 1 target_files entry (1 file), "
                    "3 targets in total\n")
 
 
@@ -54,7 +56,7 @@ def test_check_warns_about_duplicate_targets(tmp_path):
 
 def test_command_line_check_exit_codes(tmp_path):
     good = subprocess.run([sys.executable, "-m", "certpager", "exporter", "--config.check", "--config.file",
-                           str(DEPLOY_EXAMPLE)], capture_output=True, text=True, timeout=60)
+                           str(deploy_example(tmp_path))], capture_output=True, text=True, timeout=60)
     assert good.returncode == 0, good.stderr
     assert ": OK: 6 modules, 4 static targets" in good.stdout
     bad_path = write(tmp_path / "bad.yml", "modules: {m: {kind: carrier-pigeon}}\n")
@@ -73,3 +75,16 @@ def test_bad_listen_address_and_missing_config_fail_fast(tmp_path):
                               "--web.listen-address", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1
     assert f"error loading config: {tmp_path / 'none.yml'}: cannot read file" in missing.stderr
+
+
+def test_certpager_help_speaks_to_users(capsys):
+    from certpager import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "``" not in text and "dispatches" not in text and "module" not in text  # not the docstring
+    assert "certpager watches TLS certificates" in text
+    assert "certpager probe example.com:443" in text and "certpager COMMAND --help" in text
+

@@ -9,6 +9,8 @@ import io
 import json
 import socket
 
+import pytest
+
 from certpager import cli, pki
 from certpager.tlsserver import TLSServer
 from exporter import probe_cli
@@ -113,6 +115,22 @@ async def test_bad_config_and_arguments_exit_2(tmp_path, capsys):
     assert "expected a duration" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (("127.0.0.1",), "expected host:port"),
+    (("127.0.0.1:1", "--cafile", "/nonexistent/ca.pem"), "--cafile: cannot read /nonexistent/ca.pem"),
+    (("127.0.0.1:1", "--servername", "a\r\nb"), "--servername: expected a host name"),
+    (("127.0.0.1:1", "--timeout=-5s"), "--timeout: expected a non-negative duration"),
+])
+def test_usage_errors_exit_2_naming_the_flag(argv, message, capsys):
+    assert probe_cli.run(parse(*argv)) == probe_cli.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "seconds"), [("5", 5.0), ("5s", 5.0), ("2.5", 2.5), ("1500ms", 1.5)])
+def test_timeout_takes_the_config_duration_syntax(flag, seconds):
+    assert probe_cli.build_request(parse("127.0.0.1:1", "--timeout", flag)).timeout == seconds
+
+
 async def test_through_the_certpager_command(test_pki, capsys):
     async with serve(test_pki, "valid") as server:
         code = await asyncio.to_thread(cli.main, ["probe", server.address, "--cafile", str(test_pki.ca_file)])
@@ -132,12 +150,15 @@ def test_failed_resolution_shows_no_address():
 
 def test_days_left_rounding():
     now = ts(NOW)
-    assert probe_cli._days_left(now + 86400 * 2 - 1, now) == "1 days left"
-    assert probe_cli._days_left(now - 1, now) == "EXPIRED 0 days ago"
+    assert probe_cli._days_left(now + 86400 * 2 - 1, now) == "1 day left"
+    assert probe_cli._days_left(now + 86400 - 1, now) == "less than a day left"
+    assert probe_cli._days_left(now - 1, now) == "EXPIRED less than a day ago"
+    assert probe_cli._days_left(now - 86400, now) == "EXPIRED 1 day ago"
     assert probe_cli._days_left(now - 86400 * 3, now) == "EXPIRED 3 days ago"
 
 
 def test_build_request_from_flags(tmp_path):
+    (tmp_path / "ca.pem").write_text("x\n")
     request = probe_cli.build_request(parse(
         "mail.test:587", "--starttls", "smtp", "--servername", "smtp.test", "--cafile", str(tmp_path / "ca.pem"),
         "--timeout", "1500ms", "--all-ips"))

@@ -270,3 +270,30 @@ async def test_jitter_stays_within_bounds_for_many_targets(seed):
         times = probe.times(f"t{i}.test:443")
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert all(90.0 - 1e-6 <= g <= 110.0 + 1e-6 for g in gaps)
+
+
+async def test_a_target_failing_for_ever_is_still_probed_at_its_interval():
+    # 2.0 ** 1024 overflows: the backoff's exponent is capped, so the 1,025th failure in a row is not the last probe.
+    probe = FakeProbe(answers={"t0.test:443": [failed_result(Reason.REFUSED)]})
+    async with running(probe, timing=Timing(jitter=0.1, retry_backoff=0.001),
+                       targets=make_targets(1, interval="1s")) as (clock, *_):
+        await clock.advance(1100)
+    times = probe.times("t0.test:443")
+    assert len(times) > 1080
+    assert round(times[-1] - times[-2], 6) == 1.0
+
+
+async def test_a_restarted_scheduler_reprobes_the_targets_its_failure_cancelled():
+    gate = asyncio.Event()
+    probe = FakeProbe(gate=gate)
+    async with running(probe, targets=make_targets(3)) as (clock, scheduler, _, seen):
+        await clock.advance(10)  # all three probes started and wait on the gate
+        assert scheduler.in_flight == 3
+    # The run ended (a failure): its probes were cancelled. Run again, as certpager.tasks does.
+    gate.set()
+    task = asyncio.create_task(scheduler.run())
+    await clock.advance(1)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert sorted(t for t, _ in seen) == ["t0.test:443", "t1.test:443", "t2.test:443"]

@@ -26,13 +26,17 @@ class Outer(StrictModel):
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("0", 0.0), ("30s", 30.0), ("5m", 300.0), ("1h30m", 5400.0), ("7d", 604800.0), ("500ms", 0.5),
-     ("2w", 1209600.0), ("1y", 31536000.0), (15, 15.0), (2.5, 2.5)],
+     ("2w", 1209600.0), ("1y", 31536000.0), (15, 15.0), (2.5, 2.5), ("5", 5.0), ("2.5", 2.5),
+     ("100y", 100 * 31536000.0)],
 )
 def test_parse_duration(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["", "5", "5x", "m5", "1h 30m", "-5s", -1, True, None, "30s5"])
+@pytest.mark.parametrize("bad", [
+    "", "5x", "m5", "1h 30m", "-5s", "-5", -1, True, None, "30s5", float("inf"), float("-inf"), float("nan"),
+    "101y", "9" * 300 + "s", "9" * 400, 10**400, 10**300, 1e300,
+])
 def test_parse_duration_rejects(bad: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)
