@@ -34,8 +34,10 @@ from certpager.demo_alerting import (
     REPO_ROOT,
     STOP_TIMEOUT,
     Addresses,
+    AlertingPages,
     Child,
     DemoError,
+    alerting_pages,
     connect_address,
     find_binaries,
     read_yaml,
@@ -288,7 +290,7 @@ def _url(address: str) -> str:
     return f"http://{connect_address(address)}"
 
 
-def banner(options: Options, leaves: list[DemoLeaf], endpoints: dict[str, str], alerting: bool) -> str:
+def banner(options: Options, leaves: list[DemoLeaf], endpoints: dict[str, str], pages: AlertingPages | None) -> str:
     """What is running where, and what to look at."""
     data, addresses = options.data_dir, options.addresses
     exporter, bridge = _url(addresses.exporter), _url(addresses.bridge)
@@ -304,10 +306,10 @@ def banner(options: Options, leaves: list[DemoLeaf], endpoints: dict[str, str], 
         f"                {exporter}/probe?target={first}&module=tls",
         f"  bridge        {bridge}/metrics   (dry-run: PagerDuty events and Statuspage requests are logged, not sent)",
     ]
-    if alerting:
+    if pages is not None:
         lines += [
-            f"  prometheus    {_url(addresses.prometheus)}/alerts   (log: {data}/prometheus/prometheus.log)",
-            f"  alertmanager  {_url(addresses.alertmanager)}/   (log: {data}/alertmanager/alertmanager.log)",
+            f"  prometheus    {pages.prometheus}   (log: {data}/prometheus/prometheus.log)",
+            f"  alertmanager  {pages.alertmanager}   (log: {data}/alertmanager/alertmanager.log)",
             "", f"Alerts fire after {DEMO_FOR} (demo for:) and reach the bridge within about a minute: watch the log",
             'below for "dry-run: would send PagerDuty event" and "dry-run: would send Statuspage request".',
         ]
@@ -325,7 +327,7 @@ NO_ALERTING = """\
 Prometheus and Alertmanager are not on PATH, so alerts do not flow on their own. To see the whole path
 (endpoints -> exporter -> Prometheus -> Alertmanager -> bridge -> PagerDuty events), install them and start
 the demo again:
-    sudo apt-get install --no-install-recommends prometheus prometheus-alertmanager   (or run scripts/demo as root)
+    apt-get install --no-install-recommends prometheus prometheus-alertmanager   (as root; or run scripts/demo as root)
 Meanwhile, send a synthetic alert through the bridge from another terminal:
     certpager bridge test-alert --config.file {bridge_yml} \
         --class certificate_expired --certificate expired.{domain} --environment {env}
@@ -378,7 +380,8 @@ async def _run(options: Options, stop: asyncio.Event, out: TextIO, serve_exporte
             if binaries is not None:
                 children = await _start_alerting_unless_stopped(options, binaries, token_file, stop)
             if not stop.is_set():
-                out.write(banner(options, leaves, endpoints, alerting=binaries is not None))
+                pages = await alerting_pages(options.addresses) if children else None
+                out.write(banner(options, leaves, endpoints, pages))
                 if binaries is None and options.prometheus:
                     out.write(NO_ALERTING.format(bridge_yml=bridge_yml, domain=DOMAIN, env=ENVIRONMENT) + "\n")
                 out.flush()

@@ -241,3 +241,40 @@ async def start_alerting(
         await asyncio.gather(*(c.stop() for c in children))
         raise
     return children
+
+
+@dataclass(frozen=True)
+class AlertingPages:
+    """The pages the banner points at, as this machine's Prometheus and Alertmanager serve them."""
+
+    prometheus: str
+    alertmanager: str
+
+
+async def alerting_pages(addresses: Addresses) -> AlertingPages:
+    """The first page of each list that answers 200 here.
+
+    Debian's prometheus package ships only the classic UI (``/alerts`` is 404, ``/classic/alerts``
+    works) and its prometheus-alertmanager has no web UI at all (its API answers): the banner must
+    print what works on the machine the README names, and upstream builds serve the first candidates.
+    """
+    prom = f"http://{connect_address(addresses.prometheus)}"
+    am = f"http://{connect_address(addresses.alertmanager)}"
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        return AlertingPages(
+            prometheus=await _first_ok(client, [(f"{prom}/alerts",) * 2, (f"{prom}/classic/alerts",) * 2]),
+            # The UI's alerts view is a fragment of "/", and Debian's "/" answers 200 with a page saying
+            # there is no UI: the UI's own script tells whether it is there.
+            alertmanager=await _first_ok(client, [(f"{am}/#/alerts", f"{am}/script.js"),
+                                                  (f"{am}/api/v2/alerts",) * 2]),
+        )
+
+
+async def _first_ok(client: httpx.AsyncClient, pages: list[tuple[str, str]]) -> str:
+    """The first (page, URL that proves it is served) whose URL answers 200; else the last page."""
+    for page, check in pages:
+        with contextlib.suppress(httpx.HTTPError):
+            if (await client.get(check)).status_code == 200:
+                return page
+    return pages[-1][0]
+

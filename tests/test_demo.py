@@ -178,6 +178,10 @@ def test_demo_alerts_flow_from_endpoint_to_dry_run_pagerduty_event(demo_process)
     assert opened[0]["components"] == {"demoexpired": "major_outage"}
     assert opened[0]["name"] == "Connection problems with expired"
     assert opened[0]["status"] == "investigating"
+    # Every URL the banner prints answers on this machine (Debian: /classic/alerts, Alertmanager's API).
+    printed = re.findall(r"http://\S+", (data_dir.parent / "stdout").read_text())
+    assert len(printed) == 5, printed
+    assert {url: httpx.get(url, timeout=5).status_code for url in printed} == dict.fromkeys(printed, 200)
     bridge = httpx.get(f"http://127.0.0.1:{ports['bridge']}/metrics", timeout=5).text
     assert 'certpager_bridge_incidents_total{class="certificate_expired",environment="demo",severity="critical"} 1.0' \
         in bridge
@@ -276,3 +280,32 @@ async def test_demo_refuses_a_taken_port_before_touching_the_data_dir(tmp_path):
     assert str(caught.value).startswith(f"the bridge cannot listen on 127.0.0.1:{port}: Address already in use")
     assert "--bridge-address" in str(caught.value)
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(("served", "expected"), [
+    # Debian 12: the classic pages only, and an Alertmanager "/" that says there is no UI.
+    ({"/classic/alerts", "/", "/api/v2/alerts"}, ("/classic/alerts", "/api/v2/alerts")),
+    # Upstream builds: the new UI and Alertmanager's own.
+    ({"/alerts", "/classic/alerts", "/", "/script.js", "/api/v2/alerts"}, ("/alerts", "/#/alerts")),
+])
+async def test_the_banner_points_at_the_pages_this_machine_serves(served, expected):
+    from aiohttp import web
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="ok") if request.path in served else web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        addresses = demo.Addresses("127.0.0.1:1", "127.0.0.1:1", f"127.0.0.1:{port}", f"127.0.0.1:{port}")
+        pages = await demo_alerting.alerting_pages(addresses)
+    finally:
+        await runner.cleanup()
+    base = f"http://127.0.0.1:{port}"
+    assert (pages.prometheus, pages.alertmanager) == (base + expected[0], base + expected[1])
+
