@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,18 +169,3 @@ def value(samples: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name:
     assert len(found) <= 1, f"{name}{labels} matches {len(found)} series"
     return found[0] if found else None
 
-
-DEPLOY_EXAMPLE = Path(__file__).parents[2] / "deploy" / "exporter" / "certpager-exporter.yml"
-
-
-def deploy_example(tmp_path: Path) -> Path:
-    """The deploy example config, copied with its /etc/certpager/ files present (a load checks them)."""
-    etc = tmp_path / "etc"
-    etc.mkdir(exist_ok=True)
-    text = DEPLOY_EXAMPLE.read_text().replace("/etc/certpager/", f"{etc}/")
-    for name in ("internal-ca.pem", "client.pem", "client.key", "client.key.pass", "proxy-auth", "pkcs12.pass"):
-        (etc / name).write_text("x\n")
-    sd = DEPLOY_EXAMPLE.parent / "file_sd"
-    if sd.is_dir():
-        shutil.copytree(sd, tmp_path / "file_sd", dirs_exist_ok=True)
-    return write(tmp_path / DEPLOY_EXAMPLE.name, text)

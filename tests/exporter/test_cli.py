@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from exporter.cli import check_config
-from tests.exporter.service_fixtures import deploy_example, write
+from tests.exporter.service_fixtures import write
 
 DEPLOY_EXAMPLE = Path(__file__).parents[2] / "deploy" / "exporter" / "certpager-exporter.yml"
 
@@ -56,7 +56,7 @@ def test_check_warns_about_duplicate_targets(tmp_path):
 
 def test_command_line_check_exit_codes(tmp_path):
     good = subprocess.run([sys.executable, "-m", "certpager", "exporter", "--config.check", "--config.file",
-                           str(deploy_example(tmp_path))], capture_output=True, text=True, timeout=60)
+                           str(DEPLOY_EXAMPLE)], capture_output=True, text=True, timeout=60)
     assert good.returncode == 0, good.stderr
     assert ": OK: 6 modules, 4 static targets" in good.stdout
     bad_path = write(tmp_path / "bad.yml", "modules: {m: {kind: carrier-pigeon}}\n")

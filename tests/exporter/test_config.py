@@ -8,7 +8,8 @@ import pytest
 
 from certpager.errors import ConfigError
 from exporter.config import DEFAULT_THRESHOLDS, load
-from tests.exporter.service_fixtures import deploy_example
+
+DEPLOY_EXAMPLE = Path(__file__).parents[2] / "deploy" / "exporter" / "certpager-exporter.yml"
 
 TESTDATA = Path(__file__).parent / "testdata"
 
@@ -95,8 +96,8 @@ def test_ipv6_and_file_targets_are_accepted(tmp_path):
     assert [t.target for t in config.targets] == ["[::1]:443", "/etc/ssl/certs/*.pem"]
 
 
-def test_deploy_example_is_valid(tmp_path):
-    config = load(deploy_example(tmp_path))
+def test_deploy_example_is_valid():
+    config = load(DEPLOY_EXAMPLE)
     assert config.targets and config.target_files and config.modules
 
 
