@@ -59,7 +59,7 @@ def parse_duration(value: object) -> float:
         return _bounded(value.total_seconds())
     if isinstance(value, int):
         # float() of an int of 309 digits or more raises OverflowError: compare first.
-        return _bounded(float(value) if abs(value) <= MAX_DURATION else math.inf * (1 if value > 0 else -1))
+        return _bounded(float(max(-1, min(value, MAX_DURATION + 1))))
     if isinstance(value, float):
         return _bounded(value)
     if not isinstance(value, str):
@@ -82,8 +82,9 @@ def parse_duration(value: object) -> float:
 
 
 def _bounded(seconds: float) -> float:
-    if math.isnan(seconds):
-        raise ValueError(f"{_DURATION_EXPECTED}, got NaN")
+    if not math.isfinite(seconds):  # .inf, .nan in YAML; an int too large for a float
+        raise ValueError("expected a finite duration" if seconds > 0 or math.isnan(seconds) else
+                         "expected a non-negative duration")
     if seconds < 0:
         raise ValueError("expected a non-negative duration")
     if seconds > MAX_DURATION:

@@ -11,7 +11,7 @@ from bridge.store.sqlite import SqliteStore
 from exporter.app import Exporter
 from exporter.web import create_app
 from tests.bridge.conftest import RecordingSink
-from tests.bridge.test_app import write_config
+from tests.bridge.test_app import bearer, write_config
 from tests.exporter.service_fixtures import FakeProbe, write
 
 
@@ -36,6 +36,6 @@ async def test_bridge_logs_a_failed_post_reload(serve_app, tmp_path, caplog):
                     registry=CollectorRegistry())
     client = await serve_app(bridge.app)
     (tmp_path / "bridge.yml").write_text("server: {nonsense: 1}\n")
-    assert (await client.post("/-/reload")).status == 500
+    assert (await client.post("/-/reload", headers=bearer())).status == 500
     [record] = failures(caplog)
     assert "server.nonsense: unknown key" in record.kv["err"]  # type: ignore[attr-defined]
