@@ -228,6 +228,12 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     return where + ("; ".join(parts) or "cannot parse")
 
 
+def parse_yaml(text: str) -> Any:
+    """One YAML document, as every config file is read: duplicate keys and over-long integers are
+    errors (yaml.YAMLError with a line and column); deep nesting raises RecursionError."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def read_yaml(path: Path | str) -> Any:
     """Read one YAML document; unreadable files, bad encoding and syntax errors become ConfigError."""
     try:
@@ -240,7 +246,7 @@ def read_yaml(path: Path | str) -> Any:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(path, [("", f"invalid YAML: line {line}: not valid UTF-8")]) from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        return parse_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(path, [("", f"invalid YAML: {yaml_problem(exc)}")]) from None
     except RecursionError:

@@ -87,7 +87,8 @@ def check_config(path: Path, out: TextIO, err: TextIO) -> int:
     for warning in warnings:
         print(f"WARNING: {warning}", file=err)
     for message in messages:
-        print(f"FAILED: {message}", file=err)
+        for line in message.splitlines():
+            print(f"FAILED: {line}", file=err)
     if messages:
         return 1
     print(_summary(path, config, len(watcher.file_status()), len(targets)), file=out)

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError, field_validator
 
-from certpager.config import StrictModel, validation_problems, yaml_problem
+from certpager.config import StrictModel, parse_yaml, validation_problems, yaml_problem
 from exporter.config import Config, Module, TargetFile, _check_labels
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def parse_sd_file(path: str, text: str) -> list[SDGroup]:
     """Parse file_sd content (JSON for ``.json``, else YAML); raises TargetFileError."""
     kind = "JSON" if path.endswith(".json") else "YAML"
     try:
-        data = json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+        data = json.loads(text) if kind == "JSON" else parse_yaml(text)
     except RecursionError:
         # A file nested ~1,000 levels deep: both parsers recurse per level.
         raise TargetFileError(f"{path}: invalid {kind}: nested too deeply") from None
@@ -104,8 +104,10 @@ def parse_sd_file(path: str, text: str) -> list[SDGroup]:
     try:
         return _GROUPS.validate_python(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{key}: {msg}" if key else msg for key, msg in validation_problems(exc))
-        raise TargetFileError(f"{path}: {problems}") from None
+        # One line per problem, each naming the file (--config.check prints them as they are).
+        problems = "\n".join(f"{path}: {key}: {msg}" if key else f"{path}: {msg}"
+                             for key, msg in validation_problems(exc))
+        raise TargetFileError(problems) from None
     except RecursionError:
         raise TargetFileError(f"{path}: nested too deeply") from None
 

@@ -182,6 +182,12 @@ def test_demo_alerts_flow_from_endpoint_to_dry_run_pagerduty_event(demo_process)
     printed = re.findall(r"http://\S+", (data_dir.parent / "stdout").read_text())
     assert len(printed) == 5, printed
     assert {url: httpx.get(url, timeout=5).status_code for url in printed} == dict.fromkeys(printed, 200)
+    # And so does every loopback URL of the README's quick start (the demo's default ports, here moved).
+    defaults = {"9879": "exporter", "9880": "bridge", "19090": "prometheus", "19093": "alertmanager"}
+    readme = re.findall(r"<http://127\.0\.0\.1:(\d+)(/[^>]*)>", (Path(__file__).parents[1] / "README.md").read_text())
+    assert len(readme) >= 3
+    moved = [f"http://127.0.0.1:{ports[defaults[port]]}{path}" for port, path in readme]
+    assert {url: httpx.get(url, timeout=5).status_code for url in moved} == dict.fromkeys(moved, 200)
     bridge = httpx.get(f"http://127.0.0.1:{ports['bridge']}/metrics", timeout=5).text
     assert 'certpager_bridge_incidents_total{class="certificate_expired",environment="demo",severity="critical"} 1.0' \
         in bridge

@@ -358,9 +358,10 @@ class PostgresStore:
             await asyncio.sleep(self._stats_interval)
             try:
                 await self._refresh_stats()
-            except StoreError as exc:
+            except Exception as exc:  # any failure: the loop goes on (no background task dies silently)
                 if not failing:
-                    log.warning("cannot read outbox stats; serving the last ones", extra={"kv": {"err": str(exc)}})
+                    log.warning("cannot read outbox stats; serving the last ones", extra={"kv": {"err": str(exc)}},
+                                exc_info=not isinstance(exc, StoreError))
                 failing = True
             else:
                 failing = False

@@ -199,3 +199,27 @@ async def test_only_the_replica_elected_for_prune_prunes(pg, replicas):
     assert await pg.count("receipts") == 2
     await one_round(first)
     assert await pg.count("receipts") == 0
+
+
+async def test_the_stats_snapshot_loop_survives_any_failure(pg):
+    store = pg.new()
+    await store.open()
+    try:
+        refresh, failures = store._refresh_stats, []
+
+        async def broken() -> None:  # a bug, not a StoreError: the loop must not die of it
+            if not failures:
+                failures.append(1)
+                raise RuntimeError("stats bug")
+            await refresh()
+
+        store._refresh_stats = broken  # type: ignore[method-assign]
+        await ingest(store, alert())
+        for _ in range(100):  # bounded: 5 s at the fixture's 50 ms interval
+            await asyncio.sleep(0.05)
+            if failures and store.outbox_stats().depth.get("pagerduty"):
+                break
+        assert failures and store.outbox_stats().depth == {"pagerduty": 1}
+    finally:
+        await store.close()
+

@@ -88,3 +88,22 @@ def test_certpager_help_speaks_to_users(capsys):
     assert "certpager watches TLS certificates" in text
     assert "certpager probe example.com:443" in text and "certpager COMMAND --help" in text
 
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("- targets: ['']\n- targets: [a.test:443]\n  labels: {target: x}\n- {}\n", [
+        "[0].targets: targets must be non-empty strings",
+        "[1].labels: label name 'target' is reserved for the exporter's own labels",
+        "[2].targets: required key is missing",
+    ]),
+    ("- targets: [a.test:443]\n  labels: {n: " + "9" * 5000 + "}\n",
+     ["invalid YAML: line 2, column 15: integer with too many digits"]),
+    ("x: " + "[" * 1000 + "]" * 1000 + "\n", ["invalid YAML: nested too deeply"]),
+    ("- targets: [a.test:443]\n  targets: [b.test:443]\n", ["invalid YAML: line 2, column 3: duplicate key 'targets'"]),
+])
+def test_check_reports_every_target_file_problem_on_its_own_line(tmp_path, content, expected):
+    sd = write(tmp_path / "sd" / "a.yml", content)
+    path = write(tmp_path / "c.yml", "target_files: [{files: [sd/*.yml]}]\n")
+    code, out, err = run_check(path)
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [f"FAILED: {sd}: {line}" for line in expected]
