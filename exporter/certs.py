@@ -534,7 +534,9 @@ class ChainVerifier:
 
 def _verify_openssl(chain: PresentedChain, store: crypto.X509Store, level: int) -> Verdict:
     try:
-        loaded = trust.OpenSSLChain(chain.ders, chain.decoded)
+        leaf = chain.leaf
+        loaded = trust.OpenSSLChain(chain.ders, chain.decoded,
+                                    (leaf.info.key_type, leaf.info.key_bits) if leaf is not None else None)
     except crypto.Error:  # a TLS peer's chain was read by OpenSSL already; a file's may not be
         return Verdict(False, VerifyReason.INVALID, "a certificate cannot be read by OpenSSL")
     failure = loaded.verify(store, level)

@@ -567,3 +567,51 @@ def _pss(params: bytes) -> SignatureScheme:
 def _digest_of(data: bytes, algorithm: Element) -> str:
     _, start, end = expect(data, algorithm[1], algorithm[2], OID)
     return _DIGESTS.get(data[start:end], "")
+
+
+# --- usages (what a TLS client's purpose check reads) --------------------------------------------
+
+_EXTENDED_KEY_USAGE = _oid("2.5.29.37")
+_KEY_USAGE = _oid("2.5.29.15")
+_NS_CERT_TYPE = _oid("2.16.840.1.113730.1.1")
+
+
+class Usages(NamedTuple):
+    """extendedKeyUsage, keyUsage and Netscape cert type, each None when absent."""
+
+    extended: tuple[str, ...] | None  # dotted OIDs
+    key_usage: int | None  # the first two bytes of the BIT STRING, big-endian (digitalSignature = 0x8000)
+    ns_cert_type: int | None  # the first byte (SSL server = 0x40)
+
+
+def usages(der: bytes) -> Usages:
+    """The usage extensions of a certificate; raises DerError."""
+    fields = _tbs_fields(der, _outer(der)[0])
+    found: dict[bytes, Element] = {}
+    for tag, start, end in fields[6:]:
+        if tag != _EXTENSIONS:
+            continue
+        _, seq_start, seq_end = expect(der, start, end, SEQUENCE)
+        for _, ext_start, ext_end in elements(der, seq_start, seq_end):
+            _, oid_start, oid_end = expect(der, ext_start, ext_end, OID)
+            value = element(der, oid_end, ext_end)
+            if value[0] == BOOLEAN:
+                value = element(der, value[2], ext_end)
+            found.setdefault(der[oid_start:oid_end], value)
+    extended = None
+    if _EXTENDED_KEY_USAGE in found:
+        _, start, end = _only(der, found[_EXTENDED_KEY_USAGE], SEQUENCE)
+        purposes = elements(der, start, end)
+        if any(tag != OID for tag, _, _ in purposes):
+            raise DerError(f"an extendedKeyUsage that is not a list of OIDs at byte {start}")
+        extended = tuple(dotted(der[s:e]) for _, s, e in purposes)
+    return Usages(extended, _bits(der, found.get(_KEY_USAGE), 2), _bits(der, found.get(_NS_CERT_TYPE), 1))
+
+
+def _bits(der: bytes, value: Element | None, size: int) -> int | None:
+    if value is None:
+        return None
+    _, start, end = _only(der, value, BIT_STRING)
+    if start == end:
+        raise DerError(f"an empty BIT STRING at byte {start}")
+    return int.from_bytes(der[start + 1:start + 1 + size].ljust(size, b"\0"), "big")

@@ -26,14 +26,9 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
-from cryptography import x509
-from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import crypto
 
 from exporter import der
@@ -94,8 +89,10 @@ def _der(cert: crypto.X509) -> bytes:
 class OpenSSLChain:
     """One presented chain, loaded into OpenSSL once, verified against a store."""
 
-    def __init__(self, ders: Sequence[bytes], decoded: Sequence[crypto.X509] = ()) -> None:
+    def __init__(self, ders: Sequence[bytes], decoded: Sequence[crypto.X509] = (),
+                 leaf_key: tuple[str, int] | None = None) -> None:
         self.ders = list(ders)
+        self.leaf_key = leaf_key  # (type, bits) when the caller has read it already
         self.certs = list(decoded) if len(decoded) == len(ders) else \
             [crypto.load_certificate(crypto.FILETYPE_ASN1, d) for d in ders]
 
@@ -113,7 +110,8 @@ class OpenSSLChain:
             return weak
         context = crypto.X509StoreContext(store, self.certs[0], self.certs[1:])
         try:
-            path = [_der(c) for c in context.get_verified_chain()]
+            verified = context.get_verified_chain()
+            path = [self.ders[0], *(_der(c) for c in verified[1:])]  # the path starts at the leaf
         except crypto.X509StoreContextError as exc:
             return self._failure(exc)
         return _purpose_failure(path, self) or _level_failure(path, level, self)
@@ -134,10 +132,13 @@ class OpenSSLChain:
 
 # --- purpose sslserver ---------------------------------------------------------------------------
 
-_SGC = (x509.ObjectIdentifier("2.16.840.1.113730.4.1"), x509.ObjectIdentifier("1.3.6.1.4.1.311.10.3.3"))
-_SERVER_USAGES = (ExtendedKeyUsageOID.SERVER_AUTH, *_SGC)
-_NS_CERT_TYPE = x509.ObjectIdentifier("2.16.840.1.113730.1.1")
-_NS_SSL_SERVER = 0x40  # bit 1 of the Netscape cert type BIT STRING's first byte
+_SERVER_AUTH = "1.3.6.1.5.5.7.3.1"
+_SGC = ("2.16.840.1.113730.4.1", "1.3.6.1.4.1.311.10.3.3")  # Netscape and Microsoft Server Gated Crypto
+_EKU_NAMES = {_SERVER_AUTH: "serverAuth", "1.3.6.1.5.5.7.3.2": "clientAuth", "1.3.6.1.5.5.7.3.3": "codeSigning",
+              "1.3.6.1.5.5.7.3.4": "emailProtection", "1.3.6.1.5.5.7.3.8": "timeStamping",
+              "1.3.6.1.5.5.7.3.9": "OCSPSigning", "2.5.29.37.0": "anyExtendedKeyUsage"}
+_KU_TLS = 0x8000 | 0x2000 | 0x0800  # digitalSignature, keyEncipherment, keyAgreement
+_NS_SSL_SERVER = 0x40
 
 
 def _purpose_failure(path: Sequence[bytes], chain: OpenSSLChain) -> Failure | None:
@@ -150,25 +151,19 @@ def _purpose_failure(path: Sequence[bytes], chain: OpenSSLChain) -> Failure | No
 
 
 def _purpose_problem(cert_der: bytes, *, leaf: bool) -> str:
-    extensions = _extensions(cert_der)
-    if extensions is None:
-        return ""  # cryptography cannot read them; OpenSSL verified the rest
-    usages = _get(extensions, x509.ExtendedKeyUsage)
-    if usages is not None and not any(u in usages for u in _SERVER_USAGES):
-        names = ", ".join(getattr(u, "_name", u.dotted_string) for u in usages) or "none"
+    """OpenSSL's check_purpose_ssl_server: the leaf's usages, a CA's extendedKeyUsage."""
+    try:
+        found = der.usages(cert_der)
+    except der.DerError:
+        return ""  # the DER reader refuses it (its error is reported); OpenSSL verified the rest
+    if found.extended is not None and not any(u in (_SERVER_AUTH, *_SGC) for u in found.extended):
+        names = ", ".join(_EKU_NAMES.get(u, u) for u in found.extended) or "none"
         return f"extendedKeyUsage without serverAuth: {names}"
     if not leaf:
         return ""
-    key_usage = _get(extensions, x509.KeyUsage)
-    if key_usage is not None and not (key_usage.digital_signature or key_usage.key_encipherment
-                                      or key_usage.key_agreement):
+    if found.key_usage is not None and not found.key_usage & _KU_TLS:
         return "keyUsage has none of digitalSignature, keyEncipherment, keyAgreement"
-    try:
-        ns_type = extensions.get_extension_for_oid(_NS_CERT_TYPE).value
-    except x509.ExtensionNotFound:
-        return ""
-    bits = ns_type.value if isinstance(ns_type, x509.UnrecognizedExtension) else b""
-    if len(bits) >= 4 and not bits[3] & _NS_SSL_SERVER:  # BIT STRING tag, length, unused bits, first byte
+    if found.ns_cert_type is not None and not found.ns_cert_type & _NS_SSL_SERVER:
         return "Netscape cert type without SSL server"
     return ""
 
@@ -176,25 +171,6 @@ def _purpose_problem(cert_der: bytes, *, leaf: bool) -> str:
 @functools.lru_cache(maxsize=1024)
 def _ca_purpose_problem(cert_der: bytes) -> str:
     return _purpose_problem(cert_der, leaf=False)
-
-
-def _extensions(cert_der: bytes) -> x509.Extensions | None:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            return x509.load_der_x509_certificate(cert_der).extensions
-    except Exception:  # cryptography refuses odd certificates OpenSSL accepted (v2, duplicates, ...)
-        return None
-
-
-E = TypeVar("E", bound=x509.ExtensionType)
-
-
-def _get(extensions: x509.Extensions, kind: type[E]) -> E | None:
-    try:
-        return extensions.get_extension_for_class(kind).value
-    except x509.ExtensionNotFound:
-        return None
 
 
 # --- security level ------------------------------------------------------------------------------
@@ -220,7 +196,10 @@ def _level_failure(path: Sequence[bytes], level: int, chain: OpenSSLChain) -> Fa
 def _key_failure(cert_der: bytes, level: int, chain: OpenSSLChain) -> Failure | None:
     if level <= 0:
         return None
-    key_type, key_bits = der.public_key_of(cert_der) if cert_der == chain.ders[0] else _ca_key(cert_der)
+    if cert_der is not chain.ders[0]:
+        key_type, key_bits = _ca_key(cert_der)
+    else:
+        key_type, key_bits = chain.leaf_key or der.public_key_of(cert_der)
     bits = key_security_bits(key_type, key_bits)
     if bits >= MIN_BITS[level]:
         return None

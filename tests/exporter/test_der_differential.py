@@ -94,7 +94,34 @@ def _problem(data: bytes) -> str | None:
         differ = [name for name in fields._fields if getattr(fields, name) != getattr(expected, name)]
         mine, theirs = [getattr(fields, n) for n in differ], [getattr(expected, n) for n in differ]
         return f"{differ}: der {mine} cryptography {theirs}"
+    if cert is not None and (problem := _usages_problem(data, cert)):
+        return problem
     return _self_signed_problem(data, cert) if fields.self_issued and cert is not None else None
+
+
+def _usages_problem(data: bytes, cert: x509.Certificate) -> str | None:
+    """der.usages (the purpose check's input) against cryptography's extensions."""
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        expected_eku: tuple[str, ...] | None = tuple(u.dotted_string for u in eku)
+    except x509.ExtensionNotFound:
+        expected_eku = None
+    except (ValueError, x509.DuplicateExtension):
+        return None
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        expected_ku: int | None = (ku.digital_signature << 15 | ku.key_encipherment << 13 | ku.key_agreement << 11
+                                   | ku.key_cert_sign << 10)
+    except x509.ExtensionNotFound:
+        expected_ku = None
+    except ValueError:
+        return None
+    found = der.usages(data)
+    mask = 0x8000 | 0x2000 | 0x0800 | 0x0400
+    got_ku = None if found.key_usage is None else found.key_usage & mask
+    if (found.extended, got_ku) != (expected_eku, expected_ku):
+        return f"usages: der {found.extended, got_ku} cryptography {expected_eku, expected_ku}"
+    return None
 
 
 def _self_signed_problem(data: bytes, cert: x509.Certificate) -> str | None:
