@@ -16,7 +16,7 @@ from bridge.decisions import Policy
 from bridge.store.base import Receipt, StoreError
 from bridge.store.migrations import LATEST
 from bridge.store.sqlite import SqliteStore
-from tests.bridge.conftest import alert, body
+from tests.bridge.conftest import T1, alert, body
 
 SINKS = ["pagerduty"]
 
@@ -87,6 +87,23 @@ async def test_concurrent_ingests_commit_and_a_failure_fails_alone(backend, any_
     assert len({r.receipt_id for r in results if not isinstance(r, BaseException)}) == 200
     assert await backend.count("outbox") == 200
     assert "bad.example.com" not in {i.payload["component"] for i in await backend.pending()}
+
+
+async def test_concurrent_ingests_group_commit_in_the_order_they_came(backend, any_store):
+    store = any_store
+    before = store.commits
+    others = [ingest(store, alert(certificate=f"c{i}.example.com")) for i in range(100)]
+    key = [ingest(store, alert()), ingest(store, alert("resolved")), ingest(store, alert(starts_at=T1)),
+           ingest(store, alert(cls=SEVEN_DAYS)), ingest(store, alert("resolved", starts_at=T1))]
+    results = await asyncio.gather(*others[:50], *key, *others[50:])
+    assert store.commits - before < 50  # 105 webhooks in far fewer commits
+    assert [r.new for r in results[50:55]] == [1, 1, 1, 1, 1]
+    actions = [(i.payload["event_class"], i.payload["action"]) for i in await backend.pending()
+               if i.payload["component"] == "api.example.com"]
+    # As one after the other: when "expired" resolves, the still firing 7-day incident opens first.
+    assert actions == [("certificate_expired", "trigger"), ("certificate_expired", "resolve"),
+                       ("certificate_expired", "trigger"), (SEVEN_DAYS, "trigger"),
+                       ("certificate_expired", "resolve")]
 
 
 async def test_claims_only_the_head_of_each_key_under_a_lease(any_store):
