@@ -46,6 +46,10 @@ class ConfigHolder:
         self.policy = Policy.from_config(loaded.config)
         self._loader = loader or (lambda: load_config(self.current.path))
 
+    def late_resolved(self) -> str:
+        """``integrations.pagerduty.late_resolved`` now in force (a reload applies to queued triggers)."""
+        return self.current.config.integrations.pagerduty.late_resolved
+
     def routing_key_for(self, route: str) -> str | None:
         """The routing key now in force (rotated keys apply to events already queued)."""
         return self.current.secrets.routing_key_for(route)

@@ -149,7 +149,7 @@ def make_sink(holder: ConfigHolder) -> Sink:
     loaded = holder.current
     if not loaded.secrets.has_pagerduty:
         log.warning("no PagerDuty routing key configured: dry-run, events are logged and not sent")
-        return DryRunSink(logging.getLogger("bridge.dryrun"))
+        return DryRunSink(logging.getLogger("bridge.dryrun"), late_resolved=holder.late_resolved)
     pd = loaded.config.integrations.pagerduty
     client = httpx.AsyncClient(timeout=PAGERDUTY_TIMEOUT)
     return PagerDutySink(
@@ -157,6 +157,7 @@ def make_sink(holder: ConfigHolder) -> Sink:
         url=pd.events_url,
         routing_key_for=holder.routing_key_for,
         rate_limit_per_minute=pd.rate_limit_per_minute,
+        late_resolved=holder.late_resolved,
     )
 
 

@@ -131,6 +131,10 @@ class PagerDutyConfig(Section):
     api_token_file: Path | None = None  # REST API token (later)
     events_url: str = DEFAULT_EVENTS_URL
     rate_limit_per_minute: int = Field(default=120, ge=1, le=1_000_000)
+    # A trigger whose resolve is already queued when it could go out (the problem started and ended while
+    # PagerDuty was unreachable or rate limited): recorded as a Change Event (never pages), paged anyway,
+    # or dropped. Its resolve is sent in every case (harmless without an open alert).
+    late_resolved: Literal["change_event", "page", "drop"] = "change_event"
 
     @field_validator("severity_mapping")
     @classmethod

@@ -95,6 +95,11 @@ class BridgeMetrics:
             f"{NAMESPACE}_deliveries_total", "Delivery attempts by sink and result.", ["sink", "result"],
             registry=registry,
         )
+        self.late_resolved = Counter(
+            f"{NAMESPACE}_late_resolved_total",
+            "Triggers resolved before they could be delivered, by sink and how they were recorded "
+            "(change_event, page, drop; late_resolved).", ["sink", "recorded_as"], registry=registry,
+        )
         self.delivery_latency = Histogram(
             f"{NAMESPACE}_delivery_latency_seconds", "Seconds from webhook commit to the sink accepting the event.",
             ["sink"], buckets=LATENCY_BUCKETS, registry=registry,
@@ -120,6 +125,7 @@ class BridgeMetrics:
         self.rejected_alert = Children(self.rejected_alerts)
         self.incident = Children(self.incidents)
         self.delivery = Children(self.deliveries)
+        self.late = Children(self.late_resolved)
         self.latency = Children(self.delivery_latency)
         self.reload_ok.set(1)
         self.reload_time.set(time.time())

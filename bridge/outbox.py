@@ -239,6 +239,8 @@ class OutboxWorker:
         if isinstance(outcome, Delivered):
             await self._store.mark_delivered(item.id)
             self._count(name, "delivered")
+            if outcome.late and self._metrics is not None:
+                self._metrics.late(name, outcome.late).inc()
             if self._metrics is not None:
                 self._metrics.latency(name).observe(max(now - item.created_at, 0.0))
         elif isinstance(outcome, RetryLater):

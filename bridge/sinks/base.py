@@ -23,12 +23,17 @@ class OutboxItem:
     payload: Mapping[str, Any]  # sink-specific JSON; for incident sinks an IncidentEvent.to_json()
     attempts: int  # deliveries tried before this one
     created_at: float  # unix seconds when the item was committed
+    # This item could not go out when first due (a failed attempt, a rate-limit hold) and a later item of
+    # its key was queued meanwhile: for a trigger, its incident was resolved before it could be delivered,
+    # so sending it now would page for something already fixed (late_resolved).
+    superseded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
     status: int = 0  # HTTP status, for metrics and logs
     info: str = ""
+    late: str = ""  # a trigger resolved before it went out: how it was recorded (change_event, page, drop)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,11 +12,12 @@ import itertools
 import json
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from bridge.events import Action
 from bridge.sinks.base import DeadLetter, Delivered, DeliveryOutcome, OutboxItem
-from bridge.sinks.pagerduty import prepare, read_event
+from bridge.sinks.pagerduty import prepare, prepare_change, read_event
 from bridge.sinks.statuspage import Answer
 
 DRY_RUN_KEY = "<dry-run>"
@@ -27,24 +28,34 @@ class DryRunSink:
 
     name = "pagerduty"
 
-    def __init__(self, logger: logging.Logger | None = None, *, keep: int = 100) -> None:
+    def __init__(
+        self, logger: logging.Logger | None = None, *, keep: int = 100,
+        late_resolved: Callable[[], str] = lambda: "change_event",
+    ) -> None:
         self._log = logger or logging.getLogger(__name__)
         self.sent: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._late_resolved = late_resolved
 
     async def deliver(self, item: OutboxItem) -> DeliveryOutcome:
         """Log the body PagerDuty would receive for ``item``; always Delivered."""
         event = read_event(item)
         if isinstance(event, DeadLetter):
             return self._would_not_send(item, event)
-        prepared = prepare(event, DRY_RUN_KEY)
+        late = self._late_resolved() if event.action is Action.TRIGGER and item.superseded else ""
+        if late == "drop":
+            self._log.info("dry-run: would drop a late-resolved trigger", extra={"kv": {"item": item.id}})
+            return Delivered(info="dry-run", late=late)
+        change = late == "change_event"
+        prepared = prepare_change(event, DRY_RUN_KEY) if change else prepare(event, DRY_RUN_KEY)
         if isinstance(prepared, DeadLetter):
             return self._would_not_send(item, prepared)
         body, encoded = prepared
         self.sent.append(body)
         # The exact bytes the real sink would send, with the routing key replaced.
         kv = {"item": item.id, "route": event.route, "body": encoded.decode()}
-        self._log.info("dry-run: would send PagerDuty event", extra={"kv": kv})
-        return Delivered(info="dry-run")
+        what = "change event (late_resolved)" if change else "event"
+        self._log.info(f"dry-run: would send PagerDuty {what}", extra={"kv": kv})
+        return Delivered(info="dry-run", late=late)
 
     def _would_not_send(self, item: OutboxItem, reason: DeadLetter) -> Delivered:
         kv = {"item": item.id, "would_dead_letter": reason.error}

@@ -23,6 +23,7 @@ logged, and the local rate limiter keys on a hash of them.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import functools
 import hashlib
@@ -301,6 +302,49 @@ def prepare(event: IncidentEvent, routing_key: str) -> tuple[dict[str, Any], byt
     return body, encoded
 
 
+def build_change_body(event: IncidentEvent, routing_key: str) -> dict[str, Any]:
+    """The Change Events body (``POST /v2/change/enqueue``) recording a problem that was resolved before it
+    could page: on the service's timeline, never notifying anyone."""
+    details = {**event.custom_details, "dedup_key": fit_dedup_key(event.key), "severity": str(event.severity),
+               "class": event.event_class, "started_at": event.timestamp or "",
+               "note": "resolved before PagerDuty could be told; recorded as a change, nobody was paged"}
+    payload: dict[str, Any] = {
+        "summary": fit_summary(f"RESOLVED before it paged: {event.summary}"),
+        "source": event.source,
+        "custom_details": details,
+    }
+    if _timestamp(event.timestamp):
+        payload["timestamp"] = event.timestamp
+    body: dict[str, Any] = {"routing_key": routing_key, "payload": payload}
+    links = [{"href": link.href, **({"text": link.text} if link.text else {})} for link in event.links if link.href]
+    if links:
+        body["links"] = links
+    return body
+
+
+def prepare_change(event: IncidentEvent, routing_key: str) -> tuple[dict[str, Any], bytes] | DeadLetter:
+    """The checked change event body and its bytes, or why it cannot be sent."""
+    try:
+        body, encoded = _fit_size(build_change_body(event, routing_key))
+    except (TypeError, ValueError) as exc:
+        return DeadLetter(error=f"change event cannot be translated, not sent: {type(exc).__name__}: {exc}")
+    problems = [p for p in _check_payload({**body["payload"], "severity": "info"}) if "severity" not in p]
+    if not routing_key:
+        problems.append("routing_key is empty")
+    if any(not link.get("href") for link in body.get("links", ())):
+        problems.append("a link has no href")
+    if len(encoded) > BODY_MAX_BYTES:
+        problems.append(f"event is {len(encoded)} bytes, over PagerDuty's limit of {BODY_MAX_BYTES}")
+    if problems:
+        return DeadLetter(error="change event rejected locally, not sent: " + "; ".join(problems))
+    return body, encoded
+
+
+def takes_change_events(routing_key: str) -> bool:
+    """PagerDuty: "change events cannot be sent to ruleset integration keys (these keys begin with R)"."""
+    return not routing_key.startswith("R")
+
+
 class PagerDutySink:
     """Delivers IncidentEvents to the PagerDuty Events API v2.
 
@@ -318,11 +362,14 @@ class PagerDutySink:
         routing_key_for: Callable[[str], str | None],
         clock: Callable[[], float] = time.monotonic,
         rate_limit_per_minute: int = 120,
+        late_resolved: Callable[[], str] = lambda: "change_event",
     ) -> None:
         self._client = client
         self._endpoint = url.rstrip("/") + "/v2/enqueue"
+        self._change_endpoint = url.rstrip("/") + "/v2/change/enqueue"
         self._routing_key_for = routing_key_for
         self._limiter = SlidingWindowLimiter(rate_limit_per_minute, RATE_WINDOW, clock=clock)
+        self._late_resolved = late_resolved  # read per event: a reload applies to queued triggers
 
     async def deliver(self, item: OutboxItem) -> DeliveryOutcome:
         """Send one item; answer what the outbox should do with it."""
@@ -333,9 +380,35 @@ class PagerDutySink:
         if isinstance(event, DeadLetter):
             log.warning("pagerduty event dead-lettered", extra={"kv": {"item": item.id, "error": event.error}})
             return event
-        outcome = await self._deliver(event)
+        if event.action is Action.TRIGGER and item.superseded:
+            outcome = await self._deliver_late(item, event)
+        else:
+            outcome = await self._deliver(event)
         self._log(item, event, outcome)
         return outcome
+
+    async def _deliver_late(self, item: OutboxItem, event: IncidentEvent) -> DeliveryOutcome:
+        # The trigger's resolve is queued behind it: the problem is over, and paging now would wake someone
+        # for something fixed (late_resolved). The resolve still follows, so an alert that an earlier,
+        # timed-out attempt of this trigger may have opened is closed all the same.
+        mode = self._late_resolved()
+        routing_key = self._routing_key_for(event.route)
+        if mode == "change_event" and routing_key and not takes_change_events(routing_key):
+            log.warning("late-resolved trigger paged: a ruleset routing key (R...) takes no change events",
+                        extra={"kv": {"item": item.id, "route": event.route}})
+            mode = "page"
+        if mode == "drop":
+            log.info("late-resolved trigger dropped (late_resolved: drop)",
+                     extra={"kv": {"item": item.id, "dedup_key": fit_dedup_key(event.key)}})
+            return Delivered(info="late resolved: dropped", late="drop")
+        if mode == "page" or not routing_key:
+            outcome = await self._deliver(event)
+            return dataclasses.replace(outcome, late="page") if isinstance(outcome, Delivered) else outcome
+        prepared = prepare_change(event, routing_key)
+        if isinstance(prepared, DeadLetter):
+            return prepared
+        outcome = await self._send(routing_key, prepared[1], self._change_endpoint)
+        return dataclasses.replace(outcome, late="change_event") if isinstance(outcome, Delivered) else outcome
 
     def held_back(self, item: OutboxItem) -> RetryLater | None:
         """The local rate limit's hold for ``item``, or None; no decoding or encoding (the outbox asks first)."""
@@ -361,23 +434,24 @@ class PagerDutySink:
         prepared = prepare(event, routing_key)
         if isinstance(prepared, DeadLetter):
             return prepared
+        return await self._send(routing_key, prepared[1], self._endpoint)
+
+    async def _send(self, routing_key: str, content: bytes, endpoint: str) -> DeliveryOutcome:
         key_id = _key_id(routing_key)
         wait, stamp = self._limiter.acquire(key_id)
         if wait > 0:
             return RetryLater(after=wait, error="rate limit (local)", local=True)
-        outcome = await self._post(prepared[1])
+        outcome = await self._post(content, endpoint)
         if not isinstance(outcome, Delivered):
             # PagerDuty counts the events it accepted: a 429, 5xx, 400 or timeout leaves the slot free.
             self._limiter.release(key_id, stamp)
         return outcome
 
-    async def _post(self, content: bytes) -> DeliveryOutcome:
+    async def _post(self, content: bytes, endpoint: str) -> DeliveryOutcome:
         # The one place httpx exceptions become outcomes. A timeout may still have reached PagerDuty;
         # retrying is safe because the dedup_key makes a repeated event land on the same alert.
         try:
-            response = await self._client.post(
-                self._endpoint, content=content, headers={"Content-Type": "application/json"}
-            )
+            response = await self._client.post(endpoint, content=content, headers={"Content-Type": "application/json"})
         except httpx.TimeoutException as exc:
             return RetryLater(after=None, error=f"timeout: {type(exc).__name__}")
         except httpx.HTTPError as exc:

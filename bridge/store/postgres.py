@@ -79,7 +79,9 @@ UPDATE outbox SET lease_until = $4 WHERE id IN (
                       WHERE p.sink = o.sink AND p.ordering_key = o.ordering_key AND p.id < o.id)
     ORDER BY next_attempt_at, id LIMIT $3
     FOR UPDATE SKIP LOCKED)
-RETURNING id, sink, ordering_key, payload, attempts, created_at, next_attempt_at
+RETURNING id, sink, ordering_key, payload, attempts, created_at, next_attempt_at,
+    next_attempt_at > created_at AND EXISTS (SELECT 1 FROM outbox AS n
+        WHERE n.sink = outbox.sink AND n.ordering_key = outbox.ordering_key AND n.id > outbox.id) AS superseded
 """
 _RETRY_SQL = """
 UPDATE outbox AS o SET attempts = o.attempts + $1, next_attempt_at = r.at, lease_until = 0, last_error = r.error
@@ -663,4 +665,5 @@ def _item(row: asyncpg.Record) -> OutboxItem:
     return OutboxItem(
         id=int(row["id"]), sink=row["sink"], ordering_key=row["ordering_key"], payload=payload,
         attempts=int(row["attempts"]), created_at=float(row["created_at"]),
+        superseded=bool(row.get("superseded", False)),
     )

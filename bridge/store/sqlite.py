@@ -401,14 +401,16 @@ def _item(row: Sequence[Any]) -> OutboxItem:
         raise ValueError(f"expected a JSON object, got {type(payload).__name__}")
     return OutboxItem(
         id=int(row[0]), sink=row[1], ordering_key=row[2], payload=payload, attempts=int(row[4]),
-        created_at=float(row[5]),
+        created_at=float(row[5]), superseded=bool(row[6]) if len(row) > 6 else False,
     )
 
 
 def _claim(conn: sqlite3.Connection, sink: str, now: float, limit: int, lease: float) -> list[OutboxItem]:
     # Head of key = no earlier item of the same key is still queued; a leased head blocks its successors.
     rows = conn.execute(
-        "SELECT id, sink, ordering_key, payload, attempts, created_at FROM outbox AS o"
+        "SELECT id, sink, ordering_key, payload, attempts, created_at, next_attempt_at > created_at AND EXISTS"
+        " (SELECT 1 FROM outbox AS n WHERE n.sink = o.sink AND n.ordering_key = o.ordering_key AND n.id > o.id)"
+        " FROM outbox AS o"
         " WHERE sink = ? AND next_attempt_at <= ? AND lease_until <= ?"
         " AND NOT EXISTS (SELECT 1 FROM outbox AS p WHERE p.sink = o.sink AND p.ordering_key = o.ordering_key"
         " AND p.id < o.id) ORDER BY next_attempt_at, id LIMIT ?",

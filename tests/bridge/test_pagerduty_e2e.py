@@ -22,15 +22,16 @@ KEY_A, KEY_B = "A" * 32, "B" * 32
 EXPIRED = incident_key("certificate_expired", "api.example.com", "production")
 
 
-async def start(serve_app, tmp_path, fake_url: str):
+async def start(serve_app, tmp_path, fake_url: str, pagerduty: str = ""):
     (tmp_path / "pd.key").write_text(KEY_A)
     path = tmp_path / "bridge.yml"
     path.write_text(
-        f"integrations:\n  pagerduty:\n    routing_key_file: pd.key\n    events_url: {fake_url}\n"
+        f"integrations:\n  pagerduty:\n    routing_key_file: pd.key\n    events_url: {fake_url}\n{pagerduty}"
         "outbox:\n  retry_initial: 50ms\n  retry_max: 200ms\n  sweep_interval: 100ms\n"
     )
     holder = ConfigHolder(load(path, env={}), loader=lambda: load(path, env={}))
-    sink = PagerDutySink(httpx.AsyncClient(timeout=5), url=fake_url, routing_key_for=holder.routing_key_for)
+    sink = PagerDutySink(httpx.AsyncClient(timeout=5), url=fake_url, routing_key_for=holder.routing_key_for,
+                         late_resolved=holder.late_resolved)
     registry = CollectorRegistry()
     app = Bridge(holder, store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": sink}, registry=registry).app
     client = await serve_app(app)
@@ -55,17 +56,68 @@ async def test_ha_pair_with_a_stale_snapshot_pages_once_and_resolves_once(serve_
         await sink.aclose()
 
 
-async def test_a_problem_during_an_outage_is_recorded_in_order_afterwards(serve_app, tmp_path):
+def late(registry, recorded_as):
+    return registry.get_sample_value(
+        "certpager_bridge_late_resolved_total", {"sink": "pagerduty", "recorded_as": recorded_as})
+
+
+async def test_a_problem_during_an_outage_is_recorded_as_a_change_afterwards(serve_app, tmp_path):
+    """late_resolved: change_event (default): on the service's timeline, nobody paged for something fixed."""
     async with run_fake_pagerduty() as fake:
         fake.fail_next(6, status=503)
         client, registry, sink = await start(serve_app, tmp_path, fake.url)
         assert (await client.post(ALERTMANAGER_PATH, data=body(alert()))).status == 200
         assert (await client.post(ALERTMANAGER_PATH, data=body(alert("resolved")))).status == 200
-        await until(lambda: len(fake.actions()) == 2)
-        assert fake.actions() == [("trigger", EXPIRED), ("resolve", EXPIRED)]
-        assert fake.requests == 8  # six 503s on the trigger, then the trigger, then the resolve
+        await until(lambda: len(fake.accepted) == 2)
+        (change,) = fake.changes()
+        assert change["payload"]["summary"] == (
+            "RESOLVED before it paged: ERROR: Certificate Expired - api.example.com (production)")
+        assert change["payload"]["custom_details"]["dedup_key"] == EXPIRED
+        assert change["routing_key"] == KEY_A
+        # The resolve still goes (it closes an alert a timed-out attempt may have opened); here nothing was open.
+        assert fake.actions() == [("resolve", EXPIRED)]
+        assert [a.outcome for a in fake.accepted] == ["change", "dropped"]
+        assert fake.incidents == []  # nobody was paged
+        assert fake.requests == 8  # six 503s, the change event, the resolve
+        assert late(registry, "change_event") == 1
         assert registry.get_sample_value(
             "certpager_bridge_deliveries_total", {"sink": "pagerduty", "result": "retry"}) == 6
+        await sink.aclose()
+
+
+async def test_late_resolved_page_sends_trigger_then_resolve(serve_app, tmp_path):
+    async with run_fake_pagerduty() as fake:
+        fake.fail_next(6, status=503)
+        client, registry, sink = await start(serve_app, tmp_path, fake.url, "    late_resolved: page\n")
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert()))).status == 200
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert("resolved")))).status == 200
+        await until(lambda: len(fake.actions()) == 2)
+        assert fake.actions() == [("trigger", EXPIRED), ("resolve", EXPIRED)]
+        assert fake.changes() == [] and late(registry, "page") == 1
+        await sink.aclose()
+
+
+async def test_late_resolved_drop_sends_only_the_resolve(serve_app, tmp_path):
+    async with run_fake_pagerduty() as fake:
+        fake.fail_next(3, status=503)
+        client, registry, sink = await start(serve_app, tmp_path, fake.url, "    late_resolved: drop\n")
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert()))).status == 200
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert("resolved")))).status == 200
+        await until(lambda: len(fake.accepted) == 1)
+        await asyncio.sleep(0.3)
+        assert fake.actions() == [("resolve", EXPIRED)] and fake.changes() == []
+        assert late(registry, "drop") == 1
+        await sink.aclose()
+
+
+async def test_a_problem_still_broken_after_the_outage_pages(serve_app, tmp_path):
+    async with run_fake_pagerduty() as fake:
+        fake.fail_next(3, status=503)
+        client, registry, sink = await start(serve_app, tmp_path, fake.url)
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert()))).status == 200
+        await until(lambda: len(fake.actions()) == 1)
+        assert fake.actions() == [("trigger", EXPIRED)] and fake.changes() == []
+        assert not late(registry, "change_event")
         await sink.aclose()
 
 

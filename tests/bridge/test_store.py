@@ -177,6 +177,26 @@ async def test_a_webhook_larger_than_one_lookup_chunk_sees_all_its_state(any_sto
         ("resolve", "certificate_expired"), ("trigger", SEVEN_DAYS)]
 
 
+async def test_a_delayed_trigger_with_its_resolve_queued_is_superseded(backend, any_store):
+    store = any_store
+    await ingest(store, alert(), alert(certificate="other.example.com"), now=100.0)
+    await ingest(store, alert(certificate="other.example.com", status="resolved"), now=100.5)
+    first = await store.claim("pagerduty", now=101.0, limit=10, lease=60.0)
+    # Both triggers go out when first due: the resolve queued behind one does not change that.
+    assert [(i.payload["component"], i.superseded) for i in first] == [
+        ("api.example.com", False), ("other.example.com", False)]
+    for item in first:  # PagerDuty answered 503: both wait for a retry
+        await store.retry_at(item.id, at=110.0, error="503")
+    await ingest(store, alert(status="resolved"), now=105.0)
+    again = await store.claim("pagerduty", now=110.0, limit=10, lease=60.0)
+    # Delayed, and resolved meanwhile: sending them now would page for something fixed.
+    assert [(i.payload["action"], i.superseded) for i in again] == [("trigger", True), ("trigger", True)]
+    for item in again:
+        await store.mark_delivered(item.id)
+    resolves = await store.claim("pagerduty", now=111.0, limit=10, lease=60.0)
+    assert [(i.payload["action"], i.superseded) for i in resolves] == [("resolve", False), ("resolve", False)]
+
+
 async def test_an_undecodable_outbox_row_becomes_a_dead_letter_alone(backend, any_store):
     store = any_store
     await ingest(store, alert(certificate="a.example.com"), alert(certificate="b.example.com"))

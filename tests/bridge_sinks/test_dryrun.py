@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
 from bridge.events import Action
 from bridge.sinks.base import Delivered
 from bridge.sinks.dryrun import DryRunSink
-from bridge.sinks.pagerduty import build_body
+from bridge.sinks.pagerduty import build_body, build_change_body
 from tests.bridge_sinks.conftest import followup, item, trigger
 
 
@@ -59,3 +60,16 @@ async def test_says_what_the_real_sink_would_reject_and_still_delivers(caplog):
     )
     assert caplog.records[-1].levelno == logging.WARNING
     assert list(sink.sent) == []
+
+
+async def test_a_late_resolved_trigger_is_shown_as_the_change_event_it_would_be(caplog):
+    caplog.set_level(logging.INFO, logger="bridge.sinks.dryrun")
+    late = dataclasses.replace(item(trigger()), superseded=True)
+    sink = DryRunSink()
+    assert await sink.deliver(late) == Delivered(info="dry-run", late="change_event")
+    assert list(sink.sent) == [build_change_body(trigger(), "<dry-run>")]
+    assert [r.getMessage() for r in caplog.records if r.name == "bridge.sinks.dryrun"] == [
+        "dry-run: would send PagerDuty change event (late_resolved)"]
+    dropping = DryRunSink(late_resolved=lambda: "drop")
+    assert await dropping.deliver(late) == Delivered(info="dry-run", late="drop")
+    assert list(dropping.sent) == []

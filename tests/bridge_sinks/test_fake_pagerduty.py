@@ -209,17 +209,34 @@ async def test_serves_on_ipv6_loopback(http):
         assert (await http.post(f"{fake.url}/v2/enqueue", json=alert())).status_code == 202
 
 
+SERVICE_KEY = "S3RV1CEKEY0123456789abcdefABCDEF"  # a service integration key (a ruleset key begins with R)
+
+
 async def test_change_events(fake_pd, http):
     url = f"{fake_pd.url}/v2/change/enqueue"
     ok = {
-        "routing_key": ROUTING_KEY,
-        "payload": {"summary": "renewed api.example.com"},
+        "routing_key": SERVICE_KEY,
+        "payload": {"summary": "renewed api.example.com", "source": "certpager", "timestamp": "2026-11-20T10:00:00Z",
+                    "custom_details": {"build": 2}},
         "links": [{"href": "https://x"}],
     }
-    assert (await http.post(url, json=ok)).status_code == 202
-    bad = await http.post(url, json={"routing_key": ROUTING_KEY, "payload": {"summary": "s" * 1025}})
+    answer = await http.post(url, json=ok)
+    assert (answer.status_code, answer.json()) == (202, {"status": "success", "message": "Event processed"})
+    bad = await http.post(url, json={"routing_key": SERVICE_KEY, "payload": {"summary": "s" * 1025}})
     assert bad.json()["errors"] == ["'summary' is too long (maximum is 1024 characters)"]
+    for body, error in (
+        ({"routing_key": SERVICE_KEY}, "'payload' is missing or not an object"),
+        ({"routing_key": SERVICE_KEY, "payload": {"summary": "s", "custom_details": []}},
+         "'custom_details' must be an object"),
+        ({"routing_key": SERVICE_KEY, "payload": {"summary": "s"}, "links": [{"text": "no href"}]},
+         "'links[0].href' is missing or blank"),
+        ({"routing_key": ROUTING_KEY, "payload": {"summary": "s"}},  # a ruleset key (R...): documented refusal
+         "change events cannot be sent to a ruleset integration key"),
+    ):
+        answer = await http.post(url, json=body)
+        assert (answer.status_code, answer.json()["errors"]) == (400, [error])
     assert [(a.path, a.outcome) for a in fake_pd.accepted] == [("/v2/change/enqueue", "change")]
+    assert fake_pd.changes() == [ok]
     assert fake_pd.incidents == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 
@@ -233,3 +234,39 @@ async def test_aclose_closes_the_client(fake_pd):
     sink = make_sink(client, fake_pd.url)
     await sink.aclose()
     assert client.is_closed
+
+
+def late_item(**overrides):
+    """A trigger that was delayed and resolved meanwhile (its resolve is queued behind it)."""
+    return dataclasses.replace(item(trigger(**overrides)), superseded=True)
+
+
+async def test_a_late_resolved_trigger_is_a_change_event_per_mode(fake_pd, http):
+    mode = ["change_event"]
+    sink = make_sink(http, fake_pd.url, late_resolved=lambda: mode[0])
+    outcome = await sink.deliver(late_item(route="staging"))
+    assert outcome == Delivered(status=202, info="Event processed", late="change_event")
+    (change,) = fake_pd.changes()
+    assert change["routing_key"] == STAGING_KEY and "event_action" not in change and "dedup_key" not in change
+    assert change["payload"]["summary"].startswith("RESOLVED before it paged: CRITICAL: Certificate Expired")
+    assert fake_pd.actions() == [] and fake_pd.incidents == []
+    mode[0] = "drop"
+    assert await sink.deliver(late_item(route="staging")) == Delivered(info="late resolved: dropped", late="drop")
+    mode[0] = "page"
+    assert (await sink.deliver(late_item(route="staging"))).late == "page"
+    assert fake_pd.actions() == [("trigger", "cert-api-example-com-expired")]
+    assert fake_pd.requests == 2
+
+
+async def test_a_ruleset_key_takes_no_change_events_so_a_late_trigger_pages(fake_pd, http):
+    sink = make_sink(http, fake_pd.url)  # ROUTING_KEY begins with R: a ruleset integration key
+    outcome = await sink.deliver(late_item())
+    assert isinstance(outcome, Delivered) and outcome.late == "page"
+    assert fake_pd.actions() == [("trigger", "cert-api-example-com-expired")] and fake_pd.changes() == []
+
+
+async def test_a_huge_late_trigger_still_fits_as_a_change_event(fake_pd, http):
+    sink = make_sink(http, fake_pd.url)
+    outcome = await sink.deliver(late_item(route="staging", custom_details={"blob": "x" * 700_000}))
+    assert outcome.late == "change_event"
+    assert "custom_details removed" in fake_pd.changes()[0]["payload"]["custom_details"]["error"]

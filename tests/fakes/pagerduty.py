@@ -150,8 +150,21 @@ def _check_payload(payload: Any, *, alert: bool) -> list[str]:
 
 
 def check_change_event(body: dict[str, Any]) -> list[str]:
-    """Errors PagerDuty reports for a change event (empty: valid)."""
-    return _check_common(body) + _check_payload(body.get("payload"), alert=False)
+    """Errors PagerDuty reports for a change event (empty: valid).
+
+    Documented (developer-docs "Send a Change Event", Events API v2 overview): ``routing_key`` and
+    ``payload.summary`` (at most 1024 characters) are required; ``payload.source``, ``payload.timestamp``,
+    ``payload.custom_details`` (an object) and ``links[]`` (``href`` required) are optional; there is no
+    ``event_action`` or ``dedup_key``, and ruleset integration keys (they begin with ``R``) take no change events.
+    """
+    errors = _check_common(body) + _check_payload(body.get("payload"), alert=False)
+    routing_key = body.get("routing_key")
+    if isinstance(routing_key, str) and routing_key.startswith("R"):
+        errors.append("change events cannot be sent to a ruleset integration key")
+    source = (body.get("payload") or {}).get("source") if isinstance(body.get("payload"), dict) else None
+    if source is not None and not isinstance(source, str):
+        errors.append("'source' must be a string")
+    return errors
 
 
 class FakePagerDuty:
@@ -190,6 +203,10 @@ class FakePagerDuty:
             if incident.routing_key == routing_key and incident.dedup_key == dedup_key:
                 return incident if incident.status != "resolved" else None
         return None
+
+    def changes(self) -> list[dict[str, Any]]:
+        """The body of every accepted change event, in order (they never touch an incident)."""
+        return [a.body for a in self.accepted if a.path == "/v2/change/enqueue"]
 
     def actions(self) -> list[tuple[str, str]]:
         """(event_action, dedup_key) of every accepted alert event, in order: the usual assertion."""
