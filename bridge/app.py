@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from bridge import alertmanager
@@ -31,7 +32,7 @@ from bridge.sinks.base import Sink
 from bridge.sinks.statuspage import StatuspageSettings
 from bridge.store.base import Receipt, Store, StoreError
 from certpager.tasks import TaskSupervisor
-from certpager.web import App, Request, Response, add_lifecycle_routes, metrics_handler, text
+from certpager.web import add_lifecycle_routes, application, metrics_handler, payload, read_body, text
 
 log = logging.getLogger(__name__)
 ALERTMANAGER_PATH = "/api/v1/alerts/alertmanager"
@@ -122,19 +123,19 @@ class Bridge:
         )
         # Background loops (the outbox worker, which also prunes) restart when they fail (certpager.tasks).
         self.tasks = TaskSupervisor()
-        self.app = App()
-        self.app.on_lifespan(self._running)
-        self.app.route("POST", ALERTMANAGER_PATH, self.alertmanager_webhook)
-        self.app.route("GET", "/metrics", metrics_handler(registry))
+        self.app = application()
+        self.app.cleanup_ctx.append(self._running)
+        self.app.router.add_post(ALERTMANAGER_PATH, self.alertmanager_webhook)
+        self.app.router.add_get("/metrics", metrics_handler(registry))
         add_lifecycle_routes(self.app, ready=self.ready, reload=self.reload, reload_guard=self._reload_guard)
 
-    def _reload_guard(self, request: Request) -> Response | None:
+    def _reload_guard(self, request: web.Request) -> web.Response | None:
         """``server.reload``: the webhook's credentials (default), anyone, or nobody (SIGHUP only)."""
         loaded = self.holder.current
         mode = loaded.config.server.reload
         if mode == "disabled":
             return text("reload over HTTP is disabled (server.reload); send SIGHUP\n", 403)
-        if mode == "authenticated" and not authorized(request.headers.get("authorization", ""), loaded):
+        if mode == "authenticated" and not authorized(request.headers.get("Authorization", ""), loaded):
             return text("unauthorized\n", 401, _challenge(loaded.config.server))
         return None
 
@@ -159,7 +160,7 @@ class Bridge:
         log.info("config reloaded", extra={"kv": {"file": str(self.holder.current.path)}})
 
     @contextlib.asynccontextmanager
-    async def _running(self) -> AsyncIterator[None]:
+    async def _running(self, _: web.Application) -> AsyncIterator[None]:
         await self.store.open()
         self.tasks.start("outbox", self.worker.run)
         try:
@@ -170,14 +171,14 @@ class Bridge:
             await self.tasks.stop(wait=True)
             await self.store.close()
 
-    async def alertmanager_webhook(self, request: Request) -> Response:
+    async def alertmanager_webhook(self, request: web.Request) -> web.Response:
         """Authenticate, parse, commit, then answer (see module docstring)."""
         loaded = self.holder.current
-        if not authorized(request.headers.get("authorization", ""), loaded):
+        if not authorized(request.headers.get("Authorization", ""), loaded):
             return self._answer(401, "unauthorized", {"status": "error", "error": "unauthorized"},
                                 _challenge(loaded.config.server))
         limit = loaded.config.server.max_body_bytes
-        body = await request.body(limit)
+        body = await read_body(request, limit)
         if body is None:
             return self._answer(413, "too_large", {"status": "error", "error": f"body over {limit} bytes"})
         try:
@@ -187,7 +188,7 @@ class Bridge:
             return self._answer(exc.status, result, {"status": "error", "error": exc.reason})
         return await self._commit(body, notification)
 
-    async def _commit(self, body: bytes, notification: alertmanager.Notification) -> Response:
+    async def _commit(self, body: bytes, notification: alertmanager.Notification) -> web.Response:
         metrics = self.metrics
         if notification.truncated_alerts:
             metrics.truncated.inc(notification.truncated_alerts)
@@ -221,7 +222,7 @@ class Bridge:
             return self._rejected(notification, summary)
         return self._answer(200, "accepted", {"status": "accepted", **summary})
 
-    def _rejected(self, notification: alertmanager.Notification, summary: dict[str, Any]) -> Response:
+    def _rejected(self, notification: alertmanager.Notification, summary: dict[str, Any]) -> web.Response:
         """400 naming every rejected alert; the valid ones (``alerts``) were stored and decided all the same."""
         rejected = notification.rejected
         for rejection in rejected:
@@ -242,9 +243,9 @@ class Bridge:
 
     def _answer(
         self, status: int, result: str, body: dict[str, Any], headers: tuple[tuple[str, str], ...] = ()
-    ) -> Response:
+    ) -> web.Response:
         self.metrics.webhook("alertmanager", result).inc()
-        return Response(status, json.dumps(body).encode(), JSON, headers)
+        return payload(json.dumps(body).encode(), JSON, status, headers)
 
 
 def known_classes(config: BridgeConfig) -> set[str]:

@@ -51,5 +51,3 @@ def setup_logging(level: str = "info", fmt: LogFormat = "logfmt", stream: TextIO
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # uvicorn logs its own start and stop at info; certpager logs "listening" itself (certpager.web).
-    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)

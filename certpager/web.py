@@ -1,175 +1,125 @@
-"""HTTP serving shared by the exporter and the bridge: a small ASGI app run by uvicorn.
+"""HTTP serving shared by the exporter and the bridge, on aiohttp's server.
 
 Both services expose the same lifecycle endpoints (Prometheus conventions): ``/-/healthy``,
-``/-/ready``, ``POST /-/reload`` (SIGHUP too) and ``/metrics``. :class:`App` routes exact paths to
-handlers that take a :class:`Request` and return a :class:`Response`; :func:`serve` runs an app on
-uvicorn (with httptools' C parser) until SIGTERM/SIGINT and wires SIGHUP to the same reload callback as
-the HTTP endpoint.
+``/-/ready``, ``POST /-/reload`` (SIGHUP too) and ``/metrics``. Each builds an ``aiohttp.web``
+application with :func:`application` (aiohttp's router: 404, 405 with ``Allow``, HEAD for GET routes)
+and runs it with :func:`serve` until SIGTERM/SIGINT, SIGHUP calling the same reload as the endpoint.
 
-Why uvicorn and not aiohttp's server: the exporter has a memory budget (100 MiB at 10,000 targets,
-docs/performance.md). Importing aiohttp costs 11 MiB of RSS (its client, the SSL contexts it builds at
-import, 110 modules); uvicorn with httptools costs under 3 MiB for the same CPU per request.
+What aiohttp does not do, :func:`serve` adds through public APIs only (asyncio's ``sock_accept`` and
+``connect_accepted_socket``, aiohttp's ``AppRunner.server`` protocol factory and a middleware):
+
+- a connection cap (``--web.max-connections``): the listener accepts only while fewer connections are
+  open; the others wait in the kernel's backlog, as Prometheus's listener makes them;
+- a read deadline (``--web.read-timeout``): a request's head and body must arrive within it from their
+  first byte, and an idle keep-alive connection is closed after it;
+- a bound on the request head (:data:`MAX_REQUEST_HEAD_BYTES`), answered with 400.
+
+Each connection's asyncio protocol is :class:`_Connection`, which holds aiohttp's protocol and passes
+every call on to it; it sees each byte first, and the middleware tells it when aiohttp has handed a
+complete request head to a handler and when the handler is done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import errno
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import parse_qsl
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import cast
 
-import uvicorn
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 ReloadFn = Callable[[], Awaitable[None]]
 ReadyFn = Callable[[], bool]
-Lifespan = Callable[[], contextlib.AbstractAsyncContextManager[None]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Headers = Sequence[tuple[str, str]]  # a name may repeat (one WWW-Authenticate per scheme)
 
 TEXT = "text/plain; charset=utf-8"
-KEEP_ALIVE_SECONDS = 75  # an idle client connection is kept this long (aiohttp's and nginx's default)
 SHUTDOWN_GRACE_SECONDS = 10  # requests still running at shutdown get this long to finish
 MAX_REQUEST_HEAD_BYTES = 64 * 1024  # request line plus headers; Prometheus and Alertmanager send < 1 KB
-
-
-class ClientDisconnect(Exception):
-    """The client went away before its request body was read."""
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One HTTP request: method, path, query (first value per name) and headers (lower-case names)."""
-
-    method: str
-    path: str
-    query: Mapping[str, str]
-    headers: Mapping[str, str]
-    receive: Receive = field(repr=False)
-
-    async def body(self, limit: int) -> bytes | None:
-        """The whole body, or None when it is over ``limit`` bytes (reading stops there)."""
-        declared = self.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            return None
-        body = bytearray()
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnect("the client closed the connection before the body was read")
-            body += message.get("body", b"")
-            if len(body) > limit:
-                return None
-            if not message.get("more_body", False):
-                return bytes(body)
+LISTEN_BACKLOG = 2048  # connections waiting beyond the cap (the kernel caps it at net.core.somaxconn)
+DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_MAX_CONNECTIONS = 512  # Prometheus's --web.max-connections default
 
 
 @dataclass(frozen=True, slots=True)
-class Response:
-    """A response: ``body`` is bytes, or an iterable of chunks that is streamed (chunked encoding)."""
+class ServerLimits:
+    """How long a client may take to send a request, and how many connections are served at once."""
 
-    status: int = 200
-    body: bytes | Iterable[bytes] = b""
-    content_type: str = TEXT
-    headers: Sequence[tuple[str, str]] = ()
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
-def text(body: str, status: int = 200, headers: Sequence[tuple[str, str]] = ()) -> Response:
+class ReadTimeout(Exception):
+    """A request body did not arrive within the read deadline."""
+
+
+# --- building an application and its responses ------------------------------------------------------
+
+
+def application() -> web.Application:
+    """A new aiohttp application with certpager's middleware (connection state, 500 without details)."""
+    return web.Application(middlewares=[_connection_state, _errors])
+
+
+def text(body: str, status: int = 200, headers: Headers = ()) -> web.Response:
     """A text/plain response."""
-    return Response(status, body.encode(), TEXT, headers)
+    return payload(body.encode(), TEXT, status, headers)
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+def payload(body: bytes, content_type: str, status: int = 200, headers: Headers = ()) -> web.Response:
+    """A response of ``body`` with a full Content-Type (parameters such as ``version=0.0.4`` kept)."""
+    return web.Response(status=status, body=body, headers=[("Content-Type", content_type), *headers])
 
 
-class App:
-    """An ASGI application: exact-path routes per method, plus contexts that live as long as the server."""
-
-    def __init__(self) -> None:
-        self._routes: dict[str, dict[str, Handler]] = {}
-        self._lifespans: list[Lifespan] = []
-
-    def route(self, method: str, path: str, handler: Handler) -> None:
-        """Serve ``method`` on ``path`` with ``handler`` (a GET route answers HEAD too)."""
-        self._routes.setdefault(path, {})[method] = handler
-
-    def on_lifespan(self, context: Lifespan) -> None:
-        """Enter ``context()`` before the server accepts requests and leave it after it stopped."""
-        self._lifespans.append(context)
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """The app's lifespan contexts, entered in order and left in reverse."""
-        async with contextlib.AsyncExitStack() as stack:
-            for context in self._lifespans:
-                await stack.enter_async_context(context())
-            yield
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # lifespan is off: serve() runs the contexts itself
-            return
-        method = scope["method"]
-        response = await self._dispatch(method, scope, receive)
-        await _send_response(response, send, head=method == "HEAD")
-
-    async def _dispatch(self, method: str, scope: Scope, receive: Receive) -> Response:
-        methods = self._routes.get(scope["path"])
-        if methods is None:
-            return text("404 page not found\n", 404)
-        handler = methods.get(method) or (methods.get("GET") if method == "HEAD" else None)
-        if handler is None:
-            allowed = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
-            return text(f"method {method} not allowed\n", 405, [("Allow", allowed)])
-        try:
-            return await handler(_request(method, scope, receive))
-        except ClientDisconnect:
-            return text("client disconnected\n", 400)
-        except Exception:
-            log.exception("request failed", extra={"kv": {"method": method, "path": scope["path"]}})
-            return text("internal server error\n", 500)
+async def stream(request: web.Request, chunks: Iterable[bytes], content_type: str) -> web.StreamResponse:
+    """Send ``chunks`` one after the other (chunked encoding); each write waits while the client is behind."""
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    if request.method != "HEAD":
+        for chunk in chunks:
+            await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
-def _request(method: str, scope: Scope, receive: Receive) -> Request:
-    query: dict[str, str] = {}
-    for name, value in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True, errors="replace"):
-        query.setdefault(name, value)
-    headers: dict[str, str] = {}
-    for raw_name, raw_value in scope["headers"]:
-        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return Request(method, scope["path"], query, headers, receive)
+async def read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None when it is over ``limit`` bytes (reading stops there).
 
-
-async def _send_response(response: Response, send: Send, *, head: bool) -> None:
-    headers = [(b"content-type", response.content_type.encode("latin-1"))]
-    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
-    body = response.body
-    if isinstance(body, bytes):
-        headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    if head:
-        await send({"type": "http.response.body", "body": b""})
-    elif isinstance(body, bytes):
-        await send({"type": "http.response.body", "body": body})
-    else:
-        for chunk in body:  # uvicorn's send waits while the client's socket is full
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+    Reading ends at the connection's read deadline (:class:`ReadTimeout`, answered 408 by the middleware).
+    """
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    connection = _connection_of(request)
+    deadline = connection.read_deadline if connection is not None else None
+    body = bytearray()
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            while chunk := await request.content.readany():
+                body += chunk
+                if len(body) > limit:
+                    return None
+    except TimeoutError:
+        if timeout.expired():
+            raise ReadTimeout("request body not received within the read timeout") from None
+        raise
+    return bytes(body)
 
 
 def add_lifecycle_routes(
-    app: App, *, ready: ReadyFn, reload: ReloadFn, reload_guard: Callable[[Request], Response | None] | None = None
+    app: web.Application, *, ready: ReadyFn, reload: ReloadFn,
+    reload_guard: Callable[[web.Request], web.Response | None] | None = None,
 ) -> None:
     """Register /-/healthy, /-/ready and POST /-/reload on ``app``.
 
@@ -177,13 +127,13 @@ def add_lifecycle_routes(
     and nothing is reloaded, None lets the reload go ahead.
     """
 
-    async def healthy(_: Request) -> Response:
+    async def healthy(_: web.Request) -> web.Response:
         return text("Healthy.\n")
 
-    async def is_ready(_: Request) -> Response:
+    async def is_ready(_: web.Request) -> web.Response:
         return text("Ready.\n") if ready() else text("Not ready.\n", 503)
 
-    async def do_reload(request: Request) -> Response:
+    async def do_reload(request: web.Request) -> web.Response:
         refusal = reload_guard(request) if reload_guard is not None else None
         if refusal is not None:
             return refusal
@@ -193,9 +143,9 @@ def add_lifecycle_routes(
             return text(f"failed to reload config: {exc}\n", 500)
         return text("Reloaded.\n")
 
-    app.route("GET", "/-/healthy", healthy)
-    app.route("GET", "/-/ready", is_ready)
-    app.route("POST", "/-/reload", do_reload)
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", is_ready)
+    app.router.add_post("/-/reload", do_reload)
 
 
 def render_registry(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
@@ -207,11 +157,223 @@ def render_registry(registry: CollectorRegistry, accept: str | None) -> tuple[by
 def metrics_handler(registry: CollectorRegistry) -> Handler:
     """A /metrics handler for a registry (content-negotiated)."""
 
-    async def handler(request: Request) -> Response:
-        body, content_type = render_registry(registry, request.headers.get("accept"))
-        return Response(200, body, content_type)
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body, content_type = render_registry(registry, request.headers.get("Accept"))
+        return payload(body, content_type)
 
     return handler
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A handler that raises answers 500 without details (they are logged); a 408 past the read deadline."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except ReadTimeout as exc:
+        response = text(f"{exc}\n", 408)
+        response.force_close()  # the rest of the body is still on its way
+        return response
+    except ConnectionResetError:
+        raise  # the client went away: nobody to answer (aiohttp drops the connection quietly)
+    except Exception:
+        log.exception("request failed", extra={"kv": {"method": request.method, "path": request.path}})
+        return text("internal server error\n", 500)
+
+
+@web.middleware
+async def _connection_state(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tell the connection that its request's head is complete, then that the handler is done."""
+    connection = _connection_of(request)
+    if connection is None:  # served by something else than serve() (aiohttp's test server)
+        return await handler(request)
+    connection.request_started()
+    try:
+        return await handler(request)
+    finally:
+        connection.request_done()
+
+
+def _connection_of(request: web.Request) -> _Connection | None:
+    transport = request.transport
+    protocol = transport.get_protocol() if transport is not None else None
+    return protocol if isinstance(protocol, _Connection) else None
+
+
+# --- connections: deadlines and the head bound --------------------------------------------------------
+
+
+class _State(enum.Enum):
+    IDLE = "idle"  # waiting for a request's first byte
+    HEAD = "head"  # a request's head is arriving
+    BUSY = "busy"  # a handler has the request (it reads the body itself, under the same deadline)
+
+
+_HEAD_END = b"\r\n\r\n"
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: aiohttp's protocol behind a read deadline and a head bound.
+
+    Deadlines: idle, the connection is closed ``read_timeout`` after the last response; from a
+    request's first byte, its head must be complete within ``read_timeout`` (else 408 and close), and
+    :func:`read_body` reads its body up to the same deadline.
+    """
+
+    def __init__(self, inner: asyncio.Protocol, read_timeout: float, on_lost: Callable[[], None]) -> None:
+        self._inner = inner
+        self._read_timeout = read_timeout
+        self._on_lost = on_lost
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._state = _State.IDLE
+        self._timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+        self._head_tail = b""  # the last bytes seen, in case the head's end is split between reads
+        self.read_deadline = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is one without subclassing it
+        self._inner.connection_made(transport)
+        self._idle()
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        if self._state is _State.IDLE and data:
+            self._state, self._head_bytes, self._head_tail = _State.HEAD, 0, b""
+            self.read_deadline = self._loop.time() + self._read_timeout
+            self._arm(self.read_deadline, self._head_timed_out)
+        if self._state is _State.HEAD and self._head_bytes >= 0:
+            self._count_head(data)
+            if self._head_bytes > MAX_REQUEST_HEAD_BYTES:
+                self._refuse(400, "Bad Request", f"request line and headers over {MAX_REQUEST_HEAD_BYTES} bytes")
+                return
+        self._inner.data_received(data)
+
+    def _count_head(self, data: bytes) -> None:
+        """Count the head's bytes up to its blank line; -1 once it is seen (the rest is body)."""
+        seen = self._head_tail + data
+        end = seen.find(_HEAD_END)
+        if end < 0:
+            self._head_bytes += len(data)
+            self._head_tail = seen[-3:]
+        else:
+            self._head_bytes += end + len(_HEAD_END) - len(self._head_tail)
+            if self._head_bytes <= MAX_REQUEST_HEAD_BYTES:
+                self._head_bytes = -1
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._transport = None
+        try:
+            self._inner.connection_lost(exc)
+        finally:
+            self._on_lost()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def request_started(self) -> None:
+        """aiohttp handed a complete head to a handler: the head deadline is met."""
+        if self._state is _State.IDLE:  # pipelined: its head arrived during the previous request
+            self.read_deadline = self._loop.time() + self._read_timeout
+        self._state = _State.BUSY
+        self._cancel_timer()
+
+    def request_done(self) -> None:
+        """The handler returned: the connection is idle again."""
+        self._idle()
+
+    def _idle(self) -> None:
+        self._state = _State.IDLE
+        self._arm(self._loop.time() + self._read_timeout, self._idle_timed_out)
+
+    def _arm(self, when: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self._timer = self._loop.call_at(when, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _idle_timed_out(self) -> None:
+        self._timer = None
+        if self._transport is not None and self._state is _State.IDLE:
+            self._transport.close()
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        if self._state is _State.HEAD:
+            self._refuse(408, "Request Timeout", "request head not received within the read timeout")
+
+    def _refuse(self, status: int, phrase: str, reason: str) -> None:
+        """Answer ``status`` and close: aiohttp never sees the request."""
+        self._cancel_timer()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        body = f"{reason}\n".encode()
+        transport.write(
+            f"HTTP/1.1 {status} {phrase}\r\nContent-Type: {TEXT}\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n".encode() + body
+        )
+        transport.close()
+
+
+# --- the listener -----------------------------------------------------------------------------------
+
+
+class _Listener:
+    """Accepts connections while fewer than ``max_connections`` are open (Go's netutil.LimitListener)."""
+
+    def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol], limits: ServerLimits) -> None:
+        self._sock = sock
+        self._factory = factory
+        self._limits = limits
+        self._slots = asyncio.Semaphore(limits.max_connections)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._sock.setblocking(False)
+        backoff = 0.0
+        while True:
+            await self._slots.acquire()
+            try:
+                conn, _ = await loop.sock_accept(self._sock)
+            except OSError as exc:
+                self._slots.release()
+                if exc.errno not in _TEMPORARY_ACCEPT_ERRORS:
+                    raise
+                # Out of descriptors (or a connection reset before it was accepted): wait, as Go's server does.
+                backoff = min(1.0, max(0.005, backoff * 2))
+                log.warning("accept failed, retrying", extra={"kv": {"err": str(exc), "retry_in": backoff}})
+                await asyncio.sleep(backoff)
+                continue
+            backoff = 0.0
+            try:
+                await loop.connect_accepted_socket(self._protocol, conn)
+            except OSError:
+                conn.close()
+                self._slots.release()
+
+    def _protocol(self) -> asyncio.Protocol:
+        return _Connection(self._factory(), self._limits.read_timeout, self._slots.release)
+
+
+_TEMPORARY_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED,
+                            errno.EAGAIN, errno.EPROTO, errno.EPERM, errno.EINTR}
+
+
+# --- addresses and serve() --------------------------------------------------------------------------
 
 
 def listen_address_problem(address: str) -> str | None:
@@ -237,106 +399,73 @@ def bind(address: str) -> socket.socket:
     host, port = split_listen_address(address)
     if host is None:
         if socket.has_dualstack_ipv6():
-            return socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
-        return socket.create_server(("", port))
+            return socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True,
+                                        backlog=LISTEN_BACKLOG)
+        return socket.create_server(("", port), backlog=LISTEN_BACKLOG)
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    return socket.create_server((host, port), family=family)
+    return socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
 
 
-class _BoundedHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a bound on the request head.
-
-    llhttp buffers a header of any length (100 MB sent as one header grew the process by 170 MB), so
-    the bytes received while a request's head is incomplete are counted here and a head over
-    :data:`MAX_REQUEST_HEAD_BYTES` gets a 400 and a closed connection. Bodies are bounded elsewhere:
-    uvicorn stops reading above 64 KB the app has not taken, and :meth:`Request.body` takes a limit.
-    """
-
-    _head_bytes: int | None = 0  # None while a request's body is being read (its head is complete)
-
-    def data_received(self, data: bytes) -> None:
-        if self._head_bytes is not None:
-            self._head_bytes += len(data)
-        super().data_received(data)
-        if self._head_bytes is not None and self._head_bytes > MAX_REQUEST_HEAD_BYTES:
-            self._head_bytes = None
-            if not self.transport.is_closing():
-                self.send_400_response(f"request line and headers over {MAX_REQUEST_HEAD_BYTES} bytes")
-
-    def on_headers_complete(self) -> None:
-        self._head_bytes = None
-        super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        self._head_bytes = 0  # what follows is the next request's head
-        super().on_message_complete()
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server without its signal handling: :func:`serve` owns SIGTERM/SIGINT/SIGHUP."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.listening = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # uvicorn would replace the handlers and raise the signal again after shutdown; SIGHUP reloads here.
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.listening.set()
-
-
-def _uvicorn_config(app: App) -> uvicorn.Config:
-    return uvicorn.Config(
-        app, http=_BoundedHttpTools, ws="none", lifespan="off", log_config=None, access_log=False,
-        proxy_headers=False, server_header=False, timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+def _runner(app: web.Application, limits: ServerLimits) -> web.AppRunner:
+    if _connection_state not in app.middlewares:
+        raise ValueError("serve() needs an app built with certpager.web.application()")
+    return web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        # _Connection closes idle connections after the read timeout; aiohttp's own timer is a backstop.
+        keepalive_timeout=2 * limits.read_timeout,
+        # Whatever is left of a body no handler read is drained for at most this long, then the connection closes.
+        lingering_time=min(10.0, limits.read_timeout),
+        # One bound on the whole head (_Connection); aiohttp's per-line bounds no tighter than it.
+        max_line_size=MAX_REQUEST_HEAD_BYTES, max_field_size=MAX_REQUEST_HEAD_BYTES,
     )
 
 
 async def serve(
-    app: App,
+    app: web.Application,
     address: str,
     *,
+    limits: ServerLimits = ServerLimits(),
     reload: ReloadFn | None = None,
     stop: asyncio.Event | None = None,
     started: Callable[[int], None] | None = None,
 ) -> None:
-    """Serve ``app`` on ``address`` until SIGTERM/SIGINT (or ``stop`` is set).
+    """Serve ``app`` (from :func:`application`) on ``address`` until SIGTERM/SIGINT (or ``stop`` is set).
 
-    ``started`` is called with the bound port (useful with port 0 in tests and the demo). A bad or
-    busy address raises OSError before anything runs.
+    The app's startup and cleanup contexts (``app.cleanup_ctx``) run before the first connection is
+    accepted and after the last request finished. ``started`` is called with the bound port (useful
+    with port 0 in tests and the demo). A bad or busy address raises OSError before anything runs.
     """
-    sock = bind(address)
-    bound = sock.getsockname()[1]
-    server = _Server(_uvicorn_config(app))
+    runner = _runner(app, limits)
     stop = stop or asyncio.Event()
-    # uvicorn closes the socket when it stops; `with` closes it also when a lifespan context fails first.
-    with sock:
-        async with app.running():
-            task = asyncio.create_task(server.serve(sockets=[sock]), name="certpager-http")
+    with bind(address) as sock:
+        try:
+            await runner.setup()
+            assert runner.server is not None
+            listener = asyncio.create_task(_Listener(sock, runner.server, limits).run(), name="certpager-http")
             with _signals(stop, reload):
-                if await _until(task, server.listening):
-                    host = split_listen_address(address)[0] or ""
-                    log.info("listening", extra={"kv": {"address": f"{host}:{bound}"}})
-                    if started is not None:
-                        started(bound)
-                    await _until(task, stop)
-                server.should_exit = True
-                await task
+                host = split_listen_address(address)[0] or ""
+                bound = sock.getsockname()[1]
+                log.info("listening", extra={"kv": {"address": f"{host}:{bound}"}})
+                if started is not None:
+                    started(bound)
+                await _until(listener, stop)
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+        finally:
+            sock.close()  # no more connections; then the open ones finish (SHUTDOWN_GRACE_SECONDS)
+            await runner.cleanup()
 
 
-async def _until(task: asyncio.Task[None], event: asyncio.Event) -> bool:
-    """Wait for ``event`` or the end of ``task``, whichever comes first; True if the event is set."""
+async def _until(task: asyncio.Task[None], event: asyncio.Event) -> None:
+    """Wait for ``event`` or the end of ``task`` (raising what ended it), whichever comes first."""
     waiter = asyncio.ensure_future(event.wait())
     try:
         await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
-    return event.is_set()
+    if task.done():
+        task.result()
 
 
 @contextlib.contextmanager

@@ -13,27 +13,29 @@ import html
 import math
 from collections.abc import AsyncIterator
 
-from certpager.web import App, Request, Response, add_lifecycle_routes, text
+from aiohttp import web
+
+from certpager.web import add_lifecycle_routes, application, payload, stream, text
 from exporter.app import Exporter, UnknownModuleError
 from exporter.config import endpoint_problem
 
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def create_app(exporter: Exporter, *, background: bool = True) -> App:
+def create_app(exporter: Exporter, *, background: bool = True) -> web.Application:
     """Build the app serving ``exporter``."""
-    app = App()
-    app.route("GET", "/", functools.partial(landing, exporter))
-    app.route("GET", "/metrics", functools.partial(metrics, exporter))
-    app.route("GET", "/probe", functools.partial(probe, exporter))
+    app = application()
+    app.router.add_get("/", functools.partial(landing, exporter))
+    app.router.add_get("/metrics", functools.partial(metrics, exporter))
+    app.router.add_get("/probe", functools.partial(probe, exporter))
     add_lifecycle_routes(app, ready=exporter.tasks.ready, reload=exporter.reload)
     if background:
-        app.on_lifespan(functools.partial(_run_background, exporter))
+        app.cleanup_ctx.append(functools.partial(_run_background, exporter))
     return app
 
 
 @contextlib.asynccontextmanager
-async def _run_background(exporter: Exporter) -> AsyncIterator[None]:
+async def _run_background(exporter: Exporter, _: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(exporter.run())
     try:
         yield
@@ -43,15 +45,15 @@ async def _run_background(exporter: Exporter) -> AsyncIterator[None]:
             await task
 
 
-async def metrics(exporter: Exporter, _: Request) -> Response:
+async def metrics(exporter: Exporter, request: web.Request) -> web.StreamResponse:
     """Cached results of background probes plus self metrics; never probes.
 
     Streamed family by family: at 10,000 targets the body is tens of MB and must not be held twice.
     """
-    return Response(body=exporter.metrics_chunks(), content_type=TEXT_FORMAT)
+    return await stream(request, exporter.metrics_chunks(), TEXT_FORMAT)
 
 
-async def probe(exporter: Exporter, request: Request) -> Response:
+async def probe(exporter: Exporter, request: web.Request) -> web.Response:
     """Probe ``target`` with ``module`` now, blackbox-style."""
     target = request.query.get("target", "").strip()
     module_name = request.query.get("module", "tls")
@@ -66,7 +68,7 @@ async def probe(exporter: Exporter, request: Request) -> Response:
         # Reading any path the caller names would let anyone who reaches the port probe the host's files.
         return _bad_request(f"module {module_name!r} reads files: only configured targets can be probed")
     try:
-        cap = _timeout_cap(request.headers.get("x-prometheus-scrape-timeout-seconds"),
+        cap = _timeout_cap(request.headers.get("X-Prometheus-Scrape-Timeout-Seconds"),
                            exporter.config.global_.timeout_offset)
     except ValueError as exc:
         return _bad_request(str(exc))
@@ -74,7 +76,7 @@ async def probe(exporter: Exporter, request: Request) -> Response:
         body = await exporter.probe_now(target, module_name, cap)
     except UnknownModuleError:  # the config was reloaded between the check and the probe
         return _bad_request(f"unknown module {module_name!r}")
-    return Response(body=body, content_type=TEXT_FORMAT)
+    return payload(body, TEXT_FORMAT)
 
 
 def _timeout_cap(header: str | None, offset: float) -> float | None:
@@ -91,11 +93,11 @@ def _timeout_cap(header: str | None, offset: float) -> float | None:
     return max(seconds - offset, seconds / 2 if seconds <= offset else 0.0)
 
 
-def _bad_request(reason: str) -> Response:
+def _bad_request(reason: str) -> web.Response:
     return text(reason + "\n", 400)
 
 
-async def landing(exporter: Exporter, _: Request) -> Response:
+async def landing(exporter: Exporter, _: web.Request) -> web.Response:
     """A small page linking the endpoints."""
     modules = "".join(f"<li>{html.escape(name)}</li>" for name in sorted(exporter.config.all_modules))
     page = (
@@ -105,4 +107,4 @@ async def landing(exporter: Exporter, _: Request) -> Response:
         '<li><a href="/-/healthy">/-/healthy</a></li><li><a href="/-/ready">/-/ready</a></li></ul>'
         f"<p>{len(exporter.scheduler)} targets; modules:</p><ul>{modules}</ul></body></html>"
     )
-    return Response(body=page.encode(), content_type="text/html; charset=utf-8")
+    return web.Response(text=page, content_type="text/html")

@@ -35,7 +35,7 @@ def postgres_server():
 
 @pytest.fixture
 async def serve_app():
-    """``await serve_app(app)``: the app served on 127.0.0.1 (real uvicorn), an aiohttp session bound to it."""
+    """``await serve_app(app)``: the app served on 127.0.0.1 (certpager.web.serve), an aiohttp session bound to it."""
     from tests.webclient import serving
 
     async with contextlib.AsyncExitStack() as stack:

@@ -1,4 +1,4 @@
-"""Serve a certpager App on a real loopback port for a test, and talk to it with an aiohttp client."""
+"""Serve a certpager app on a real loopback port for a test (certpager.web.serve), and talk to it with aiohttp."""
 
 from __future__ import annotations
 
@@ -7,17 +7,21 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
+from aiohttp import web
 from aiohttp.connector import Connection
 
-from certpager.web import App, serve
+from certpager.web import ServerLimits, serve
+
+DEFAULT_LIMITS = ServerLimits()
 
 
 @contextlib.asynccontextmanager
-async def listening(app: App, host: str = "127.0.0.1") -> AsyncIterator[int]:
+async def listening(app: web.Application, host: str = "127.0.0.1",
+                    limits: ServerLimits = DEFAULT_LIMITS) -> AsyncIterator[int]:
     """Run ``app`` with :func:`certpager.web.serve` on ``host``, port 0; yield the port; stop it after."""
     stop = asyncio.Event()
     port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(app, f"{host}:0", stop=stop, started=port.set_result))
+    task = asyncio.create_task(serve(app, f"{host}:0", limits=limits, stop=stop, started=port.set_result))
     await asyncio.wait([task, port], return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         task.result()  # raises what stopped it
@@ -30,7 +34,7 @@ async def listening(app: App, host: str = "127.0.0.1") -> AsyncIterator[int]:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: App, host: str = "127.0.0.1") -> AsyncIterator[aiohttp.ClientSession]:
+async def serving(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[aiohttp.ClientSession]:
     """:func:`listening`, with an aiohttp session bound to the served app."""
     responses: list[aiohttp.ClientResponse] = []
 

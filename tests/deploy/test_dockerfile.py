@@ -17,10 +17,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from bridge.config import DEFAULT_LISTEN_ADDRESS
 from certpager.cli import COMMANDS
-from certpager.web import App, Request, Response, add_lifecycle_routes, text
+from certpager.web import add_lifecycle_routes, application, text
 from exporter.cli import DEFAULT_LISTEN
 from tests.deploy.dockerfile import arg_defaults, labels, stages
 from tests.webclient import listening
@@ -152,14 +153,14 @@ def test_healthcheck_script_is_executable():
 
 
 async def test_healthcheck_passes_on_a_healthy_service_and_fails_otherwise():
-    app = App()
+    app = application()
     add_lifecycle_routes(app, ready=lambda: True, reload=lambda: asyncio.sleep(0))
-    broken = App()
+    broken = application()
 
-    async def unhealthy(_: Request) -> Response:
+    async def unhealthy(_: web.Request) -> web.Response:
         return text("down\n", 503)
 
-    broken.route("GET", "/-/healthy", unhealthy)
+    broken.router.add_get("/-/healthy", unhealthy)
     async with listening(app) as port, listening(broken) as broken_port:
         assert await _run_healthcheck({"CERTPAGER_HEALTHCHECK_URL": f"http://127.0.0.1:{port}/-/healthy"}) == 0
         assert await _run_healthcheck({"CERTPAGER_HEALTHCHECK_URL": f"http://127.0.0.1:{broken_port}/-/healthy"}) == 1

@@ -1,4 +1,5 @@
-"""certpager.web: routing, request parsing, streamed responses, body limits, lifecycle routes, serve()."""
+"""certpager.web: aiohttp apps served by serve(): routing, streamed responses, body limits, lifecycle routes,
+the request head bound, read deadlines and the connection cap."""
 
 from __future__ import annotations
 
@@ -8,47 +9,55 @@ import re
 import socket
 
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from certpager.web import (
     MAX_REQUEST_HEAD_BYTES,
-    App,
-    Request,
-    Response,
+    ServerLimits,
     add_lifecycle_routes,
+    application,
     metrics_handler,
+    read_body,
     serve,
     split_listen_address,
+    stream,
     text,
 )
 from tests.webclient import listening
 
 
-def echo_app() -> App:
-    app = App()
+def echo_app() -> web.Application:
+    app = application()
 
-    async def echo(request: Request) -> Response:
-        return text(f"{request.method} {request.path} {sorted(request.query.items())} {request.headers.get('x-a')}\n")
+    async def echo(request: web.Request) -> web.Response:
+        query = sorted((name, request.query[name]) for name in request.query)
+        return text(f"{request.method} {request.path} {query} {request.headers.getall('X-A', None)}\n")
 
-    async def stream(_: Request) -> Response:
-        return Response(body=(f"chunk {i}\n".encode() for i in range(3)))
+    async def chunks(request: web.Request) -> web.StreamResponse:
+        return await stream(request, (f"chunk {i}\n".encode() for i in range(3)), "text/plain; charset=utf-8")
 
-    async def upload(request: Request) -> Response:
-        body = await request.body(limit=10)
+    async def upload(request: web.Request) -> web.Response:
+        body = await read_body(request, limit=10)
         return text("too large\n", 413) if body is None else text(f"got {body!r}\n")
 
-    async def big_upload(request: Request) -> Response:
-        body = await request.body(limit=4_000_000)
+    async def big_upload(request: web.Request) -> web.Response:
+        body = await read_body(request, limit=4_000_000)
         return text(f"{len(body or b'')} bytes\n")
 
-    async def boom(_: Request) -> Response:
+    async def boom(_: web.Request) -> web.Response:
         raise RuntimeError("secret detail")
 
-    app.route("GET", "/echo", echo)
-    app.route("GET", "/stream", stream)
-    app.route("POST", "/upload", upload)
-    app.route("POST", "/big", big_upload)
-    app.route("GET", "/boom", boom)
+    async def slow(_: web.Request) -> web.Response:
+        await asyncio.sleep(1.5)
+        return text("done\n")
+
+    app.router.add_get("/echo", echo)
+    app.router.add_get("/stream", chunks)
+    app.router.add_post("/upload", upload)
+    app.router.add_post("/big", big_upload)
+    app.router.add_get("/boom", boom)
+    app.router.add_get("/slow", slow)
     return app
 
 
@@ -57,7 +66,7 @@ async def test_routes_query_and_headers(serve_app):
     resp = await client.get("/echo?b=2&a=1&a=3&empty=&t=%C3%A9", headers=[("X-A", "1"), ("X-A", "2")])
     assert resp.status == 200
     assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"
-    assert await resp.text() == "GET /echo [('a', '1'), ('b', '2'), ('empty', ''), ('t', 'é')] 1, 2\n"
+    assert await resp.text() == "GET /echo [('a', '1'), ('b', '2'), ('empty', ''), ('t', 'é')] ['1', '2']\n"
 
 
 async def test_unknown_path_is_404_and_wrong_method_is_405_with_allow(serve_app):
@@ -65,7 +74,7 @@ async def test_unknown_path_is_404_and_wrong_method_is_405_with_allow(serve_app)
     assert (await client.get("/nope")).status == 404
     resp = await client.post("/echo")
     assert resp.status == 405
-    assert resp.headers["Allow"] == "GET, HEAD"
+    assert {m.strip() for m in resp.headers["Allow"].split(",")} == {"GET", "HEAD"}
 
 
 async def test_head_answers_a_get_route_without_body(serve_app):
@@ -80,6 +89,8 @@ async def test_iterable_body_is_streamed_chunked(serve_app):
     resp = await client.get("/stream")
     assert resp.headers["Transfer-Encoding"] == "chunked"
     assert await resp.text() == "chunk 0\nchunk 1\nchunk 2\n"
+    head = await client.head("/stream")
+    assert head.status == 200 and await head.read() == b""
 
 
 async def test_body_limit_by_length_and_by_chunks(serve_app):
@@ -103,7 +114,7 @@ async def test_handler_error_is_a_500_without_details(serve_app, caplog):
 
 
 async def test_lifecycle_routes(serve_app):
-    app, state = App(), {"ready": False, "reloads": 0, "fail": False}
+    app, state = application(), {"ready": False, "reloads": 0, "fail": False}
 
     async def reload() -> None:
         if state["fail"]:
@@ -127,8 +138,8 @@ async def test_lifecycle_routes(serve_app):
 async def test_metrics_handler_negotiates_openmetrics(serve_app):
     registry = CollectorRegistry()
     Counter("things", "Things.", registry=registry).inc()
-    app = App()
-    app.route("GET", "/metrics", metrics_handler(registry))
+    app = application()
+    app.router.add_get("/metrics", metrics_handler(registry))
     client = await serve_app(app)
     plain = await client.get("/metrics")
     assert plain.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -138,33 +149,38 @@ async def test_metrics_handler_negotiates_openmetrics(serve_app):
     assert (await om.text()).endswith("# EOF\n")
 
 
-async def test_lifespan_contexts_wrap_the_server():
+async def test_cleanup_contexts_wrap_the_server():
     events: list[str] = []
 
     @contextlib.asynccontextmanager
-    async def context():
+    async def context(_):
         events.append("enter")
         yield
         events.append("exit")
 
-    app = App()
-    app.on_lifespan(context)
+    app = application()
+    app.cleanup_ctx.append(context)
     async with listening(app):
         events.append("listening")
     assert events == ["enter", "listening", "exit"]
 
 
-async def test_a_failing_lifespan_context_releases_the_port():
+async def test_an_app_without_certpagers_middleware_is_refused():
+    with pytest.raises(ValueError, match=r"application\(\)"):
+        await serve(web.Application(), "127.0.0.1:0")
+
+
+async def test_a_failing_cleanup_context_releases_the_port():
     @contextlib.asynccontextmanager
-    async def broken():
+    async def broken(_):
         raise OSError("store cannot open")
         yield
 
     with socket.socket() as probe_sock:
         probe_sock.bind(("127.0.0.1", 0))
         port = probe_sock.getsockname()[1]
-    app = App()
-    app.on_lifespan(broken)
+    app = application()
+    app.cleanup_ctx.append(broken)
     with pytest.raises(OSError, match="store cannot open"):
         await serve(app, f"127.0.0.1:{port}")
     with socket.create_server(("127.0.0.1", port)):  # free again: bind would fail if it leaked
@@ -180,7 +196,7 @@ async def test_busy_address_raises_before_running():
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
         with pytest.raises(OSError):
-            await serve(App(), f"127.0.0.1:{port}")
+            await serve(application(), f"127.0.0.1:{port}")
 
 
 @pytest.mark.parametrize("address,expected", [(":9879", (None, 9879)), ("[::1]:80", ("::1", 80)),
@@ -257,3 +273,88 @@ async def test_the_head_bound_is_per_request_and_does_not_count_bodies():
         post = b"POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         [answer] = await raw_exchange(port, post)
         assert answer.startswith(b"200 OK") and answer.endswith(b"1000000 bytes\n")
+
+
+SHORT = ServerLimits(read_timeout=1.0)
+
+
+async def read_until_closed(reader: asyncio.StreamReader, within: float) -> bytes:
+    """Everything the server sends until it closes the connection (fails if it is still open after ``within``)."""
+    try:
+        return await asyncio.wait_for(reader.read(), within)
+    except ConnectionResetError:
+        return b""
+
+
+async def trickle(writer: asyncio.StreamWriter, data: bytes, every: float) -> None:
+    """Send ``data`` one byte at a time (a slowloris client); stop when the server closed."""
+    with contextlib.suppress(ConnectionError):
+        for i in range(len(data)):
+            writer.write(data[i:i + 1])
+            await writer.drain()
+            await asyncio.sleep(every)
+
+
+async def test_a_slow_request_head_gets_a_408_at_the_read_deadline():
+    async with listening(echo_app(), limits=SHORT) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sender = asyncio.create_task(trickle(writer, get("/echo", 100), every=0.2))
+        try:
+            # A byte every 0.2 s keeps arriving: the deadline counts from the first byte, not the last.
+            answer = await read_until_closed(reader, within=5)
+        finally:
+            sender.cancel()
+            writer.close()
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 408 Request Timeout"), answer
+        assert not answer or answer.endswith(b"request head not received within the read timeout\n")
+
+
+async def test_a_slow_request_body_gets_a_408_at_the_read_deadline():
+    async with listening(echo_app(), limits=SHORT) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
+        sender = asyncio.create_task(trickle(writer, b"x" * 1000, every=0.2))
+        try:
+            answer = await read_until_closed(reader, within=5)
+        finally:
+            sender.cancel()
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout"), answer
+        assert answer.endswith(b"request body not received within the read timeout\n")
+
+
+@pytest.mark.parametrize("requests_first", [0, 1])
+async def test_an_idle_connection_is_closed_at_the_read_deadline(requests_first):
+    async with listening(echo_app(), limits=SHORT) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for _ in range(requests_first):  # idle after a keep-alive response, or from the start
+                writer.write(get("/echo"))
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))
+                await reader.readexactly(length)
+            assert await read_until_closed(reader, within=5) == b""
+        finally:
+            writer.close()
+
+
+async def test_the_read_deadline_does_not_cut_a_slow_handler():
+    async with listening(echo_app(), limits=SHORT) as port:
+        [answer] = await raw_exchange(port, get("/slow"))  # 1.5 s of handler time, deadline 1 s
+        assert answer.startswith(b"200 OK") and answer.endswith(b"done\n")
+
+
+async def test_beyond_max_connections_new_connections_wait_for_a_free_slot():
+    async with listening(echo_app(), limits=ServerLimits(read_timeout=30, max_connections=2)) as port:
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        waiting = asyncio.create_task(raw_exchange(port, get("/echo")))
+        try:
+            await asyncio.sleep(0.5)
+            assert not waiting.done()  # accepted by the kernel, not served: both slots are taken
+            idle[0][1].close()
+            [answer] = await asyncio.wait_for(waiting, 5)
+            assert answer.startswith(b"200 OK")
+        finally:
+            waiting.cancel()
+            for _, writer in idle:
+                writer.close()
