@@ -37,7 +37,14 @@ from bridge.store.sqlite import SqliteStore
 from certpager.errors import ConfigError
 from certpager.logs import setup_logging
 from certpager.runtime import tune_gc
-from certpager.web import listen_address_problem, serve, split_listen_address
+from certpager.web import (
+    ServerLimits,
+    add_server_flags,
+    listen_address_problem,
+    serve,
+    server_limits,
+    split_listen_address,
+)
 
 log = logging.getLogger("bridge")
 DEFAULT_CONFIG = "certpager-bridge.yml"
@@ -51,6 +58,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config.file", dest="config_file", help=f"config file (default {DEFAULT_CONFIG})")
     parser.add_argument("--config.check", dest="config_check", action="store_true", help="validate the config, exit")
     parser.add_argument("--web.listen-address", dest="listen_address", help="override server.listen_address")
+    add_server_flags(parser)
     parser.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"],
                         help="log level (default info)")
     parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"],
@@ -98,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # uvloop: the event loop's own work (sockets, callbacks, the store's wake-ups) in C; measured
         # 13% less CPU per single-alert webhook than asyncio's loop (docs/performance-bridge.md).
-        return uvloop.run(_serve(loaded, args.listen_address))
+        return uvloop.run(_serve(loaded, args.listen_address, limits=server_limits(args)))
     except StoreError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
@@ -181,7 +189,7 @@ async def serve_config(
 
 async def _serve(
     loaded: LoadedConfig, listen_address: str | None, *, stop: asyncio.Event | None = None,
-    started: Callable[[int], None] | None = None,
+    started: Callable[[int], None] | None = None, limits: ServerLimits | None = None,
 ) -> int:
     holder = ConfigHolder(loaded)
     registry = CollectorRegistry()
@@ -194,8 +202,8 @@ async def _serve(
     stop = stop or asyncio.Event()
     bridge.tasks.on_failure(lambda _reason: stop.set())  # a background task gave up: exit 1, be restarted
     try:
-        await serve(bridge.app, listen_address or loaded.config.server.listen_address, reload=bridge.reload,
-                    stop=stop, started=started)
+        await serve(bridge.app, listen_address or loaded.config.server.listen_address, limits=limits,
+                    reload=bridge.reload, stop=stop, started=started)
     finally:
         for sink in sinks.values():
             await sink.aclose()

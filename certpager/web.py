@@ -21,11 +21,13 @@ complete request head to a handler and when the handler is done.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import enum
 import errno
 import logging
+import math
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -35,6 +37,8 @@ from typing import cast
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+
+from certpager.config import format_duration, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,40 @@ class ServerLimits:
 
     read_timeout: float = DEFAULT_READ_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    """``--web.read-timeout`` and ``--web.max-connections`` (Prometheus's names), for both services."""
+    parser.add_argument(
+        "--web.read-timeout", dest="web_read_timeout", type=_timeout_flag, default=DEFAULT_READ_TIMEOUT,
+        metavar="DURATION",
+        help=f"a request's head and body must arrive within this from its first byte (else 408), and an idle "
+             f"connection is closed after it (default: {format_duration(DEFAULT_READ_TIMEOUT)})")
+    parser.add_argument(
+        "--web.max-connections", dest="web_max_connections", type=_count_flag, default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"connections served at once; more wait to be accepted (default: {DEFAULT_MAX_CONNECTIONS})")
+
+
+def server_limits(args: argparse.Namespace) -> ServerLimits:
+    """The limits :func:`add_server_flags` parsed."""
+    return ServerLimits(read_timeout=args.web_read_timeout, max_connections=args.web_max_connections)
+
+
+def _timeout_flag(value: str) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive duration like 30s, got {value!r}")
+    return seconds
+
+
+def _count_flag(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value!r}")
+    return int(value)
 
 
 class ReadTimeout(Exception):
@@ -424,7 +462,7 @@ async def serve(
     app: web.Application,
     address: str,
     *,
-    limits: ServerLimits = ServerLimits(),
+    limits: ServerLimits | None = None,
     reload: ReloadFn | None = None,
     stop: asyncio.Event | None = None,
     started: Callable[[int], None] | None = None,
@@ -435,6 +473,7 @@ async def serve(
     accepted and after the last request finished. ``started`` is called with the bound port (useful
     with port 0 in tests and the demo). A bad or busy address raises OSError before anything runs.
     """
+    limits = limits or ServerLimits()
     runner = _runner(app, limits)
     stop = stop or asyncio.Event()
     with bind(address) as sock:

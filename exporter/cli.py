@@ -15,7 +15,7 @@ from certpager.cli import plural
 from certpager.errors import ConfigError
 from certpager.logs import setup_logging
 from certpager.runtime import tune_gc
-from certpager.web import listen_address_problem, serve
+from certpager.web import ServerLimits, add_server_flags, listen_address_problem, serve, server_limits
 from exporter.config import Config, load
 
 DEFAULT_CONFIG = "certpager-exporter.yml"
@@ -30,6 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="validate the config and its target files, print a summary and exit")
     parser.add_argument("--web.listen-address", dest="listen_address", default=DEFAULT_LISTEN,
                         help=f"address to listen on (default: {DEFAULT_LISTEN})")
+    add_server_flags(parser)
     parser.add_argument("--log.level", dest="log_level", default="info",
                         choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
@@ -45,12 +46,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     tune_gc()
     # uvloop: the event loop's own work (sockets, timers, callbacks) in C, as in the bridge.
-    return uvloop.run(serve_config(Path(args.config_file), args.listen_address))
+    return uvloop.run(serve_config(Path(args.config_file), args.listen_address, limits=server_limits(args)))
 
 
 async def serve_config(
     config_file: Path, address: str, *, stop: asyncio.Event | None = None,
-    started: Callable[[int], None] | None = None,
+    started: Callable[[int], None] | None = None, limits: ServerLimits | None = None,
 ) -> int:
     """Run the exporter from ``config_file`` on ``address`` until SIGTERM/SIGINT or ``stop`` (the demo runs it)."""
     # Imported here so --config.check stays light (no HTTP server, no probe engine).
@@ -65,7 +66,7 @@ async def serve_config(
         return 1
     stop = stop or asyncio.Event()
     exporter.tasks.on_failure(lambda _reason: stop.set())  # a background task gave up: exit 1, be restarted
-    await serve(create_app(exporter), address, reload=exporter.reload, stop=stop, started=started)
+    await serve(create_app(exporter), address, limits=limits, reload=exporter.reload, stop=stop, started=started)
     return 1 if exporter.tasks.failed else 0
 
 

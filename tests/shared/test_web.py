@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
+from certpager.cli import build_parser
 from certpager.web import (
     MAX_REQUEST_HEAD_BYTES,
     ServerLimits,
@@ -20,6 +21,7 @@ from certpager.web import (
     metrics_handler,
     read_body,
     serve,
+    server_limits,
     split_listen_address,
     stream,
     text,
@@ -358,3 +360,25 @@ async def test_beyond_max_connections_new_connections_wait_for_a_free_slot():
             waiting.cancel()
             for _, writer in idle:
                 writer.close()
+
+
+@pytest.mark.parametrize("command", ["exporter", "bridge"])
+def test_both_services_take_the_server_flags(command):
+    parser = build_parser(command)
+    defaults = parser.parse_args([command])
+    assert server_limits(defaults) == ServerLimits(read_timeout=30.0, max_connections=512)
+    args = parser.parse_args([command, "--web.read-timeout", "1m30s", "--web.max-connections", "64"])
+    assert server_limits(args) == ServerLimits(read_timeout=90.0, max_connections=64)
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--web.read-timeout", "0s", "expected a positive duration"),
+    ("--web.read-timeout", "soon", "expected a duration"),
+    ("--web.max-connections", "0", "expected a positive whole number"),
+    ("--web.max-connections", "²", "expected a positive whole number"),
+])
+def test_bad_server_flags_are_usage_errors(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser("exporter").parse_args(["exporter", f"{flag}={value}"])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
