@@ -324,9 +324,12 @@ class Config(StrictModel):
 
 def endpoint_problem(target: str) -> str | None:
     """Why ``target`` is not ``host:port`` / ``[v6]:port`` (None when it is)."""
+    if any(ch.isspace() or not ch.isprintable() for ch in target):
+        # A CR/LF would end a proxy's CONNECT line early and start a request of the caller's choosing.
+        return f"spaces and control characters are not allowed, got {target!r}"
     host, sep, port = target.rpartition(":")
     expected = f"expected host:port or [ipv6]:port, got {target!r}"
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         return expected
     if host.startswith("["):
         if not host.endswith("]"):

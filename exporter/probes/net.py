@@ -86,7 +86,7 @@ def parse_endpoint(target: str, default_port: int | None = None) -> Endpoint:
         if default_port is None:
             raise ValueError(f"expected host:port, got {target!r} (no port)")
         return Endpoint(host, default_port)
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"expected host:port with a port 1-65535, got {target!r}")
     return Endpoint(host, int(port))
 

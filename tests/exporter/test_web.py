@@ -203,6 +203,14 @@ async def test_probe_timeout_honours_scrape_timeout_header(client, probe, header
     ({}, {}, "missing parameter: target"),
     ({"target": "a.test:443", "module": "nope"}, {}, "unknown module 'nope'"),
     ({"target": "a.test"}, {}, "bad target: expected host:port or [ipv6]:port, got 'a.test'"),
+    # A CR/LF would reach a proxy's CONNECT line; a non-ASCII digit is a digit to str.isdigit, not to int().
+    ({"target": "a.test\r\n\r\nGET /admin HTTP/1.1\r\nHost: b.test:443"}, {},
+     "bad target: spaces and control characters are not allowed, got "
+     "'a.test\\r\\n\\r\\nGET /admin HTTP/1.1\\r\\nHost: b.test:443'"),
+    ({"target": "proxy.test\n:443"}, {}, "bad target: spaces and control characters are not allowed, got "
+     "'proxy.test\\n:443'"),
+    ({"target": "127.0.0.1:\u00b2"}, {}, "bad target: expected host:port or [ipv6]:port, got '127.0.0.1:\u00b2'"),
+    ({"target": "127.0.0.1:\uff11"}, {}, "bad target: expected host:port or [ipv6]:port, got '127.0.0.1:\uff11'"),
     ({"target": "/etc/shadow", "module": "files"}, {},
      "module 'files' reads files: only configured targets can be probed"),
     ({"target": "a.test:443"}, {"X-Prometheus-Scrape-Timeout-Seconds": "soon"},
