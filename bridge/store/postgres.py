@@ -264,7 +264,12 @@ class PostgresStore:
         # Group commit: each committer takes what is queued (up to MAX_BATCH ingests) into one transaction.
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            await self._commit_batch(batch)
+            try:
+                await self._commit_batch(batch)
+            except Exception as exc:  # a bug: no webhook may wait forever on it, and the committer goes on
+                log.exception("store committer failed", extra={"kv": {"webhooks": len(batch)}})
+                for job in batch:
+                    _settle(job, None, StoreError(f"store operation failed: {exc}"))
 
     async def _commit_batch(self, batch: list[_Job]) -> None:
         if len(batch) > 1:

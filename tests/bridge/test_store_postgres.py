@@ -223,3 +223,21 @@ async def test_the_stats_snapshot_loop_survives_any_failure(pg):
     finally:
         await store.close()
 
+
+
+async def test_a_committer_bug_answers_its_webhooks_and_the_next_ones_commit(pg, monkeypatch):
+    store = pg.new()
+    await store.open()
+    try:
+        commit = store._commit_batch
+
+        async def broken(batch) -> None:  # a bug outside the transaction (not a StoreError)
+            monkeypatch.setattr(store, "_commit_batch", commit)
+            raise RuntimeError("committer bug")
+
+        monkeypatch.setattr(store, "_commit_batch", broken)
+        with pytest.raises(StoreError, match="committer bug"):
+            await asyncio.wait_for(ingest(store, alert()), 5)
+        assert (await asyncio.wait_for(ingest(store, alert()), 5)).new == 1
+    finally:
+        await store.close()
