@@ -162,7 +162,7 @@ def shapes() -> list[Shape]:
 
     simple("valid")
     simple("leaf_under_root", depth=0)
-    for depth in (3, 6, 7, 8, 9):  # chains of 5 to 11 certificates with the root
+    for depth in range(3, 10):  # chains of 5 to 11 certificates with the root
         simple(f"depth_{depth + 2}", depth=depth)
     presented, root = _chain("root_sent")
     add("root_sent", [*presented, root], [root])
