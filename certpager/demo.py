@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from certpager import pki
+from certpager.config import parse_duration
 from certpager.demo_alerting import (
     DEMO_FOR,
     READY_TIMEOUT,
@@ -125,9 +126,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alertmanager-address", default=DEFAULT_ALERTMANAGER, help=f"default {DEFAULT_ALERTMANAGER}")
     parser.add_argument("--no-prometheus", dest="prometheus", action="store_false",
                         help="do not start Prometheus and Alertmanager even when installed")
-    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                        help="stop after this many seconds (default: run until Ctrl-C or SIGTERM)")
+    parser.add_argument("--duration", type=_duration, default=None, metavar="DURATION",
+                        help="stop after this long: seconds or a duration like 90s, 5m "
+                             "(default: run until Ctrl-C or SIGTERM)")
     parser.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _duration(text: str) -> float:
+    """--duration in the config's syntax (90, 90s, 5m); argparse makes an error of it a usage error (2)."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("expected a duration greater than 0")
+    return seconds
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,9 +155,6 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"{flag}: {exc}", file=sys.stderr)
             return 2
-    if args.duration is not None and not args.duration > 0:
-        print(f"--duration: expected a positive number of seconds, got {args.duration}", file=sys.stderr)
-        return 2
     addresses = Addresses(args.exporter_address, args.bridge_address, args.prometheus_address,
                           args.alertmanager_address)
     options = Options(Path(args.data_dir).resolve(), addresses, args.prometheus, args.duration)

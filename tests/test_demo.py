@@ -315,3 +315,15 @@ async def test_the_banner_points_at_the_pages_this_machine_serves(served, expect
     base = f"http://127.0.0.1:{port}"
     assert (pages.prometheus, pages.alertmanager) == (base + expected[0], base + expected[1])
 
+
+
+def test_duration_takes_the_config_duration_syntax(capsys):
+    from certpager import cli
+
+    parse = cli.build_parser("demo").parse_args
+    assert [parse(["demo", "--duration", d]).duration for d in ("90", "90s", "2m", "1m30s")] == [90, 90, 120, 90]
+    for bad in ("0", "soon", "-5s", ".inf"):
+        with pytest.raises(SystemExit) as exit_:
+            parse(["demo", f"--duration={bad}"])
+        assert exit_.value.code == 2
+    assert "argument --duration: expected" in capsys.readouterr().err
