@@ -164,6 +164,7 @@ def test_every_bad_target_is_reported_on_its_own_line(tmp_path):
     "global:\n  scrape_interval: 5m\n password: hunter2-secret\n",  # bad indentation on the secret's line
     "global: {scrape_interval: 'hunter2-secret\n",
     "global:\n\tpassword: hunter2-secret\n",
+    "routes:\n  hunter2secret0123456789abcdef: a\n  hunter2secret0123456789abcdef: b\n",  # a duplicated key
 ])
 def test_yaml_errors_give_line_and_column_never_the_line(tmp_path, text):
     path = tmp_path / "c.yml"
