@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from bridge.app import Bridge
@@ -19,15 +20,20 @@ def failures(caplog) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.message == "config reload failed, keeping the old config"]
 
 
-async def test_exporter_logs_a_failed_post_reload(serve_app, tmp_path, caplog):
+@pytest.mark.parametrize(("text", "problem"), [
+    ("targets: [{target: a.test}]\n", "targets[0].target: expected host:port"),
+    # A file a module reads is checked at reload too: a typo would fail every target's trust verdict.
+    ("modules: {m: {tls: {ca_file: /nonexistent/ca.pem}}}\n", "modules.m.tls.ca_file: cannot read /nonexistent"),
+])
+async def test_exporter_logs_a_failed_post_reload(serve_app, tmp_path, caplog, text, problem):
     config = write(tmp_path / "exporter.yml", "targets: [{target: a.test:443}]\n")
     client = await serve_app(create_app(Exporter(config, probe=FakeProbe()), background=False))
-    config.write_text("targets: [{target: a.test}]\n")
+    config.write_text(text)
     assert (await client.post("/-/reload")).status == 500
     [record] = failures(caplog)
     assert record.levelno == logging.ERROR
     assert record.kv["file"] == str(config)  # type: ignore[attr-defined]
-    assert f"{config}: targets[0].target: expected host:port" in record.kv["err"]  # type: ignore[attr-defined]
+    assert f"{config}: {problem}" in record.kv["err"]  # type: ignore[attr-defined]
 
 
 async def test_bridge_logs_a_failed_post_reload(serve_app, tmp_path, caplog):
