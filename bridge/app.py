@@ -31,7 +31,7 @@ from bridge.outbox import OutboxWorker
 from bridge.sinks.base import Sink
 from bridge.sinks.statuspage import StatuspageSettings
 from bridge.store.base import Receipt, Store, StoreError
-from certpager.tasks import TaskSupervisor
+from certpager.tasks import TaskCollector, TaskSupervisor
 from certpager.web import add_lifecycle_routes, application, metrics_handler, payload, read_body, text
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ class Bridge:
         )
         # Background loops (the outbox worker, which also prunes) restart when they fail (certpager.tasks).
         self.tasks = TaskSupervisor()
+        registry.register(TaskCollector(self.tasks, "certpager_bridge"))
         self.app = application()
         self.app.cleanup_ctx.append(self._running)
         self.app.router.add_post(ALERTMANAGER_PATH, self.alertmanager_webhook)

@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,10 @@ class TaskSupervisor:
         """Task name -> restarts since the process started."""
         return {name: entry.restarts for name, entry in self._entries.items()}
 
+    def state(self) -> dict[str, tuple[bool, int]]:
+        """Task name -> (running now, restarts so far)."""
+        return {name: (entry.up, entry.restarts) for name, entry in self._entries.items()}
+
     async def stop(self, *, wait: bool = False) -> None:
         """End every task: cancel them, or with ``wait`` let a running one end by itself.
 
@@ -155,3 +161,27 @@ class TaskSupervisor:
                      extra={"kv": {"task": entry.name, "err": self.failed}})
         for callback in self._on_failure:
             callback(self.failed)
+
+
+class TaskCollector:
+    """``<namespace>_background_task_up{task}`` and ``<namespace>_background_task_restarts_total{task}``.
+
+    A task that restarts now and then recovers by itself, which a log line alone hides: alert on
+    ``increase(..._restarts_total[1h]) > 0``.
+    """
+
+    def __init__(self, supervisor: TaskSupervisor, namespace: str) -> None:
+        self._supervisor = supervisor
+        self._namespace = namespace
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(f"{self._namespace}_background_task_up",
+                               "1 while the background task runs, 0 while it waits to be restarted.", labels=["task"])
+        restarts = CounterMetricFamily(f"{self._namespace}_background_task_restarts",
+                                       "Restarts of the background task after it failed.", labels=["task"])
+        for name, (running, count) in sorted(self._supervisor.state().items()):
+            up.add_metric([name], 1.0 if running else 0.0)
+            restarts.add_metric([name], float(count))
+        yield up
+        yield restarts
+

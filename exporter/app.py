@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import cast
 
 from certpager.errors import ConfigError
-from certpager.tasks import TaskSupervisor
+from certpager.tasks import TaskCollector, TaskSupervisor
 from exporter.config import Config, load
 from exporter.probes.base import ProbeFn, ProbeRequest, ProbeResult
 from exporter.results import ResultStore, render_single
@@ -67,6 +67,7 @@ class Exporter:
         self.metrics = SelfMetrics(self._state)
         # The scheduler and the file watcher are restarted when they fail; /-/ready says when one is down.
         self.tasks = TaskSupervisor(clock=clock, sleep=sleep)
+        self.metrics.registry.register(TaskCollector(self.tasks, "certpager_exporter"))
         self._probes_since_trim = 0
         self.config = self._load()
         self.store = ResultStore(self.config.metrics)

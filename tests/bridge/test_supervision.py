@@ -49,6 +49,9 @@ async def test_a_killed_outbox_worker_is_restarted_and_ready_says_so_meanwhile(s
     assert bridge.tasks.problems() == ["outbox: RuntimeError: outbox bug"]
     await _wait_for(lambda: _is(client, 200))  # restarted after 1 s
     await _wait_for(_delivered(sink))  # and the event queued meanwhile goes out
+    text = await (await client.get("/metrics")).text()
+    assert 'certpager_bridge_background_task_restarts_total{task="outbox"} 1.0' in text
+    assert 'certpager_bridge_background_task_up{task="outbox"} 1.0' in text
 
 
 async def _is(client, status: int) -> bool:

@@ -94,10 +94,14 @@ async def test_a_killed_task_is_restarted_and_ready_says_so_meanwhile(
     assert exporter.tasks.problems() == [f"{task}: RecursionError: maximum recursion depth exceeded"]
     ready = await client.get("/-/ready")
     assert ready.status == 503
+    metrics = sample_map(await (await client.get("/metrics")).text())
+    assert value(metrics, "certpager_exporter_background_task_up", task=task) == 0
     await clock.advance(1)  # restarted after 1 s
     assert (await client.get("/-/ready")).status == 200
     await clock.advance(60)
     metrics = sample_map(await (await client.get("/metrics")).text())
+    assert value(metrics, "certpager_exporter_background_task_up", task=task) == 1
+    assert value(metrics, "certpager_exporter_background_task_restarts_total", task=task) == 1
     assert value(metrics, "tls_probe_success", target="z.test:443") == 1
     assert probe.times("a.test:443")[-1] > clock.now - 61  # still probed at its interval
 
