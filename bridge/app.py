@@ -45,6 +45,7 @@ class ConfigHolder:
     def __init__(self, loaded: LoadedConfig, loader: Callable[[], LoadedConfig] | None = None) -> None:
         self.current = loaded
         self.policy = Policy.from_config(loaded.config)
+        self._statuspage = self._settings(loaded)
         self._loader = loader or (lambda: load_config(self.current.path))
 
     def late_resolved(self) -> str:
@@ -60,13 +61,21 @@ class ConfigHolder:
         return self.current.secrets.statuspage_token
 
     def statuspage_settings(self) -> StatuspageSettings:
-        """The Statuspage section now in force, with its component map (from the config, a variable or a file)."""
-        sp = self.current.config.integrations.statuspage
-        if sp is None:
+        """The Statuspage section now in force, with its component map (from the config, a variable or a file).
+
+        A reload that removes the section keeps the last one (removing the sink needs a restart)."""
+        if self._statuspage is None:
             raise RuntimeError("integrations.statuspage is not configured")
+        return self._statuspage
+
+    @staticmethod
+    def _settings(loaded: LoadedConfig) -> StatuspageSettings | None:
+        sp = loaded.config.integrations.statuspage
+        if sp is None:
+            return None
         return StatuspageSettings(
             page_id=sp.page_id,
-            component_map=self.current.secrets.component_map,
+            component_map=loaded.secrets.component_map,
             service_label=sp.service_label,
             min_severity=sp.min_severity,
             component_status={k: str(v) for k, v in sp.component_status.items()},
@@ -83,11 +92,23 @@ class ConfigHolder:
             ("server.listen_address", old.server.listen_address, loaded.config.server.listen_address),
             ("store", old.store, loaded.config.store),
             ("outbox", old.outbox, loaded.config.outbox),
+            ("integrations.statuspage (present, api_url, requests_per_second)", _statuspage_start(old),
+             _statuspage_start(loaded.config)),
+            ("integrations.statuspage.api_token (dry-run or not)", self.current.secrets.statuspage_token is None,
+             loaded.secrets.statuspage_token is None),
         ):
             if before != after:
                 log.warning("config change needs a restart to apply", extra={"kv": {"key": name}})
         self.current = loaded
         self.policy = Policy.from_config(loaded.config)
+        if loaded.config.integrations.statuspage is not None:
+            self._statuspage = self._settings(loaded)
+
+
+def _statuspage_start(config: BridgeConfig) -> tuple[object, ...] | None:
+    """What of the Statuspage section is read once, when the sink is built."""
+    sp = config.integrations.statuspage
+    return None if sp is None else (sp.api_url, sp.requests_per_second)
 
 
 class Bridge:

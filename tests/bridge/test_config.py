@@ -220,3 +220,19 @@ def test_empty_sections_mean_defaults(tmp_path):
     path = tmp_path / "bridge.yml"
     path.write_text("server:\n  auth:\nstore:\n")
     assert load(path, env={}).config.server.auth.bearer_token is None
+
+
+def test_a_reload_applies_the_statuspage_map_and_says_what_needs_a_restart(tmp_path, caplog):
+    path = tmp_path / "bridge.yml"
+    path.write_text("integrations:\n  statuspage:\n    page_id: page01\n    component_map: {Web: web000000001}\n")
+    holder = ConfigHolder(load(path, env={}), loader=lambda: load(path, env={}))
+    path.write_text("integrations:\n  statuspage:\n    page_id: page01\n    component_map: {Web: web000000002}\n"
+                    "    requests_per_second: 2\n")
+    caplog.set_level(logging.WARNING)
+    holder.reload()
+    assert dict(holder.statuspage_settings().component_map) == {"Web": "web000000002"}  # applied
+    restart = [r.kv["key"] for r in caplog.records if hasattr(r, "kv")]  # type: ignore[attr-defined]
+    assert restart == ["integrations.statuspage (present, api_url, requests_per_second)"]
+    path.write_text("integrations: {}\n")  # the section removed: the running sink keeps its last settings
+    holder.reload()
+    assert dict(holder.statuspage_settings().component_map) == {"Web": "web000000002"}

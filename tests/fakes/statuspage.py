@@ -55,6 +55,7 @@ class Component:
     name: str
     status: str = "operational"
     history: list[str] = field(default_factory=list)  # every status it was set to, in order
+    changed_at: list[float] = field(default_factory=list)  # when its status actually changed (the fake's clock)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "status": self.status, "description": None, "group_id": None}
@@ -385,6 +386,8 @@ class FakeStatuspage:
     def _set_components(self, statuses: dict[str, str]) -> None:
         for cid, status in statuses.items():
             component = self.components[cid]
+            if status != component.status:
+                component.changed_at.append(self._clock())
             component.status = status
             component.history.append(status)
 
