@@ -38,6 +38,15 @@ from bridge.store.base import Store
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 3600.0  # seconds between retention sweeps
+LEAD_EVERY = 1.0  # seconds between asking the election about a one-replica sink
+
+
+@runtime_checkable
+class OneReplica(Protocol):
+    """A sink whose limits and state live in the process (Statuspage: its rate limiter and its view of the
+    page), so with several replicas (PostgreSQL) only the elected one may deliver to it."""
+
+    one_replica: bool
 
 
 @runtime_checkable
@@ -83,6 +92,7 @@ class OutboxWorker:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy: dict[str, int] = dict.fromkeys(self._sinks, 0)  # deliveries in flight per sink
+        self._leading: dict[str, tuple[float, bool]] = {}  # one-replica sink -> (checked at, elected)
         self._probing: set[str] = set()  # sinks whose upstream failed: one delivery at a time
         self._last_prune = 0.0
         self._stopping = False
@@ -146,6 +156,8 @@ class OutboxWorker:
         for name in self._sinks:
             if self._free(name) <= 0:
                 continue  # a finishing delivery wakes the worker
+            if not self._leading.get(name, (0.0, True))[1]:
+                continue  # not elected for it: its items are not ours to wait for
             try:
                 due = await self._store.next_due(name, now=now)
             except Exception as exc:
@@ -157,8 +169,27 @@ class OutboxWorker:
             return self._sweep
         return min(self._sweep, max(earliest - now, 0.0))
 
+    async def _elected(self, name: str, sink: Sink) -> bool:
+        """Whether this replica may deliver to ``sink`` (always, unless it is a one-replica sink); the election
+        is asked at most once a second, and a replica that is not elected campaigns at each ask."""
+        if not (isinstance(sink, OneReplica) and sink.one_replica):
+            return True
+        now = self._clock()
+        checked = self._leading.get(name)
+        if checked is not None and now - checked[0] < LEAD_EVERY:
+            return checked[1]
+        try:
+            elected = await self._store.lead(f"sink:{name}")
+        except Exception as exc:
+            log.error("outbox election failed", extra={"kv": {"sink": name, "err": str(exc)}})
+            elected = False
+        self._leading[name] = (now, elected)
+        return elected
+
     async def _fill(self) -> None:
         for name, sink in self._sinks.items():
+            if not await self._elected(name, sink):
+                continue  # another replica delivers to this sink
             while True:  # again while a full claim was (partly) held back: more may be due
                 free = self._free(name)
                 if free <= 0 or self._stopping:

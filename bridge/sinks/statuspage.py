@@ -412,6 +412,7 @@ class StatuspageSink:
     """
 
     name = "statuspage"
+    one_replica = True  # its rate limiter and its view of the page are this process's: one replica delivers
 
     def __init__(
         self,

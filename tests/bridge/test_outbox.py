@@ -319,3 +319,39 @@ async def test_a_failing_upstream_gets_one_delivery_at_a_time_until_one_succeeds
     assert sink.peak == 1
     # The four that waited were not sent into the hang, so their backoff did not grow.
     assert sorted(i.attempts for i in sink.seen[5:]) == [1, 1, 1, 1, 1]
+
+
+class Elections:
+    """The store, with an election this test decides (PostgreSQL's advisory locks, as a fake)."""
+
+    def __init__(self, store, won: bool) -> None:
+        self.store, self.won, self.asked = store, won, []
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    async def lead(self, role: str) -> bool:
+        self.asked.append(role)
+        return self.won
+
+
+async def test_a_one_replica_sink_is_delivered_by_the_elected_replica_only(store):
+    statuspage = RecordingSink("statuspage")
+    statuspage.one_replica = True  # type: ignore[attr-defined]
+    pagerduty = RecordingSink()
+    elections = Elections(store, won=False)
+    raw = body(alert())
+    await store.ingest(Receipt("alertmanager", raw, time.time()), parse(raw), Policy(),
+                       sinks=["pagerduty", "statuspage"])
+    worker = OutboxWorker(elections, {"pagerduty": pagerduty, "statuspage": statuspage}, sweep_interval=0.05)
+    task = asyncio.create_task(worker.run())
+    try:
+        await until(lambda: len(pagerduty.seen) == 1)
+        await asyncio.sleep(0.3)
+        assert statuspage.seen == [] and elections.asked[0] == "sink:statuspage"  # another replica's job
+        elections.won = True  # that replica died: this one is elected at its next ask (within a second)
+        await until(lambda: len(statuspage.seen) == 1, timeout=3.0)
+        assert set(elections.asked) == {"sink:statuspage"}  # PagerDuty is delivered by every replica
+    finally:
+        await worker.stop(grace=1.0)
+        await asyncio.wait_for(task, 5)
