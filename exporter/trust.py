@@ -186,7 +186,7 @@ def _level_failure(path: Sequence[bytes], level: int, chain: OpenSSLChain) -> Fa
     for depth, cert_der in enumerate(path[:-1]):  # not the anchor's own signature
         bits = signature_bits(cert_der) if depth == 0 else _ca_signature_bits(cert_der)
         if bits < MIN_BITS[level]:
-            algorithm = der.certificate_fields(cert_der).signature_algorithm
+            algorithm = crypto.load_certificate(crypto.FILETYPE_ASN1, cert_der).get_signature_algorithm().decode()
             return Failure(VerifyReason.WEAK_SIGNATURE,
                            f"{chain.describe(cert_der)}: its signature ({algorithm}) is about {bits} bits "
                            f"strong, below security level {level} ({MIN_BITS[level]} bits)")
@@ -199,7 +199,7 @@ def _key_failure(cert_der: bytes, level: int, chain: OpenSSLChain) -> Failure | 
     if cert_der is not chain.ders[0]:
         key_type, key_bits = _ca_key(cert_der)
     else:
-        key_type, key_bits = chain.leaf_key or der.public_key_of(cert_der)
+        key_type, key_bits = chain.leaf_key or public_key(cert_der)
     bits = key_security_bits(key_type, key_bits)
     if bits >= MIN_BITS[level]:
         return None
@@ -246,7 +246,21 @@ _DIGEST_BITS = {"md5": 39, "sha1": 63, "sha224": 112, "sha256": 128, "sha384": 1
 
 @functools.lru_cache(maxsize=1024)
 def _ca_key(cert_der: bytes) -> tuple[str, int]:
-    return der.public_key_of(cert_der)
+    return public_key(cert_der)
+
+
+_OPENSSL_KEY_TYPES = {crypto.TYPE_RSA: "rsa", 912: "rsa", crypto.TYPE_DSA: "dsa", crypto.TYPE_EC: "ec",
+                      1087: "ed25519", 1088: "ed448"}  # EVP_PKEY ids (912: RSA-PSS)
+
+
+def public_key(cert_der: bytes) -> tuple[str, int]:
+    """A certificate's key type and size: read by der.py, or by OpenSSL where der.py refuses the DER
+    (the certificate is OpenSSL's to judge here: it built the path with it)."""
+    try:
+        return der.public_key_of(cert_der)
+    except der.DerError:
+        key = crypto.load_certificate(crypto.FILETYPE_ASN1, cert_der).get_pubkey()
+        return _OPENSSL_KEY_TYPES.get(key.type(), "unknown"), key.bits()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -256,8 +270,11 @@ def _ca_signature_bits(cert_der: bytes) -> int:
 
 def signature_bits(cert_der: bytes) -> int:
     """A certificate signature's strength in bits (0 when the algorithm is unknown)."""
-    parts = der.signed_parts(cert_der)
-    name = der.signature_digest(parts)
+    try:
+        name = der.signature_digest(der.signed_parts(cert_der))
+    except der.DerError:  # OpenSSL's name of it: "sha256WithRSAEncryption", "ecdsa-with-SHA1", "ED25519"
+        text = crypto.load_certificate(crypto.FILETYPE_ASN1, cert_der).get_signature_algorithm().decode().lower()
+        name = next((n for n in ("ed25519", "ed448", *_DIGEST_BITS) if n in text.replace("-", "")), "")
     if name in ("ed25519", "ed448"):
         return 128 if name == "ed25519" else 224
     return _DIGEST_BITS.get(name or "", 0)

@@ -291,6 +291,9 @@ def shapes() -> list[Shape]:
                                              inter], [root])
     root = make("v2 root", None, ca=True)
     add("v2_leaf", [make(host("v2_leaf"), root, ca=False, edit=derkit.as_v2)], [root])
+    root = make("v4 root", None, ca=True)  # a version OpenSSL reads and exporter/der.py refuses
+    inter = make("v4 int", root, ca=True, edit=lambda f: [derkit.tlv(0xA0, derkit.tlv(0x02, b"\x03")), *f[1:]])
+    add("unknown_version_intermediate", [make(host("unknown_version_intermediate"), inter, ca=False), inter], [root])
     root = make("v1 leaf root", None, ca=True)
     add("v1_leaf", [make(host("v1_leaf"), root, ca=False, edit=derkit.as_v1)], [root])
     critical = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00")
