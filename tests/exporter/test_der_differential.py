@@ -178,6 +178,28 @@ def test_a_mutated_certificate_reads_right_or_is_an_error(data: bytes) -> None:
     assert _problem(data) is None
 
 
+@cache
+def _fuzz_store(directory: str) -> tuple[Path, bytes]:
+    from tests.exporter import pki_shapes
+
+    root = pki_shapes.make("verifier fuzz root", None, ca=True)
+    path = Path(directory) / "fuzz-ca.pem"
+    path.write_bytes(root.pem)
+    return path, pki_shapes.make("verifier-fuzz.test", root, ca=False).der
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_a_mutated_chain_gets_a_verdict_never_an_exception(tmp_path_factory, data: st.DataObject) -> None:
+    ca_file, leaf = _fuzz_store(str(tmp_path_factory.getbasetemp()))
+    changed = data.draw(mutated())
+    chain = [changed, leaf] if data.draw(st.booleans()) else [leaf, changed]
+    for profile in ("openssl", "webpki"):
+        verdict = certs.ChainVerifier().verify(certs.read_chain(chain), ca_file, profile=profile)
+        assert verdict.verified in (True, False)
+
+
 @pytest.mark.parametrize("length", [b"\x81\x05", b"\x82\x00\x05"])
 def test_non_minimal_lengths_found_by_the_fuzz_are_errors(length: bytes) -> None:
     seed = _seeds()[-2]
