@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from certpager.cli import plural
 from certpager.web import add_lifecycle_routes, application, payload, stream, text
 from exporter.app import Exporter, UnknownModuleError
 from exporter.config import endpoint_problem
@@ -105,6 +106,6 @@ async def landing(exporter: Exporter, _: web.Request) -> web.Response:
         '<ul><li><a href="/metrics">/metrics</a></li>'
         '<li><a href="/probe?target=example.com:443&amp;module=tls">/probe?target=HOST:PORT&amp;module=NAME</a></li>'
         '<li><a href="/-/healthy">/-/healthy</a></li><li><a href="/-/ready">/-/ready</a></li></ul>'
-        f"<p>{len(exporter.scheduler)} targets; modules:</p><ul>{modules}</ul></body></html>"
+        f"<p>{plural(len(exporter.scheduler), 'target')}; modules:</p><ul>{modules}</ul></body></html>"
     )
     return web.Response(text=page, content_type="text/html")

@@ -366,3 +366,10 @@ async def test_probe_file_module_reads_only_configured_targets(serve_app, tmp_pa
     response = await client.get("/probe", params={"target": "/etc/certpager/*.pem", "module": "files"})
     assert response.status == 200
     assert [r.target for r in probe.requests] == ["/etc/certpager/*.pem"]
+
+
+async def test_landing_page_counts_in_words(serve_app, tmp_path):
+    config = write(tmp_path / "one.yml", "targets: [{target: a.test:443}]\n")
+    client = await serve_app(create_app(Exporter(config, probe=FakeProbe()), background=False))
+    assert "<p>1 target; modules:" in await (await client.get("/")).text()
+
