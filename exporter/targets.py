@@ -251,6 +251,11 @@ class TargetFileWatcher:
             groups = parse_sd_file(path, raw.decode("utf-8"))
         except (TargetFileError, UnicodeDecodeError) as exc:
             return self._fail(state, path, str(exc))
+        except Exception as exc:
+            # A parser bug on one file's content would otherwise fail the watcher at every poll (and the
+            # exporter at every start): the file is invalid, its last good content stays, the bug is logged.
+            log.exception("target file could not be parsed", extra={"kv": {"file": path}})
+            return self._fail(state, path, f"{path}: cannot parse: {type(exc).__name__}")
         if state.error is not None:
             log.info("target file valid again", extra={"kv": {"file": path}})
         state.digest, state.groups, state.error = digest, groups, None

@@ -117,3 +117,16 @@ async def test_a_task_that_keeps_failing_stops_the_exporter_with_exit_1(tmp_path
     config = write(tmp_path / "exporter.yml", "targets: [{target: 127.0.0.1:1}]\n")
     code = await asyncio.wait_for(serve_config(config, "127.0.0.1:0"), 20)
     assert code == 1
+
+
+async def test_a_parser_bug_on_one_file_makes_it_invalid_not_a_failing_watcher(exporter, clock, tmp_path, monkeypatch):
+    from exporter import targets
+
+    def broken(path: str, text: str) -> list[targets.SDGroup]:
+        raise KeyError("parser bug")
+
+    monkeypatch.setattr(targets, "parse_sd_file", broken)
+    sd = write(tmp_path / "sd" / "a.json", json.dumps([{"targets": ["y.test:443"]}]))
+    assert exporter.watcher.poll(force=True) is False  # no raise
+    assert exporter.watcher.file_status() == {str(sd): False}
+    assert {t.target for t in exporter.scheduler.targets()} == {"a.test:443", "x.test:443"}
