@@ -16,9 +16,10 @@
   finished, when the store's next due item falls due (:meth:`Store.next_due`, so every stored retry
   time is honoured, also the ones found at start), and at least every ``sweep_interval``.
 - A sink whose last answer was a failure of the upstream itself (timeout, network error, 5xx) gets one
-  delivery at a time until one succeeds: a hanging upstream holds one slot for one request timeout,
-  not every slot for several, and the items behind it keep their small backoff because they are not
-  sent into the hang. A 429 is not such a failure: its Retry-After already says when to come back.
+  delivery at a time, ``retry_initial`` after the last failure, until one succeeds: a hanging upstream holds
+  one slot for one request timeout, not every slot for several, a failing one gets about a request a second
+  instead of the whole queue, and the items not probed keep their short backoff, so they all go as soon as
+  the upstream answers. A 429 is not such a failure: its Retry-After already says when to come back.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ class OutboxWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy: dict[str, int] = dict.fromkeys(self._sinks, 0)  # deliveries in flight per sink
         self._leading: dict[str, tuple[float, bool]] = {}  # one-replica sink -> (checked at, elected)
-        self._probing: set[str] = set()  # sinks whose upstream failed: one delivery at a time
+        self._probing: set[str] = set()  # sinks whose upstream failed: one probing delivery at a time
+        self._probe_at: dict[str, float] = {}  # ... and no sooner than this after the last failure
         self._last_prune = 0.0
         self._stopping = False
         self._running = False
@@ -143,9 +145,12 @@ class OutboxWorker:
                 await asyncio.wait(pending)
 
     def _free(self, name: str) -> int:
-        """Deliveries ``name`` may start now: its own limit, and one at a time while its upstream fails."""
+        """Deliveries ``name`` may start now: its own limit; while its upstream fails, one probe at a time,
+        ``retry_initial`` after the last failure."""
         free = self._max_in_flight - self._busy.get(name, 0)
         if name in self._probing:
+            if self._clock() < self._probe_at.get(name, 0.0):
+                return 0
             free = min(free, 1 - self._busy.get(name, 0))
         return max(free, 0)
 
@@ -154,6 +159,10 @@ class OutboxWorker:
         now = self._clock()
         earliest: float | None = None
         for name in self._sinks:
+            probe_at = self._probe_at.get(name, 0.0)
+            if name in self._probing and not self._busy.get(name, 0) and now < probe_at:
+                earliest = probe_at if earliest is None else min(earliest, probe_at)
+                continue  # the next probe's time (a due item is then claimed at once)
             if self._free(name) <= 0:
                 continue  # a finishing delivery wakes the worker
             if not self._leading.get(name, (0.0, True))[1]:
@@ -256,6 +265,9 @@ class OutboxWorker:
             if outcome.local:
                 return
             if outcome.status == 0 or outcome.status >= 500:
+                # The next probe waits retry_initial: a failing upstream answering 5xx at once gets about one
+                # request a second, not the whole queue, and the items not probed keep their short backoff.
+                self._probe_at[name] = self._clock() + self._retry_initial
                 if name not in self._probing:
                     self._probing.add(name)
                     log.warning("sink upstream failing: one delivery at a time until one succeeds",

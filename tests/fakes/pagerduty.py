@@ -197,6 +197,12 @@ class FakePagerDuty:
         header = None if retry_after is None else str(retry_after)
         self._faults.extend(Fault(status, header, delay) for _ in range(n))
 
+    def heal(self) -> int:
+        """Drop the faults not yet used (an outage ends now); answers how many were dropped."""
+        dropped = len(self._faults)
+        self._faults.clear()
+        return dropped
+
     def open_incident(self, routing_key: str, dedup_key: str) -> Incident | None:
         """The open (triggered or acknowledged) alert for the key on that routing key, if any."""
         for incident in reversed(self.incidents):
