@@ -267,9 +267,13 @@ class Scheduler:
             self._wake.set()
         if self._slots.get(key) is not slot:
             return  # removed while probing: its results must not come back
-        self._store.record(slot.target, results)
-        if self._on_result is not None:
-            self._on_result(target, results, elapsed)
+        try:
+            self._store.record(slot.target, results)
+            if self._on_result is not None:
+                self._on_result(target, results, elapsed)
+        except Exception:
+            # A bug in recording must not end this target's schedule: it would never be probed again.
+            log.exception("recording a probe result failed", extra={"kv": {"target": target.target}})
         ok = any(r.success for r in results)
         slot.failures = 0 if ok else slot.failures + 1
         # A target whose module changed mid-probe gets a prompt probe with its new settings.

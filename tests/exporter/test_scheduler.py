@@ -297,3 +297,25 @@ async def test_a_restarted_scheduler_reprobes_the_targets_its_failure_cancelled(
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert sorted(t for t, _ in seen) == ["t0.test:443", "t1.test:443", "t2.test:443"]
+
+
+async def test_a_failure_recording_a_result_does_not_end_the_targets_schedule():
+    probe, hooks = FakeProbe(), []
+
+    def on_result(target, results, elapsed):
+        hooks.append(target.target)
+        if len(hooks) == 1:
+            raise RuntimeError("metrics bug")
+
+    clock = FakeClock()
+    probe.clock = clock
+    scheduler = Scheduler(probe, ResultStore(), timing=Timing(jitter=0.1), clock=clock, wall_clock=clock,
+                          sleep=clock.sleep, rng=random.Random(1), on_result=on_result)
+    scheduler.set_targets(make_targets(1))
+    task = asyncio.create_task(scheduler.run())
+    await clock.advance(200)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert len(probe.times("t0.test:443")) == 4  # first within 6 s, then every 60 s
+
