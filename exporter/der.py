@@ -237,10 +237,34 @@ def _integer(der: bytes, integer: Element) -> int:
     return int.from_bytes(der[integer[1]:integer[2]], "big", signed=True)
 
 
+_SIG = x509.oid.SignatureAlgorithmOID
+# The signature_algorithm label: OpenSSL's names (as `openssl x509 -text` prints them, which
+# tests/exporter/test_der.py checks), keyed by the public OID constants; an unlisted OID is its dotted form.
+SIGNATURE_ALGORITHMS: dict[str, str] = {oid.dotted_string: name for oid, name in (
+    (_SIG.RSA_WITH_MD5, "md5WithRSAEncryption"),
+    (_SIG.RSA_WITH_SHA1, "sha1WithRSAEncryption"),
+    (_SIG.RSA_WITH_SHA224, "sha224WithRSAEncryption"),
+    (_SIG.RSA_WITH_SHA256, "sha256WithRSAEncryption"),
+    (_SIG.RSA_WITH_SHA384, "sha384WithRSAEncryption"),
+    (_SIG.RSA_WITH_SHA512, "sha512WithRSAEncryption"),
+    (_SIG.RSASSA_PSS, "rsassaPss"),
+    (_SIG.ECDSA_WITH_SHA1, "ecdsa-with-SHA1"),
+    (_SIG.ECDSA_WITH_SHA224, "ecdsa-with-SHA224"),
+    (_SIG.ECDSA_WITH_SHA256, "ecdsa-with-SHA256"),
+    (_SIG.ECDSA_WITH_SHA384, "ecdsa-with-SHA384"),
+    (_SIG.ECDSA_WITH_SHA512, "ecdsa-with-SHA512"),
+    (_SIG.DSA_WITH_SHA1, "dsa-with-sha1"),
+    (_SIG.DSA_WITH_SHA224, "dsa-with-sha224"),
+    (_SIG.DSA_WITH_SHA256, "dsa-with-sha256"),
+    (_SIG.ED25519, "ed25519"),
+    (_SIG.ED448, "ed448"),
+)}
+
+
 @functools.lru_cache(maxsize=256)
 def _algorithm_name(oid: bytes) -> str:
-    name = x509.ObjectIdentifier(dotted(oid))._name
-    return dotted(oid) if name == "Unknown OID" else name
+    text = dotted(oid)
+    return SIGNATURE_ALGORITHMS.get(text, text)
 
 
 # --- validity ------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
+import shutil
+import subprocess
 from functools import cache
 
 import pytest
@@ -85,7 +87,7 @@ def oracle(cert: x509.Certificate) -> der.CertFields:
         self_issued=cert.subject == cert.issuer,
         key_type=kind,
         key_bits=bits(public),
-        signature_algorithm=algorithm.dotted_string if algorithm._name == "Unknown OID" else algorithm._name,
+        signature_algorithm=der.SIGNATURE_ALGORITHMS.get(algorithm.dotted_string, algorithm.dotted_string),
         dns_names=dns,
         ip_addresses=ips,
         is_ca=is_ca,
@@ -326,3 +328,17 @@ def test_dotted_oids() -> None:
     assert der.dotted(bytes.fromhex("8837")) == "2.999"
     with pytest.raises(der.DerError):
         der.dotted(b"\x86")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+@pytest.mark.parametrize(("key_spec", "hash_name"), [
+    ("rsa2048", "sha256"), ("rsa2048", "sha1"), ("rsa2048", "md5"), ("ec256", "sha384"), ("ec384", "sha512"),
+    ("ed25519", "sha256"),
+])
+def test_signature_algorithm_names_are_openssls(key_spec: str, hash_name: str) -> None:
+    """The signature_algorithm label is the name `openssl x509 -text` prints (its case aside: ED25519)."""
+    issued = pki.make_leaf(None, ("sig.test",), key=key_spec, hash=hash_name)
+    text = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-text"], input=issued.der,
+                          capture_output=True, check=True, timeout=10).stdout.decode()
+    printed = text.split("Signature Algorithm:", 1)[1].split()[0]
+    assert der.certificate_fields(issued.der).signature_algorithm.lower() == printed.lower()
