@@ -334,7 +334,8 @@ async def run_certpager_scheduler(
 async def compare_probe_endpoints(work: Path, targets: list[str], concurrency: int, passes: int,
                                   batch: int) -> None:
     bb_port, cp_port = free_port(), free_port()
-    (work / "certpager-probe.yml").write_text(BENCH_MODULE)
+    # As many /probe requests at once as the client sends (the default, 128, would answer the rest 503).
+    (work / "certpager-probe.yml").write_text(BENCH_MODULE + f"probe: {{max_concurrent: {concurrency}}}\n")
     with process(blackbox_argv(work, bb_port), work / "blackbox.log") as bb_proc, \
             process(certpager_argv(work / "certpager-probe.yml", cp_port), work / "certpager-probe.log") as cp_proc:
         await wait_http(f"http://127.0.0.1:{bb_port}/-/healthy", bb_proc)

@@ -9,9 +9,7 @@ for as long as the server does (the app's lifespan) and is woken by every commit
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hmac
 import json
 import logging
 import time
@@ -22,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from bridge import alertmanager
-from bridge.config import BridgeConfig, LoadedConfig, Server
+from bridge.config import BridgeConfig, LoadedConfig
 from bridge.config import load as load_config
 from bridge.decisions import Policy
 from bridge.keys import CLASS_SHORT
@@ -31,6 +29,7 @@ from bridge.outbox import OutboxWorker
 from bridge.sinks.base import Sink
 from bridge.sinks.statuspage import StatuspageSettings
 from bridge.store.base import Receipt, Store, StoreError
+from certpager.auth import Credentials
 from certpager.tasks import TaskCollector, TaskSupervisor
 from certpager.web import add_lifecycle_routes, application, metrics_handler, payload, read_body, text
 
@@ -157,8 +156,9 @@ class Bridge:
         mode = loaded.config.server.reload
         if mode == "disabled":
             return text("reload over HTTP is disabled (server.reload); send SIGHUP\n", 403)
-        if mode == "authenticated" and not authorized(request.headers.get("Authorization", ""), loaded):
-            return text("unauthorized\n", 401, _challenge(loaded.config.server))
+        accepted = credentials(loaded)
+        if mode == "authenticated" and not accepted.accepts(request.headers.get("Authorization", "")):
+            return text("unauthorized\n", 401, accepted.challenges())
         return None
 
     def ready(self) -> bool:
@@ -196,9 +196,10 @@ class Bridge:
     async def alertmanager_webhook(self, request: web.Request) -> web.Response:
         """Authenticate, parse, commit, then answer (see module docstring)."""
         loaded = self.holder.current
-        if not authorized(request.headers.get("Authorization", ""), loaded):
+        accepted = credentials(loaded)
+        if not accepted.accepts(request.headers.get("Authorization", "")):
             return self._answer(401, "unauthorized", {"status": "error", "error": "unauthorized"},
-                                _challenge(loaded.config.server))
+                                accepted.challenges())
         limit = loaded.config.server.max_body_bytes
         body = await read_body(request, limit)
         if body is None:
@@ -282,29 +283,8 @@ def known_environments(config: BridgeConfig) -> set[str]:
     return {"", *pd.routing_keys, *pd.routing_key_files, *pd.services}
 
 
-def _challenge(server: Server) -> tuple[tuple[str, str], ...]:
-    """One ``WWW-Authenticate`` header per configured scheme."""
-    challenges: list[tuple[str, str]] = []
-    if server.auth.bearer_token is not None or server.auth.bearer_token_file is not None:
-        challenges.append(("WWW-Authenticate", 'Bearer realm="certpager"'))
-    if server.auth.basic_auth is not None:
-        challenges.append(("WWW-Authenticate", 'Basic realm="certpager"'))
-    return tuple(challenges)
-
-
-def authorized(header: str, loaded: LoadedConfig) -> bool:
-    """Whether an Authorization header matches the configured bearer token or basic auth (constant time)."""
-    secrets, basic = loaded.secrets, loaded.config.server.auth.basic_auth
-    if secrets.bearer_token is None and basic is None:
-        return True  # no credentials configured: open (a warning is logged at start)
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and secrets.bearer_token is not None:
-        return hmac.compare_digest(value.strip().encode(), secrets.bearer_token.encode())
-    if scheme.lower() == "basic" and basic is not None and secrets.basic_password is not None:
-        try:
-            user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
-        except ValueError:  # not base64 (binascii.Error), not ASCII ("Basic é"), not UTF-8 inside
-            return False
-        user_ok = hmac.compare_digest(user.encode(), basic.username.encode())
-        return hmac.compare_digest(password.encode(), secrets.basic_password.encode()) and user_ok
-    return False
+def credentials(loaded: LoadedConfig) -> Credentials:
+    """What the webhook and ``POST /-/reload`` accept: ``server.auth``, its secrets read from their files."""
+    basic = loaded.config.server.auth.basic_auth
+    return Credentials(bearer_token=loaded.secrets.bearer_token, basic_password=loaded.secrets.basic_password,
+                       basic_username=None if basic is None else basic.username)

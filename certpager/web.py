@@ -213,8 +213,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = text(f"{exc}\n", 408)
         response.force_close()  # the rest of the body is still on its way
         return response
-    except ConnectionResetError:
-        raise  # the client went away: nobody to answer (aiohttp drops the connection quietly)
+    except ConnectionResetError:  # the client went away mid-body: nobody reads this, and nothing to log
+        return text("client disconnected\n", 400)
     except Exception:
         log.exception("request failed", extra={"kv": {"method": request.method, "path": request.path}})
         return text("internal server error\n", 500)

@@ -22,6 +22,7 @@ from typing import cast
 
 from certpager.errors import ConfigError
 from certpager.tasks import TaskCollector, TaskSupervisor
+from exporter.access import AllowList, ProbeAccess, Slots
 from exporter.config import Config, load
 from exporter.probes.base import ProbeFn, ProbeRequest, ProbeResult
 from exporter.results import ResultStore, render_single
@@ -69,7 +70,8 @@ class Exporter:
         self.tasks = TaskSupervisor(clock=clock, sleep=sleep)
         self.metrics.registry.register(TaskCollector(self.tasks, "certpager_exporter"))
         self._probes_since_trim = 0
-        self.config = self._load()
+        self.config, self.access = self._load()
+        self.probe_slots = Slots()  # /probe requests probing now (probe.max_concurrent)
         self.store = ResultStore(self.config.metrics)
         self.scheduler = Scheduler(probe, self.store, timing=_timing(self.config), clock=clock, wall_clock=wall_clock,
                                    sleep=sleep, rng=rng, on_result=self._on_result)
@@ -87,13 +89,17 @@ class Exporter:
             self._probes_since_trim = 0
             trim_memory()
 
-    def _load(self) -> Config:
-        """The config file's content; a failure is recorded (success is, once the config is applied)."""
+    def _load(self) -> tuple[Config, ProbeAccess]:
+        """The config file's content and who may probe what (its secret files read now); a failure is
+        recorded (success is, once the config is applied)."""
         try:
-            return self._loader(self.config_path)
+            config = self._loader(self.config_path)
+            credentials = config.web.auth.credentials(key="web.auth", config_path=self.config_path)
         except ConfigError:
             self.metrics.reloaded(False, self._wall())
             raise
+        probe = config.probe
+        return config, ProbeAccess(credentials, AllowList.parse(probe.allowed_targets), probe.max_concurrent)
 
     def _new_watcher(self, config: Config) -> TargetFileWatcher:
         watcher = TargetFileWatcher(config.target_files, base_dir=self.config_path.parent, clock=self._clock,
@@ -122,14 +128,14 @@ class Exporter:
         """Load the config file again; on error keep the old config and re-raise (ConfigError)."""
         async with self._reload_lock:
             try:
-                config = await asyncio.to_thread(self._load)
+                config, access = await asyncio.to_thread(self._load)
             except ConfigError as exc:
                 # Logged here, the one path of SIGHUP and POST /-/reload: a failed reload is never silent.
                 log.error("config reload failed, keeping the old config",
                           extra={"kv": {"file": str(self.config_path), "err": str(exc)}})
                 raise
             watcher = await asyncio.to_thread(self._new_watcher, config)
-            self.config, self.watcher = config, watcher
+            self.config, self.watcher, self.access = config, watcher, access
             self.scheduler.set_timing(_timing(config))
             self.scheduler.policies = config.policies
             self.store.set_settings(config.metrics)

@@ -74,6 +74,7 @@ def check_config(path: Path, out: TextIO, err: TextIO) -> int:
     """Validate ``path`` and the target files it names; 0 if valid, 1 with the errors otherwise."""
     try:
         config = load(path)
+        config.web.auth.credentials(key="web.auth", config_path=path)  # the secret files, read as a start would
     except ConfigError as exc:
         for line in str(exc).splitlines():
             print(f"FAILED: {line}", file=err)

@@ -11,11 +11,13 @@ import ipaddress
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from certpager.auth import FileAuth
 from certpager.config import CHECK_FILES, Duration, Problems, ReadableFile, StrictModel, load_config
+from exporter.access import check_entry
 
 ModuleKind = Literal["tls", "starttls", "file"]
 StartTLSProtocol = Literal[
@@ -266,6 +268,20 @@ class GlobalSettings(StrictModel):
         return _positive_duration(value) or value
 
 
+class ProbeSettings(StrictModel):
+    """What ``/probe`` may be asked (see exporter/access.py)."""
+
+    # CIDRs and host globs; empty: any target. Configured targets are always allowed.
+    allowed_targets: list[Annotated[str, AfterValidator(check_entry)]] = Field(default_factory=list)
+    max_concurrent: int = Field(default=128, ge=1, le=100_000)  # /probe requests at once; more get 503
+
+
+class WebSettings(StrictModel):
+    """The HTTP endpoints: ``auth`` guards ``/probe`` and ``POST /-/reload`` (the other endpoints stay open)."""
+
+    auth: FileAuth = FileAuth()
+
+
 class Config(StrictModel):
     """The whole exporter config file."""
 
@@ -277,6 +293,8 @@ class Config(StrictModel):
     threshold_groups: list[ThresholdGroup] = Field(default_factory=list)
     policies: Policies = Policies()
     metrics: MetricsSettings = MetricsSettings()
+    probe: ProbeSettings = ProbeSettings()
+    web: WebSettings = WebSettings()
 
     model_config = StrictModel.model_config | {"populate_by_name": True}
 

@@ -18,6 +18,7 @@ from certpager import __version__
 from exporter.probes.base import ProbeResult
 from exporter.targets import ResolvedTarget
 
+PROBE_REFUSALS = ("unauthorized", "not_allowed", "concurrency")
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -62,6 +63,12 @@ class SelfMetrics:
                                  "Time of the last successful config (re)load, unix seconds.", registry=r)
         self.target_file_errors = Counter("certpager_exporter_target_file_errors",
                                           "Target file reads that failed to parse or could not be read.", registry=r)
+        self.probe_refused = Counter(
+            "certpager_exporter_probe_requests_refused",
+            "/probe requests refused: unauthorized (web.auth), not_allowed (probe.allowed_targets), "
+            "concurrency (probe.max_concurrent).", ["reason"], registry=r)
+        for reason in PROBE_REFUSALS:
+            self.probe_refused.labels(reason)
         build = Gauge("certpager_exporter_build_info", "1, with the version of certpager and Python.",
                       ["version", "python_version"], registry=r)
         build.labels(__version__, platform.python_version()).set(1)

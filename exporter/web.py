@@ -29,7 +29,8 @@ def create_app(exporter: Exporter, *, background: bool = True) -> web.Applicatio
     app.router.add_get("/", functools.partial(landing, exporter))
     app.router.add_get("/metrics", functools.partial(metrics, exporter))
     app.router.add_get("/probe", functools.partial(probe, exporter))
-    add_lifecycle_routes(app, ready=exporter.tasks.ready, reload=exporter.reload)
+    add_lifecycle_routes(app, ready=exporter.tasks.ready, reload=exporter.reload,
+                         reload_guard=functools.partial(_unauthorized, exporter))
     if background:
         app.cleanup_ctx.append(functools.partial(_run_background, exporter))
     return app
@@ -55,7 +56,10 @@ async def metrics(exporter: Exporter, request: web.Request) -> web.StreamRespons
 
 
 async def probe(exporter: Exporter, request: web.Request) -> web.Response:
-    """Probe ``target`` with ``module`` now, blackbox-style."""
+    """Probe ``target`` with ``module`` now, blackbox-style (with web.auth and probe.* checked first)."""
+    if (refusal := _unauthorized(exporter, request)) is not None:
+        exporter.metrics.probe_refused.labels("unauthorized").inc()
+        return refusal
     target = request.query.get("target", "").strip()
     module_name = request.query.get("module", "tls")
     if not target:
@@ -73,11 +77,29 @@ async def probe(exporter: Exporter, request: web.Request) -> web.Response:
                            exporter.config.global_.timeout_offset)
     except ValueError as exc:
         return _bad_request(str(exc))
+    access = exporter.access
+    if exporter.scheduler.target(target) is None and not access.allowed.allows(target):
+        exporter.metrics.probe_refused.labels("not_allowed").inc()
+        return text(f"target {target!r} is not allowed by probe.allowed_targets\n", 403)
+    if not exporter.probe_slots.take(access.max_concurrent):
+        exporter.metrics.probe_refused.labels("concurrency").inc()
+        return text(f"{access.max_concurrent} probes are running already (probe.max_concurrent); retry later\n",
+                    503, [("Retry-After", "1")])
     try:
         body = await exporter.probe_now(target, module_name, cap)
     except UnknownModuleError:  # the config was reloaded between the check and the probe
         return _bad_request(f"unknown module {module_name!r}")
+    finally:
+        exporter.probe_slots.release()
     return payload(body, TEXT_FORMAT)
+
+
+def _unauthorized(exporter: Exporter, request: web.Request) -> web.Response | None:
+    """A 401 with the challenges unless the request carries web.auth's credentials (or none are set)."""
+    credentials = exporter.access.credentials
+    if credentials.accepts(request.headers.get("Authorization", "")):
+        return None
+    return text("unauthorized\n", 401, credentials.challenges())
 
 
 def _timeout_cap(header: str | None, offset: float) -> float | None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import io
 import json
 import random
 import re
@@ -373,3 +375,119 @@ async def test_landing_page_counts_in_words(serve_app, tmp_path):
     client = await serve_app(create_app(Exporter(config, probe=FakeProbe()), background=False))
     assert "<p>1 target; modules:" in await (await client.get("/")).text()
 
+
+GUARDED = CONFIG + """
+probe:
+  allowed_targets: [127.0.0.0/8, "::1/128", "*.allowed.test"]
+  max_concurrent: 2
+web:
+  auth:
+    bearer_token_file: token
+    basic_auth: {username: prometheus, password_file: password}
+"""
+BEARER = {"Authorization": "Bearer s3cret-token"}
+
+
+@pytest.fixture
+async def guarded(serve_app, tmp_path, clock):
+    write(tmp_path / "token", "s3cret-token\n")
+    write(tmp_path / "password", "pa55\n")
+    probe = FakeProbe(clock=clock)
+    exporter = Exporter(write(tmp_path / "guarded.yml", GUARDED), probe=probe, clock=clock,
+                        wall_clock=lambda: WALL, sleep=clock.sleep, rng=random.Random(7))
+    return exporter, probe, await serve_app(create_app(exporter, background=False))
+
+
+async def refusals(client):
+    s = await scrape(client)
+    return {reason: value(s, "certpager_exporter_probe_requests_refused_total", reason=reason)
+            for reason in ("unauthorized", "not_allowed", "concurrency")}
+
+
+async def test_web_auth_guards_probe_and_reload_only(guarded):
+    _, _, client = guarded
+    params = {"target": "127.0.0.1:443"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic cHJvbWV0aGV1czp3cm9uZw=="}):
+        denied = await client.get("/probe", params=params, headers=headers)
+        assert denied.status == 401
+        assert denied.headers.getall("WWW-Authenticate") == ['Bearer realm="certpager"', 'Basic realm="certpager"']
+        assert (await client.post("/-/reload", headers=headers)).status == 401
+    assert (await client.get("/probe", params=params, headers=BEARER)).status == 200
+    basic = {"Authorization": "Basic " + base64.b64encode(b"prometheus:pa55").decode()}
+    assert (await client.get("/probe", params=params, headers=basic)).status == 200
+    assert (await client.post("/-/reload", headers=basic)).status == 200
+    for open_path in ("/metrics", "/-/healthy", "/-/ready", "/"):
+        assert (await client.get(open_path)).status == 200
+    assert (await refusals(client))["unauthorized"] == 3
+
+
+@pytest.mark.parametrize(("target", "status"), [
+    ("127.0.0.2:443", 200), ("[::1]:443", 200), ("www.allowed.test:443", 200), ("A.B.ALLOWED.TEST.:8443", 200),
+    ("a.test:443", 200),  # configured: always allowed
+    ("10.0.0.1:443", 403), ("[::ffff:10.0.0.1]:443", 403), ("allowed.test:443", 403), ("evil.test:443", 403),
+    ("allowed.test.evil.test:443", 403),
+])
+async def test_probe_allowed_targets(guarded, target, status):
+    _, probe, client = guarded
+    response = await client.get("/probe", params={"target": target}, headers=BEARER)
+    assert response.status == status
+    if status == 403:
+        assert await response.text() == f"target {target!r} is not allowed by probe.allowed_targets\n"
+        assert not [r for r in probe.requests if r.target == target]  # never connected
+        assert (await refusals(client))["not_allowed"] == 1
+
+
+async def test_probe_concurrency_cap_answers_503_and_counts(guarded):
+    _, probe, client = guarded
+    probe.gate = asyncio.Event()
+    running = [asyncio.create_task(client.get("/probe", params={"target": f"127.0.0.{i}:443"}, headers=BEARER))
+               for i in (1, 2)]
+    while probe.running < 2:
+        await asyncio.sleep(0.01)
+    refused = await client.get("/probe", params={"target": "127.0.0.3:443"}, headers=BEARER)
+    assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+    assert await refused.text() == "2 probes are running already (probe.max_concurrent); retry later\n"
+    probe.gate.set()
+    assert [(await r).status for r in running] == [200, 200]
+    assert (await client.get("/probe", params={"target": "127.0.0.3:443"}, headers=BEARER)).status == 200
+    assert (await refusals(client)) == {"unauthorized": 0, "not_allowed": 0, "concurrency": 1}
+
+
+@pytest.mark.parametrize(("extra", "files", "message"), [
+    ("probe: {allowed_targets: [10.0.0.1/8]}", {},
+     r"probe.allowed_targets\[0\]: '10.0.0.1/8' is not a CIDR.*host bits set"),
+    ("probe: {allowed_targets: ['*.ok.test', 'bad host']}", {},
+     r"probe.allowed_targets\[1\]: 'bad host' is neither a CIDR"),
+    ("web: {auth: {bearer_token_file: missing}}", {}, r"web.auth.bearer_token_file: cannot read secret file"),
+    ("web: {auth: {basic_auth: {username: 'a:b', password_file: p}}}", {"p": "x"},
+     r"web.auth.basic_auth.username: .*no ':'"),
+])
+def test_bad_probe_and_web_settings_are_config_errors(tmp_path, extra, files, message):
+    for name, content in files.items():
+        write(tmp_path / name, content)
+    with pytest.raises(ConfigError, match=message):
+        Exporter(write(tmp_path / "x.yml", CONFIG + extra + "\n"), probe=FakeProbe())
+
+
+async def test_a_reload_reads_the_token_file_again(guarded, tmp_path):
+    exporter, _, client = guarded
+    write(tmp_path / "token", "rotated\n")
+    assert (await client.post("/-/reload", headers=BEARER)).status == 200
+    assert (await client.get("/probe", params={"target": "127.0.0.1:443"}, headers=BEARER)).status == 401
+    rotated = {"Authorization": "Bearer rotated"}
+    assert (await client.get("/probe", params={"target": "127.0.0.1:443"}, headers=rotated)).status == 200
+    (tmp_path / "token").unlink()
+    failed = await client.post("/-/reload", headers=rotated)
+    assert failed.status == 500 and "web.auth.bearer_token_file" in await failed.text()
+    assert exporter.access.credentials.accepts("Bearer rotated")  # the old config and its token stay
+
+
+def test_config_check_reads_the_web_auth_files(tmp_path):
+    from exporter.cli import check_config
+
+    path = write(tmp_path / "x.yml", CONFIG + "web: {auth: {bearer_token_file: token}}\n")
+    out, err = io.StringIO(), io.StringIO()
+    assert check_config(path, out, err) == 1
+    assert "web.auth.bearer_token_file: cannot read secret file" in err.getvalue()
+    write(tmp_path / "token", "t\n")
+    assert check_config(path, out, io.StringIO()) == 0
