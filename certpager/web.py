@@ -230,7 +230,7 @@ async def _connection_state(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     finally:
-        connection.request_done()
+        connection.request_done(body_read=request.content.is_eof())
 
 
 def _connection_of(request: web.Request) -> _Connection | None:
@@ -246,6 +246,7 @@ class _State(enum.Enum):
     IDLE = "idle"  # waiting for a request's first byte
     HEAD = "head"  # a request's head is arriving
     BUSY = "busy"  # a handler has the request (it reads the body itself, under the same deadline)
+    DRAINING = "draining"  # answered with its body unread: aiohttp discards the rest (lingering_time), then idle
 
 
 _HEAD_END = b"\r\n\r\n"
@@ -326,12 +327,15 @@ class _Connection(asyncio.Protocol):
         self._state = _State.BUSY
         self._cancel_timer()
 
-    def request_done(self) -> None:
-        """The handler returned: the connection is idle again."""
-        self._idle()
+    def request_done(self, *, body_read: bool) -> None:
+        """The handler returned: the connection is idle again, once what is left of the body is discarded.
 
-    def _idle(self) -> None:
-        self._state = _State.IDLE
+        Bytes of a body the handler did not read (a 413, a 408) are not the head of a next request.
+        """
+        self._idle(_State.IDLE if body_read else _State.DRAINING)
+
+    def _idle(self, state: _State = _State.IDLE) -> None:
+        self._state = state
         self._arm(self._loop.time() + self._read_timeout, self._idle_timed_out)
 
     def _arm(self, when: float, callback: Callable[[], None]) -> None:
@@ -345,7 +349,7 @@ class _Connection(asyncio.Protocol):
 
     def _idle_timed_out(self) -> None:
         self._timer = None
-        if self._transport is not None and self._state is _State.IDLE:
+        if self._transport is not None and self._state in (_State.IDLE, _State.DRAINING):
             self._transport.close()
 
     def _head_timed_out(self) -> None:
