@@ -3,7 +3,7 @@
 Every model is strict (unknown keys are errors) and frozen. Secrets are ``SecretStr`` and every one has
 a ``*_file`` variant; files are read by :func:`load` (relative paths from the config file's directory)
 and read again on every reload, so a key is rotated by rewriting its file and sending SIGHUP.
-``grouping`` and ``automation`` are validated now and used by later work.
+``automation`` is validated now and used by later work.
 See docs/bridge.md for the user-facing reference; keep both in step.
 """
 
@@ -253,7 +253,7 @@ class Integrations(Section):
 
 
 class Grouping(Section):
-    """Alert grouping (validated now, applied by later work)."""
+    """Alert grouping: the correlated classes' alerts sharing ``fields`` are one incident (bridge.decisions)."""
 
     type: Literal["intelligent", "none"] = "none"
     fields: list[str] = Field(default_factory=lambda: ["environment", "issuer"])

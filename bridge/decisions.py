@@ -13,6 +13,13 @@ webhook (SQLite today, PostgreSQL later) and tests drive it with plain values. T
   where only the highest firing class is open; a superseded lower incident is resolved with a note and
   re-triggered when the higher one resolves while it still fires. Events are emitted only when the
   wanted open/closed state differs from what was last sent.
+- **Groups** (``grouping: type: intelligent``): the per-certificate events of the correlated classes are
+  not sent as they are; each opening member joins the open group of its *slot* (route + the values of
+  ``grouping.fields``) whose first alert arrived at most ``time_window`` before it, or starts a new group
+  with a new key. The group is ONE incident: it opens with its first member, is re-triggered (an update)
+  when a member joins or leaves, and resolves when its last member resolves. The ladder runs first, per
+  certificate, so a group never holds a certificate at two rungs. Group rows are stored state, read and
+  written in the same transaction as the rest: whichever replica decides, the result is the same.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from urllib.parse import quote
 from bridge.alertmanager import Alert, Notification, Status
 from bridge.config import TEMPLATE_PLACEHOLDER_RE, BridgeConfig
 from bridge.events import Action, IncidentEvent, Link, Severity
-from bridge.keys import LADDER, Subject, class_title, subject_of
+from bridge.keys import LADDER, Subject, class_title, group_key, subject_of
 
 _SEVERITIES = {s.value: s for s in Severity}
 _EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(IncidentEvent))
@@ -56,6 +63,22 @@ class Incident:
     open: bool
     trigger: Mapping[str, Any]  # IncidentEvent.to_json() built from its latest firing alert
     updated_at: float
+    group: str = ""  # key of the group this incident is a member of ("" when it is not)
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """One group of correlated incidents, sent as ONE incident under its own key."""
+
+    key: str
+    slot: str  # route + the values of grouping.fields: which alerts may join
+    route: str
+    opened_at: float  # when its first member arrived: the window is measured from here
+    open: bool
+    values: Mapping[str, str]  # grouping.fields -> the members' common value
+    members: Mapping[str, Mapping[str, Any]]  # member incident key -> what the group's incident shows of it
+    updated_at: float
+    version: int = 0  # bumped on every write; a write guarded by it refuses a concurrent change
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +87,17 @@ class State:
 
     occurrences: Mapping[tuple[str, str], Occurrence] = field(default_factory=dict)
     incidents: Mapping[str, Incident] = field(default_factory=dict)
+    groups: Mapping[str, Group] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
-    """Which rows to load: every occurrence of these fingerprints, firing ones and incidents of these scopes."""
+    """Which rows to load: every occurrence of these fingerprints, firing ones and incidents of these scopes,
+    the open groups of these slots and the groups the loaded incidents are members of."""
 
     fingerprints: frozenset[str]
     scopes: frozenset[str]
+    slots: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -80,6 +106,7 @@ class Decision:
 
     occurrences: list[Occurrence] = field(default_factory=list)
     incidents: list[Incident] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
     events: list[IncidentEvent] = field(default_factory=list)
     new: int = 0
     duplicates: int = 0
@@ -96,18 +123,30 @@ class Policy:
     runbook: str | None = None
     ladder: tuple[str, ...] = LADDER
     service_label: str = "service"  # the label naming the affected services (integrations.statuspage)
+    correlation: frozenset[str] = frozenset()  # classes that are grouped (empty: grouping off)
+    group_fields: tuple[str, ...] = ("environment", "issuer")
+    group_window: float = 300.0  # seconds after a group's first alert during which others may join
 
     @classmethod
     def from_config(cls, config: BridgeConfig) -> Policy:
         pd = config.integrations.pagerduty
         statuspage = config.integrations.statuspage
+        grouping = config.grouping
         return cls(
             severity_mapping=dict(pd.severity_mapping),
             default_severity=pd.default_severity,
             dashboard=config.links.dashboard,
             runbook=config.links.runbook,
             service_label=statuspage.service_label if statuspage is not None else "service",
+            correlation=frozenset(grouping.correlation) if grouping.type == "intelligent" else frozenset(),
+            group_fields=tuple(grouping.fields),
+            group_window=float(grouping.time_window),
         )
+
+    def slot_of(self, labels: Mapping[str, str], route: str) -> tuple[str, dict[str, str]]:
+        """The group slot of an alert (route + its ``group_fields`` values) and those values."""
+        values = {name: labels.get(name, "") for name in self.group_fields}
+        return "\x1f".join([route, *(f"{k}={v}" for k, v in values.items())]), values
 
     def severity_for(self, event_class: str, labels: Mapping[str, str]) -> Severity:
         """Class mapping, else the alert's ``severity`` label when PagerDuty knows it, else the default."""
@@ -117,12 +156,18 @@ class Policy:
         return _SEVERITIES.get(labels.get("severity", "").lower(), self.default_severity)
 
 
-def lookup(notification: Notification) -> Lookup:
+def lookup(notification: Notification, policy: Policy | None = None) -> Lookup:
     """The state :func:`decide` needs for ``notification``."""
     subjects = [subject_of(a.labels, a.fingerprint) for a in notification.alerts]
+    slots: frozenset[str] = frozenset()
+    if policy is not None and policy.correlation:
+        slots = frozenset(
+            policy.slot_of(a.labels, s.route)[0] for a, s in zip(notification.alerts, subjects, strict=True)
+        )
     return Lookup(
         fingerprints=frozenset(a.fingerprint for a in notification.alerts),
         scopes=frozenset(s.scope for s in subjects),
+        slots=slots,
     )
 
 
@@ -158,6 +203,8 @@ def decide(state: State, notification: Notification, policy: Policy, *, now: flo
     for scope in sorted(touched):
         _reconcile(by_scope.get(scope, []), firing.get(scope, set()), incidents, policy, decision, fresh, now)
     _join_updates(state, incidents, fresh, decision)
+    if policy.correlation:
+        _group(state, incidents, policy, decision, now)
     decision.occurrences = [o for k, o in occurrences.rows.items() if state.occurrences.get(k) != o]
     decision.incidents = [i for k, i in incidents.items() if state.incidents.get(k) != i]
     return decision
@@ -251,6 +298,7 @@ def _with_trigger(current: Incident | None, trigger: IncidentEvent, subject: Sub
         open=current.open if current else False,
         trigger=event_json(trigger),
         updated_at=now,
+        group=current.group if current else "",
     )
 
 
@@ -276,9 +324,7 @@ def _reconcile(
         opening = incident.key in wanted
         note = _note(incident, opening, live, incident.key in firing, in_scope, rank)
         decision.events.append(_event(incident, opening, note, fresh.get(incident.key)))
-        incidents[incident.key] = Incident(
-            incident.key, incident.scope, incident.event_class, incident.route, opening, incident.trigger, now
-        )
+        incidents[incident.key] = dataclasses.replace(incident, open=opening, updated_at=now)
 
 
 def _triggers_first(in_scope: Iterable[Incident], wanted: set[str]) -> list[Incident]:
@@ -389,3 +435,200 @@ def _links(alert: Alert, policy: Policy) -> tuple[Link, ...]:
     if alert.generator_url:
         links.append(Link(alert.generator_url, "Alert source"))
     return tuple(links)
+
+
+# --- groups ------------------------------------------------------------------------------------------
+
+MEMBERS_SHOWN = 20  # members a group's custom_details lists; the others are counted
+_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2, Severity.CRITICAL: 3}
+
+
+def _group(
+    state: State, incidents: dict[str, Incident], policy: Policy, decision: Decision, now: float
+) -> None:
+    """Turn the per-certificate events of correlated classes into events of their groups (module docstring)."""
+    groups = dict(state.groups)
+    placed: dict[int, str] = {}  # index of a member event -> the group whose event takes its place
+    for index, event in enumerate(decision.events):
+        if event.event_class not in policy.correlation:
+            continue
+        incident = incidents[event.key]
+        current = groups.get(incident.group)
+        member_of = current if current is not None and event.key in current.members else None
+        if event.action == Action.RESOLVE or (event.update and member_of is None):
+            if member_of is None:  # opened before grouping was configured: it goes on as it was opened
+                continue
+            if event.action == Action.RESOLVE:
+                groups[member_of.key] = _without(member_of, event.key, now)
+                incidents[event.key] = dataclasses.replace(incident, group="")
+                placed[index] = member_of.key
+                continue
+        labels = event.custom_details.get("labels", {})
+        if member_of is None:
+            member_of = _group_for(groups, policy, labels if isinstance(labels, Mapping) else {}, event.route, now)
+        groups[member_of.key] = _with_member(member_of, event, now)
+        incidents[event.key] = dataclasses.replace(incidents[event.key], group=member_of.key)
+        placed[index] = member_of.key
+    sent = _settle_groups(state, groups, placed.values(), now)
+    events: list[IncidentEvent] = []
+    done: set[str] = set()
+    for index, event in enumerate(decision.events):
+        key = placed.get(index)
+        if key is None:
+            events.append(event)
+        elif key not in done:
+            done.add(key)
+            if sent.get(key) is not None:
+                events.append(sent[key])  # type: ignore[arg-type]
+    decision.events = events
+    decision.groups = [g for k, g in groups.items() if state.groups.get(k) != g]
+
+
+def _group_for(
+    groups: dict[str, Group], policy: Policy, labels: Mapping[str, str], route: str, now: float
+) -> Group:
+    """The open group of the alert's slot whose window still runs (the newest one), else a new group."""
+    slot, values = policy.slot_of(labels, route)
+    joinable = [
+        g for g in groups.values()
+        if g.slot == slot and g.open and g.members and now - g.opened_at <= policy.group_window
+    ]
+    if joinable:
+        return max(joinable, key=lambda g: (g.opened_at, g.key))
+    key = group_key(route, values, now)
+    return Group(key, slot, route, now, True, values, {}, now)
+
+
+def _member(event: IncidentEvent, now: float) -> dict[str, Any]:
+    return {
+        "incident_key": event.key,
+        "certificate": event.component,
+        "class": event.event_class,
+        "severity": event.severity.value,
+        "environment": event.group,
+        "services": _services(event),
+        "timestamp": event.timestamp,
+        "joined_at": now,
+        "links": [{"href": link.href, "text": link.text} for link in event.links],
+    }
+
+
+def _with_member(group: Group, event: IncidentEvent, now: float) -> Group:
+    members = dict(group.members)
+    before = members.get(event.key)
+    member = _member(event, now)
+    if before is not None:
+        member["joined_at"] = before.get("joined_at", now)
+    members[event.key] = member
+    return dataclasses.replace(group, members=members, updated_at=now)
+
+
+def _without(group: Group, key: str, now: float) -> Group:
+    return dataclasses.replace(group, members={k: m for k, m in group.members.items() if k != key}, updated_at=now)
+
+
+def _settle_groups(
+    state: State, groups: dict[str, Group], touched: Iterable[str], now: float
+) -> dict[str, IncidentEvent | None]:
+    """Open, update or close each touched group; the event each sends (None: nothing changed)."""
+    sent: dict[str, IncidentEvent | None] = {}
+    for key in dict.fromkeys(touched):
+        group, before = groups[key], state.groups.get(key)
+        was_open = before is not None and before.open
+        version = before.version + 1 if before is not None else 1
+        if not group.members:
+            groups[key] = dataclasses.replace(group, open=False, version=version, updated_at=now)
+            sent[key] = _group_resolve(groups[key], before) if was_open and before is not None else None
+            continue
+        groups[key] = group = dataclasses.replace(group, open=True, version=version)
+        if was_open and before is not None and _shown(before) == _shown(group):
+            sent[key] = None
+        elif was_open and before is not None:
+            sent[key] = dataclasses.replace(_group_trigger(group), update=True, note=_change_note(before, group))
+        else:
+            sent[key] = _group_trigger(group)
+    return sent
+
+
+def _shown(group: Group) -> tuple[Any, ...]:
+    """What the group's incident shows of its members: an update is sent only when this changes."""
+    return tuple(sorted((k, m.get("severity"), tuple(m.get("services", ()))) for k, m in group.members.items()))
+
+
+def _change_note(before: Group, after: Group) -> str:
+    joined = [m["certificate"] for k, m in after.members.items() if k not in before.members]
+    left = [m["certificate"] for k, m in before.members.items() if k not in after.members]
+    parts = []
+    if joined:
+        parts.append(f"joined: {', '.join(joined[:MEMBERS_SHOWN])}")
+    if left:
+        parts.append(f"resolved: {', '.join(left[:MEMBERS_SHOWN])}")
+    return "updated: " + ("; ".join(parts) if parts else "member details")
+
+
+def group_summary(group: Group) -> str:
+    """``12 certificates: renewal failed — issuer Let's Encrypt, production``."""
+    members = list(group.members.values())
+    count = len({(m.get("certificate"), m.get("environment")) for m in members})
+    classes = dict.fromkeys(_class_words(str(m.get("class", ""))) for m in members)
+    where = [v if name == "environment" else f"{name} {v}" for name, v in group.values.items() if v]
+    text = f"{count} certificate{'s' if count != 1 else ''}: {', '.join(classes)}"
+    return f"{text} — {', '.join(where)}" if where else text
+
+
+def _class_words(event_class: str) -> str:
+    title = class_title(event_class)
+    return (title[len("Certificate "):] if title.startswith("Certificate ") else title).lower()
+
+
+def _group_trigger(group: Group) -> IncidentEvent:
+    members = list(group.members.values())
+    severity = max((_SEVERITIES.get(str(m.get("severity")), Severity.ERROR) for m in members),
+                   key=_SEVERITY_RANK.__getitem__)
+    certificates = list(dict.fromkeys(str(m.get("certificate", "")) for m in members))
+    services = list(dict.fromkeys(str(s) for m in members for s in m.get("services", ())))
+    stamps = sorted(str(m["timestamp"]) for m in members if m.get("timestamp"))
+    links: list[Mapping[str, Any]] = next((m["links"] for m in members if m.get("links")), [])
+    details: dict[str, Any] = {
+        "group_key": group.key,
+        "certificates": len(certificates),
+        "grouped_by": dict(group.values),
+        "issuer": group.values.get("issuer", ""),
+        "environment": group.values.get("environment", str(members[0].get("environment", ""))),
+        "classes": list(dict.fromkeys(str(m.get("class", "")) for m in members)),
+        "affected_services": services,
+        "members": [
+            {"certificate": m.get("certificate"), "class": m.get("class"), "severity": m.get("severity"),
+             "incident_key": m.get("incident_key")}
+            for m in members[:MEMBERS_SHOWN]
+        ],
+        "members_not_shown": max(len(members) - MEMBERS_SHOWN, 0),
+    }
+    return IncidentEvent(
+        action=Action.TRIGGER,
+        key=group.key,
+        route=group.route,
+        summary=group_summary(group),
+        severity=severity,
+        component=certificates[0] if len(certificates) == 1 else f"{len(certificates)} certificates",
+        group=str(members[0].get("environment", "")),
+        event_class=str(members[0].get("class", "")),
+        timestamp=stamps[0] if stamps else None,
+        custom_details=details,
+        links=tuple(Link(str(link.get("href", "")), str(link.get("text", ""))) for link in links),
+    )
+
+
+def _group_resolve(group: Group, before: Group) -> IncidentEvent:
+    last = _group_trigger(before)
+    return IncidentEvent(
+        action=Action.RESOLVE,
+        key=group.key,
+        route=group.route,
+        summary=last.summary,
+        severity=last.severity,
+        component=last.component,
+        group=last.group,
+        event_class=last.event_class,
+        note="resolved: its last member resolved",
+    )

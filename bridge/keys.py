@@ -99,3 +99,14 @@ def incident_key(event_class: str, certificate: str, environment: str) -> str:
 def class_title(event_class: str) -> str:
     """``certificate_expired`` -> ``Certificate Expired`` (known classes have curated titles)."""
     return CLASS_TITLE.get(event_class) or event_class.replace("_", " ").title()
+
+
+def group_key(route: str, values: Mapping[str, str], opened_at: float) -> str:
+    """The key of one group (its PagerDuty dedup_key and Statuspage incident): the slot's values for people,
+    then 8 hex of SHA-256 over the slot and the time its first member arrived, so a group opened after the
+    previous one of the same slot closed is a new incident."""
+    exact = "\x00".join([route, *(f"{k}={v}" for k, v in values.items()), repr(opened_at)])
+    digest = hashlib.sha256(exact.encode()).hexdigest()[:HASH_CHARS]
+    words = slug("-".join(v for v in dict.fromkeys((route, *values.values())) if v))[: KEY_MAX - 32].strip("-")
+    words = words or "group"
+    return f"certgroup-{words}-{digest}"[:KEY_MAX]

@@ -7,10 +7,10 @@ What customers see is decided here, from the event and the page as it is now:
   (``certpager_bridge_statuspage_skipped_total{reason}``); unknown service names are counted
   (``certpager_bridge_statuspage_unknown_services_total{service}``), never an error.
 - **One incident per group.** A bridge incident key is a *member* of one Statuspage incident. The group
-  is the incident key today (:func:`group_of`); grouping (issue #19) will make several keys share one group,
-  and nothing else changes. A trigger opens the group's incident (``investigating``, templated name and
-  body) or, when it is open, joins it with an update; a resolve leaves it with an update, and the last one
-  resolves it.
+  is the event's key (:func:`group_of`): with ``grouping`` on, the decisions already send a group of
+  correlated certificates under one key, so a group is one Statuspage incident. A trigger opens the
+  group's incident (``investigating``, templated name and body) or, when it is open, joins it with an
+  update; a resolve leaves it with an update, and the last one resolves it.
 - **Ownership.** Every incident the bridge opens carries ``metadata.certpager`` (group and members); only
   those are ever updated. A component that a person's open incident or an active scheduled maintenance
   holds is never set. Otherwise a component shows the worst status among the bridge's open incidents

@@ -14,6 +14,10 @@ What the backend must guarantee, whatever its concurrency:
 - ``load_state`` sees every ingest committed before for the same scopes, and no other ingest of those
   scopes commits until this transaction ends (SQLite: one writer; PostgreSQL: advisory transaction locks
   on the scopes).
+- Groups (grouping on) are loaded by slot (the open ones) and by the keys the loaded incidents name; a
+  group row is written guarded by its version, so two replicas deciding on one group at once cannot both
+  win: the loser's :class:`Conflict` runs its script again over the winner's row. PostgreSQL also locks
+  the slots with the scopes, so this is the exception.
 - ``write`` inserts :attr:`Changes.created` occurrences with a plain INSERT and updates
   :attr:`Changes.updated` ones only where the row still has the status this transaction read: should two
   ingests of the same transition ever overlap, the primary key or the guard refuses the second
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from bridge.alertmanager import Notification
-from bridge.decisions import Lookup, Occurrence, Policy, State, decide, event_json, lookup
+from bridge.decisions import Group, Lookup, Occurrence, Policy, State, decide, event_json, lookup
 from bridge.store.base import IngestResult, Receipt, StoreError
 
 T = TypeVar("T")
@@ -50,6 +54,41 @@ class IncidentRow:
     open: bool
     trigger: str
     updated_at: float
+    group: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRow:
+    """A group as stored: ``detail`` JSON-encoded ({values, members}); ``version`` 1 is a new row (INSERT),
+    a later one replaces the row only where it still has ``version - 1`` (else :class:`Conflict`)."""
+
+    key: str
+    slot: str
+    route: str
+    opened_at: float
+    open: bool
+    detail: str
+    updated_at: float
+    version: int
+
+    @classmethod
+    def of(cls, group: Group) -> GroupRow:
+        detail = json.dumps({"values": dict(group.values), "members": dict(group.members)})
+        return cls(group.key, group.slot, group.route, group.opened_at, group.open, detail, group.updated_at,
+                   group.version)
+
+    def decoded(self) -> Group:
+        return decode_group(self.key, self.slot, self.route, self.opened_at, self.open, self.detail,
+                            self.updated_at, self.version)
+
+
+def decode_group(
+    key: str, slot: str, route: str, opened_at: float, is_open: bool, detail: str, updated_at: float, version: int
+) -> Group:
+    """A group row as read from either backend."""
+    data = json.loads(detail)
+    return Group(key, slot, route, float(opened_at), bool(is_open), data["values"], data["members"],
+                 float(updated_at), int(version))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +108,7 @@ class Changes:
     updated: Sequence[tuple[Occurrence, str]]  # (new row, status it had when read): UPDATE ... WHERE status = old
     incidents: Sequence[IncidentRow]  # upserted
     outbox: Sequence[OutboxRow]
+    groups: Sequence[GroupRow] = ()  # inserted (version 1) or updated guarded by their version
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +160,7 @@ class AsyncIngestSql(Protocol):
 def script(receipt: Receipt, notification: Notification, policy: Policy, sinks: Sequence[str]) -> Script:
     """The transaction script (see module docstring)."""
     receipt_id: int = yield RecordReceipt(receipt, notification.group_key)
-    state: State = yield LoadState(lookup(notification))
+    state: State = yield LoadState(lookup(notification, policy))
     decision = decide(state, notification, policy, now=receipt.received_at)
     if not decision.new:  # duplicates and stale snapshots change nothing but the receipt
         return IngestResult(receipt_id, 0, decision.duplicates, decision.stale)
@@ -136,14 +176,16 @@ def script(receipt: Receipt, notification: Notification, policy: Policy, sinks: 
     incidents: list[IncidentRow] = []
     for i in decision.incidents:
         encoded[i.key] = (i.trigger, json.dumps(i.trigger))
-        incidents.append(IncidentRow(i.key, i.scope, i.event_class, i.route, i.open, encoded[i.key][1], i.updated_at))
+        incidents.append(
+            IncidentRow(i.key, i.scope, i.event_class, i.route, i.open, encoded[i.key][1], i.updated_at, i.group)
+        )
     outbox: list[OutboxRow] = []
     for event in decision.events:
         data = event_json(event)
         trigger, text = encoded.get(event.key, (None, ""))
         payload = text if data == trigger else json.dumps(data)
         outbox.extend(OutboxRow(sink, event.key, payload, receipt.received_at, receipt_id) for sink in sinks)
-    yield Write(Changes(created, updated, incidents, outbox))
+    yield Write(Changes(created, updated, incidents, outbox, [GroupRow.of(g) for g in decision.groups]))
     return IngestResult(receipt_id, decision.new, decision.duplicates, decision.stale, tuple(decision.events))
 
 

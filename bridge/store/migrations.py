@@ -72,6 +72,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE receipts ADD COLUMN rejected TEXT
     """,
+    # 3: groups of correlated incidents (grouping:), and which group an incident is a member of.
+    """
+    CREATE TABLE groups (
+        key TEXT PRIMARY KEY,
+        slot TEXT NOT NULL,
+        route TEXT NOT NULL,
+        opened_at REAL NOT NULL,
+        open INTEGER NOT NULL,
+        detail TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        version INTEGER NOT NULL
+    );
+    CREATE INDEX groups_open_slot ON groups(slot) WHERE open = 1;
+    ALTER TABLE incidents ADD COLUMN grp TEXT NOT NULL DEFAULT ''
+    """,
 )
 
 # The same schema in PostgreSQL's dialect. Ids are identity columns: an outbox id is taken when the row is
@@ -135,6 +150,21 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     # 2: the alerts of a webhook that were rejected (JSON [{index, error}]), kept with its receipt.
     """
     ALTER TABLE receipts ADD COLUMN rejected TEXT
+    """,
+    # 3: groups of correlated incidents (grouping:), and which group an incident is a member of.
+    """
+    CREATE TABLE groups (
+        key TEXT PRIMARY KEY,
+        slot TEXT NOT NULL,
+        route TEXT NOT NULL,
+        opened_at DOUBLE PRECISION NOT NULL,
+        open BOOLEAN NOT NULL,
+        detail TEXT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        version INTEGER NOT NULL
+    );
+    CREATE INDEX groups_open_slot ON groups(slot) WHERE open;
+    ALTER TABLE incidents ADD COLUMN grp TEXT NOT NULL DEFAULT ''
     """,
 )
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -43,11 +44,21 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from bridge.alertmanager import Notification
-from bridge.decisions import Incident, Lookup, Occurrence, Policy, State
+from bridge.decisions import Group, Incident, Lookup, Occurrence, Policy, State
 from bridge.sinks.base import OutboxItem
 from bridge.store import ingest
 from bridge.store.base import DeadLetterRow, IngestResult, OutboxStats, Receipt, StoreError
-from bridge.store.ingest import Changes, Conflict, IncidentRow, LoadState, OutboxRow, RecordReceipt, Write
+from bridge.store.ingest import (
+    Changes,
+    Conflict,
+    GroupRow,
+    IncidentRow,
+    LoadState,
+    OutboxRow,
+    RecordReceipt,
+    Write,
+    decode_group,
+)
 from bridge.store.migrations import POSTGRES_MIGRATIONS, statements
 
 log = logging.getLogger(__name__)
@@ -70,7 +81,8 @@ _RETRYABLE = (
     Conflict, asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
 )
 _OCCURRENCE_COLS = "fingerprint, starts_at, status, incident_key, scope, updated_at"
-_INCIDENT_COLS = "key, scope, event_class, route, open, trigger, updated_at"
+_INCIDENT_COLS = "key, scope, event_class, route, open, trigger, updated_at, grp"
+_GROUP_COLS = "key, slot, route, opened_at, open, detail, updated_at, version"
 _CLAIM_SQL = """
 UPDATE outbox SET lease_until = $4 WHERE id IN (
     SELECT id FROM outbox AS o
@@ -105,6 +117,7 @@ _PRUNE_SQL = (
     "DELETE FROM dead_letters WHERE dead_at < $1",
     "DELETE FROM incidents WHERE open = false AND updated_at < $1 AND key NOT IN"
     " (SELECT incident_key FROM occurrences WHERE status = 'firing')",
+    "DELETE FROM groups WHERE open = false AND updated_at < $1",
 )
 
 
@@ -480,7 +493,8 @@ class _PostgresIngest:
     async def load_state(self, step: LoadState) -> State:
         wanted = step.wanted
         scopes, fingerprints = sorted(wanted.scopes), sorted(wanted.fingerprints)
-        await self.lock(scopes)
+        # Slots are locked with the scopes, in the same sorted call: two replicas never open two groups of one slot.
+        await self.lock([*scopes, *(f"group\x1f{slot}" for slot in wanted.slots)])
         rows = await self.conn.fetch(
             f"SELECT {_OCCURRENCE_COLS} FROM occurrences WHERE fingerprint = ANY($1::text[]) UNION ALL"
             f" SELECT {_OCCURRENCE_COLS} FROM occurrences WHERE status = 'firing' AND scope = ANY($2::text[])",
@@ -492,9 +506,16 @@ class _PostgresIngest:
             f"SELECT {_INCIDENT_COLS} FROM incidents WHERE scope = ANY($1::text[])", scopes
         ):
             incidents[row[0]] = Incident(
-                row[0], row[1], row[2], row[3], bool(row[4]), json.loads(row[5]), row[6]
+                row[0], row[1], row[2], row[3], bool(row[4]), json.loads(row[5]), row[6], row[7]
             )
-        return State(occurrences=occurrences, incidents=incidents)
+        groups: dict[str, Group] = {}
+        if wanted.slots or any(i.group for i in incidents.values()):
+            for row in await self.conn.fetch(
+                f"SELECT {_GROUP_COLS} FROM groups WHERE (open AND slot = ANY($1::text[])) OR key = ANY($2::text[])",
+                sorted(wanted.slots), sorted({i.group for i in incidents.values() if i.group}),
+            ):
+                groups[row[0]] = decode_group(*row)
+        return State(occurrences=occurrences, incidents=incidents, groups=groups)
 
     async def write(self, step: Write) -> None:
         changes, conn = step.changes, self.conn
@@ -523,12 +544,14 @@ class _PostgresIngest:
             i = changes.incidents
             await conn.execute(
                 f"INSERT INTO incidents ({_INCIDENT_COLS}) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
-                " $4::text[], $5::bool[], $6::text[], $7::float8[]) ON CONFLICT (key) DO UPDATE SET"
+                " $4::text[], $5::bool[], $6::text[], $7::float8[], $8::text[]) ON CONFLICT (key) DO UPDATE SET"
                 " scope = excluded.scope, event_class = excluded.event_class, route = excluded.route,"
-                " open = excluded.open, trigger = excluded.trigger, updated_at = excluded.updated_at",
+                " open = excluded.open, trigger = excluded.trigger, updated_at = excluded.updated_at,"
+                " grp = excluded.grp",
                 [r.key for r in i], [r.scope for r in i], [r.event_class for r in i], [r.route for r in i],
-                [r.open for r in i], [r.trigger for r in i], [r.updated_at for r in i],
+                [r.open for r in i], [r.trigger for r in i], [r.updated_at for r in i], [r.group for r in i],
             )
+        await _write_groups(conn, changes.groups)
         if changes.outbox:
             b = changes.outbox
             await conn.execute(
@@ -538,6 +561,28 @@ class _PostgresIngest:
                 [o.sink for o in b], [o.ordering_key for o in b], [o.payload for o in b],
                 [o.created_at for o in b], [o.receipt_id for o in b],
             )
+
+
+async def _write_groups(conn: Conn, rows: Sequence[GroupRow]) -> None:
+    new = [g for g in rows if g.version == 1]
+    if new:  # the primary key refuses a group opened concurrently under the same key (retried)
+        await conn.execute(
+            f"INSERT INTO groups ({_GROUP_COLS}) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
+            " $4::float8[], $5::bool[], $6::text[], $7::float8[], $8::int[])",
+            [g.key for g in new], [g.slot for g in new], [g.route for g in new], [g.opened_at for g in new],
+            [g.open for g in new], [g.detail for g in new], [g.updated_at for g in new], [g.version for g in new],
+        )
+    changed = [g for g in rows if g.version != 1]
+    if changed:
+        status = await conn.execute(
+            "UPDATE groups AS g SET open = u.open, detail = u.detail, updated_at = u.at, version = u.version"
+            " FROM unnest($1::text[], $2::bool[], $3::text[], $4::float8[], $5::int[])"
+            " AS u(key, open, detail, at, version) WHERE g.key = u.key AND g.version = u.version - 1",
+            [g.key for g in changed], [g.open for g in changed], [g.detail for g in changed],
+            [g.updated_at for g in changed], [g.version for g in changed],
+        )
+        if _rowcount(status) != len(changed):
+            raise Conflict("a group changed since this transaction read it")
 
 
 @dataclass(slots=True)
@@ -587,6 +632,7 @@ class _Batch:
         union = Lookup(
             fingerprints=frozenset().union(*(load.wanted.fingerprints for load in loads)),
             scopes=frozenset().union(*(load.wanted.scopes for load in loads)),
+            slots=frozenset().union(*(load.wanted.slots for load in loads)),
         )
         overlay = _Overlay(await self.sql.load_state(LoadState(union)))
         results: list[IngestResult] = []
@@ -617,7 +663,10 @@ class _Overlay:
     def __init__(self, base: State) -> None:
         self.occurrences = dict(base.occurrences)
         self.incidents = dict(base.incidents)
+        self.groups = dict(base.groups)
         self.stored = {key: row.status for key, row in base.occurrences.items()}  # as in the database
+        self.stored_versions = {key: row.version for key, row in base.groups.items()}
+        self.group_rows: dict[str, GroupRow] = {}
         self.touched: set[tuple[str, str]] = set()
         self.incident_rows: dict[str, IncidentRow] = {}
         self.outbox: list[OutboxRow] = []
@@ -625,10 +674,13 @@ class _Overlay:
     def state(self, wanted: Lookup) -> State:
         """What ``load_state`` would return now (the same filter as its SQL)."""
         fps, scopes = wanted.fingerprints, wanted.scopes
+        incidents = {k: i for k, i in self.incidents.items() if i.scope in scopes}
+        members_of = {i.group for i in incidents.values() if i.group}
         return State(
             occurrences={k: o for k, o in self.occurrences.items()
                          if o.fingerprint in fps or (o.status == "firing" and o.scope in scopes)},
-            incidents={k: i for k, i in self.incidents.items() if i.scope in scopes},
+            incidents=incidents,
+            groups={k: g for k, g in self.groups.items() if (g.open and g.slot in wanted.slots) or k in members_of},
         )
 
     def apply(self, changes: Changes) -> None:
@@ -639,8 +691,15 @@ class _Overlay:
         for inc in changes.incidents:
             self.incident_rows[inc.key] = inc
             self.incidents[inc.key] = Incident(
-                inc.key, inc.scope, inc.event_class, inc.route, inc.open, json.loads(inc.trigger), inc.updated_at
+                inc.key, inc.scope, inc.event_class, inc.route, inc.open, json.loads(inc.trigger), inc.updated_at,
+                inc.group,
             )
+        for group in changes.groups:
+            current = self.groups.get(group.key)
+            if (0 if current is None else current.version) != group.version - 1:
+                raise Conflict("a group changed within the batch since it was read")
+            self.groups[group.key] = group.decoded()
+            self.group_rows[group.key] = group
         self.outbox.extend(changes.outbox)
 
     def _put(self, row: Occurrence, old: str | None) -> None:
@@ -655,7 +714,12 @@ class _Overlay:
         """The batch's net changes: INSERT what the database lacks, UPDATE the rest guarded by its status."""
         created = [self.occurrences[k] for k in sorted(self.touched) if k not in self.stored]
         updated = [(self.occurrences[k], self.stored[k]) for k in sorted(self.touched) if k in self.stored]
-        return Changes(created, updated, list(self.incident_rows.values()), self.outbox)
+        groups = [  # the net change of each group, guarded by the version the database holds
+            dataclasses.replace(row, version=self.stored_versions.get(key, 0) + 1)
+            if row.version != self.stored_versions.get(key, 0) + 1 else row
+            for key, row in self.group_rows.items()
+        ]
+        return Changes(created, updated, list(self.incident_rows.values()), self.outbox, groups)
 
 
 def _rowcount(status: str) -> int:

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bridge.alertmanager import Notification
-from bridge.decisions import Incident, Occurrence, Policy, State
+from bridge.decisions import Group, Incident, Lookup, Occurrence, Policy, State
 from bridge.sinks.base import OutboxItem
 from bridge.store import ingest
 from bridge.store.base import DeadLetterRow, IngestResult, OutboxStats, Receipt, StoreError
-from bridge.store.ingest import Conflict, LoadState, RecordReceipt, Write
+from bridge.store.ingest import Conflict, GroupRow, LoadState, RecordReceipt, Write, decode_group
 from bridge.store.migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ _CHUNK = 400  # parameters per IN (...) list (two lists share a statement: under
 _RETRY_SQL = (
     "UPDATE outbox SET attempts = attempts + ?, next_attempt_at = ?, lease_until = 0, last_error = ? WHERE id = ?"
 )
-_INCIDENT_COLS = "key, scope, event_class, route, open, trigger, updated_at"
+_INCIDENT_COLS = "key, scope, event_class, route, open, trigger, updated_at, grp"
+_GROUP_COLS = "key, slot, route, opened_at, open, detail, updated_at, version"
 _DEAD_LETTER_SQL = (
     "INSERT INTO dead_letters (id, sink, ordering_key, payload, attempts, created_at, dead_at, status, error)"
     " SELECT id, sink, ordering_key, payload, attempts + ?, created_at, ?, ?, ? FROM outbox WHERE id = ?"
@@ -355,8 +356,22 @@ class _SqliteIngest:
         for part in scopes:
             sql = f"SELECT {_INCIDENT_COLS} FROM incidents WHERE scope IN ({_marks(part)})"
             for row in self.conn.execute(sql, part):
-                incidents[row[0]] = Incident(row[0], row[1], row[2], row[3], bool(row[4]), json.loads(row[5]), row[6])
-        return State(occurrences=occurrences, incidents=incidents)
+                incidents[row[0]] = Incident(
+                    row[0], row[1], row[2], row[3], bool(row[4]), json.loads(row[5]), row[6], row[7]
+                )
+        return State(occurrences=occurrences, incidents=incidents, groups=self._groups(wanted, incidents))
+
+    def _groups(self, wanted: Lookup, incidents: dict[str, Incident]) -> dict[str, Group]:
+        groups: dict[str, Group] = {}
+        keys = sorted({i.group for i in incidents.values() if i.group})
+        for part in _chunks(sorted(wanted.slots)):
+            sql = f"SELECT {_GROUP_COLS} FROM groups WHERE open = 1 AND slot IN ({_marks(part)})"
+            for row in self.conn.execute(sql, part):
+                groups[row[0]] = decode_group(*row)
+        for part in _chunks(keys):
+            for row in self.conn.execute(f"SELECT {_GROUP_COLS} FROM groups WHERE key IN ({_marks(part)})", part):
+                groups[row[0]] = decode_group(*row)
+        return groups
 
     def write(self, step: Write) -> None:
         changes, conn = step.changes, self.conn
@@ -375,17 +390,35 @@ class _SqliteIngest:
             if cursor.rowcount != len(changes.updated):
                 raise Conflict("an occurrence changed since this transaction read it")
         conn.executemany(
-            "INSERT INTO incidents (key, scope, event_class, route, open, trigger, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET scope = excluded.scope,"
+            "INSERT INTO incidents (key, scope, event_class, route, open, trigger, updated_at, grp)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET scope = excluded.scope,"
             " event_class = excluded.event_class, route = excluded.route, open = excluded.open,"
-            " trigger = excluded.trigger, updated_at = excluded.updated_at",
-            [(i.key, i.scope, i.event_class, i.route, int(i.open), i.trigger, i.updated_at) for i in changes.incidents],
+            " trigger = excluded.trigger, updated_at = excluded.updated_at, grp = excluded.grp",
+            [(i.key, i.scope, i.event_class, i.route, int(i.open), i.trigger, i.updated_at, i.group)
+             for i in changes.incidents],
         )
+        _write_groups(conn, changes.groups)
         conn.executemany(
             "INSERT INTO outbox (sink, ordering_key, payload, created_at, next_attempt_at, receipt_id)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             [(o.sink, o.ordering_key, o.payload, o.created_at, o.created_at, o.receipt_id) for o in changes.outbox],
         )
+
+
+def _write_groups(conn: sqlite3.Connection, rows: Sequence[GroupRow]) -> None:
+    new = [g for g in rows if g.version == 1]
+    conn.executemany(  # the primary key refuses a group opened concurrently under the same key
+        f"INSERT INTO groups ({_GROUP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(g.key, g.slot, g.route, g.opened_at, int(g.open), g.detail, g.updated_at, g.version) for g in new],
+    )
+    changed = [g for g in rows if g.version != 1]
+    if changed:
+        cursor = conn.executemany(
+            "UPDATE groups SET open = ?, detail = ?, updated_at = ?, version = ? WHERE key = ? AND version = ?",
+            [(int(g.open), g.detail, g.updated_at, g.version, g.key, g.version - 1) for g in changed],
+        )
+        if cursor.rowcount != len(changed):
+            raise Conflict("a group changed since this transaction read it")
 
 
 def _move_to_dead_letters(
@@ -437,6 +470,7 @@ def _prune(conn: sqlite3.Connection, before: float) -> int:
         "DELETE FROM dead_letters WHERE dead_at < ?",
         "DELETE FROM incidents WHERE open = 0 AND updated_at < ? AND key NOT IN"
         " (SELECT incident_key FROM occurrences WHERE status = 'firing')",
+        "DELETE FROM groups WHERE open = 0 AND updated_at < ?",
     ):
         removed += conn.execute(sql, (before,)).rowcount
     return removed
