@@ -248,6 +248,14 @@ def check_network_policies(objects: tuple[Obj, ...], deployments: Mapping[str, O
             assert (5432 in egress_ports) == (expect.store == "postgresql")
 
 
+def _exporter_config(objects: tuple[Obj, ...]) -> Obj | None:
+    """The exporter's config as rendered (None when it comes from an existing ConfigMap)."""
+    for config_map in of_kind(objects, "ConfigMap"):
+        if "exporter.yml" in config_map.get("data", {}):
+            return dict(yaml.safe_load(config_map["data"]["exporter.yml"]) or {})
+    return None
+
+
 def check_ingress(objects: tuple[Obj, ...], expect: Expect) -> None:
     """Only the PagerDuty webhook path is exposed, to the bridge's Service."""
     ingresses = of_kind(objects, "Ingress")
@@ -284,8 +292,15 @@ def check_monitoring(objects: tuple[Obj, ...], expect: Expect) -> None:
         host, port = probes[0]["spec"]["prober"]["url"].rsplit(":", 1)
         assert host.split(".")[0] == exporter_service["metadata"]["name"]
         assert int(port) == exporter_service["spec"]["ports"][0]["port"]
+        exporter_config = _exporter_config(objects)
+        guarded = exporter_config is not None and bool((exporter_config.get("web") or {}).get("auth"))
         for probe in probes:
             assert probe["spec"]["prober"]["path"] == "/probe" and probe["spec"]["targets"]["staticConfig"]["static"]
+            authorization = probe["spec"].get("authorization")
+            assert bool(authorization) == guarded, "Prometheus sends a token exactly when web.auth guards /probe"
+            if authorization:
+                secret = authorization["credentials"]["name"]
+                assert ("Secret", secret) in expect.external, f"Probe authorization from undeclared Secret {secret}"
     rules = of_kind(objects, "PrometheusRule")
     sources = sorted((ROOT / "rules").glob("*.rules.yml"))
     assert len(rules) == (len(sources) if expect.rules else 0), "one PrometheusRule per rules/*.rules.yml"

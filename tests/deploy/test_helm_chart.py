@@ -33,7 +33,8 @@ PROFILES: dict[str | None, Expect] = {
     None: Expect(image="certpager:0.1.0", external={("ServiceAccount", "cp-certpager")}),
     "sqlite-full.yaml": Expect(
         probes=2, image=f"registry.example.com/platform/certpager@{DIGEST}", ingress=True,
-        external={("Secret", "internal-ca"), ("Secret", "certpager-pagerduty"), ("Secret", "certpager-webhooks-tls")},
+        external={("Secret", "internal-ca"), ("Secret", "certpager-pagerduty"), ("Secret", "certpager-webhooks-tls"),
+                  ("Secret", "certpager-probe-token")},
     ),
     "postgresql.yaml": Expect(
         store="postgresql", bridge_replicas=3,
