@@ -186,7 +186,7 @@ def _level_failure(path: Sequence[bytes], level: int, chain: OpenSSLChain) -> Fa
     for depth, cert_der in enumerate(path[:-1]):  # not the anchor's own signature
         bits = signature_bits(cert_der) if depth == 0 else _ca_signature_bits(cert_der)
         if bits < MIN_BITS[level]:
-            algorithm = crypto.load_certificate(crypto.FILETYPE_ASN1, cert_der).get_signature_algorithm().decode()
+            algorithm = _openssl_signature_algorithm(cert_der)
             return Failure(VerifyReason.WEAK_SIGNATURE,
                            f"{chain.describe(cert_der)}: its signature ({algorithm}) is about {bits} bits "
                            f"strong, below security level {level} ({MIN_BITS[level]} bits)")
@@ -259,8 +259,12 @@ def public_key(cert_der: bytes) -> tuple[str, int]:
     try:
         return der.public_key_of(cert_der)
     except der.DerError:
+        pass
+    try:
         key = crypto.load_certificate(crypto.FILETYPE_ASN1, cert_der).get_pubkey()
-        return _OPENSSL_KEY_TYPES.get(key.type(), "unknown"), key.bits()
+    except crypto.Error:  # no usable key: OpenSSL's level check rates a missing key 0 bits (too weak)
+        return "unknown", 0
+    return _OPENSSL_KEY_TYPES.get(key.type(), "unknown"), key.bits()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -273,8 +277,16 @@ def signature_bits(cert_der: bytes) -> int:
     try:
         name = der.signature_digest(der.signed_parts(cert_der))
     except der.DerError:  # OpenSSL's name of it: "sha256WithRSAEncryption", "ecdsa-with-SHA1", "ED25519"
-        text = crypto.load_certificate(crypto.FILETYPE_ASN1, cert_der).get_signature_algorithm().decode().lower()
+        text = _openssl_signature_algorithm(cert_der).lower()
         name = next((n for n in ("ed25519", "ed448", *_DIGEST_BITS) if n in text.replace("-", "")), "")
     if name in ("ed25519", "ed448"):
         return 128 if name == "ed25519" else 224
     return _DIGEST_BITS.get(name or "", 0)
+
+
+def _openssl_signature_algorithm(cert_der: bytes) -> str:
+    """OpenSSL's name for the certificate's signature algorithm; "unknown" where it has none (0 bits)."""
+    try:
+        return crypto.load_certificate(crypto.FILETYPE_ASN1, cert_der).get_signature_algorithm().decode()
+    except (crypto.Error, ValueError):  # pyOpenSSL: ValueError for an algorithm OpenSSL cannot name
+        return "unknown"

@@ -208,3 +208,19 @@ def test_non_minimal_lengths_found_by_the_fuzz_are_errors(length: bytes) -> None
     changed = b"".join([fields[0], b"\x02" + length[:-1] + bytes([serial[1]]) + serial[2:], *fields[2:]])
     with pytest.raises(der.DerError, match=r"a non-minimal length of the element at byte \d+"):
         der.certificate_fields(derkit.tlv(0x30, derkit.tlv(0x30, changed) + b"\x30\x00\x03\x01\x00"))
+
+
+def test_a_key_openssl_cannot_decode_is_a_verdict_not_an_exception(tmp_path) -> None:
+    """Found by the fuzz above: a leaf der.py refuses (a byte after it) whose EC point OpenSSL cannot decode
+    either. OpenSSL rates a key it cannot read as too weak; the verifier must answer, not raise."""
+    from tests.exporter import pki_shapes
+
+    root = pki_shapes.make("undecodable key root", None, ca=True)
+    leaf = pki_shapes.make("undecodable-key.test", root, ca=False).der
+    point = leaf.index(b"\x03\x42\x00\x04")  # the P-256 key's BIT STRING, uncompressed point
+    broken = leaf[:point + 3] + b"\x07" + leaf[point + 4:] + b"\x00"
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(root.pem)
+    for profile in ("openssl", "webpki"):
+        verdict = certs.ChainVerifier().verify(certs.read_chain([broken, root.der]), ca_file, profile=profile)
+        assert verdict.verified is False, profile
