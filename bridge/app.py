@@ -16,17 +16,24 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+import httpx
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from bridge import alertmanager
+from bridge.ack_api import AUDIT_ROUTE, SNOOZE_ROUTE, WEBHOOK_PATH, AckSyncApi, settings_of
 from bridge.config import BridgeConfig, LoadedConfig
 from bridge.config import load as load_config
 from bridge.decisions import Policy
 from bridge.keys import CLASS_SHORT
 from bridge.metrics import BoundedLabel, BridgeMetrics, OutboxCollector
 from bridge.outbox import OutboxWorker
+from bridge.pagerduty_rest import PagerDutyRest
+from bridge.poller import AlertmanagerPoller
 from bridge.sinks.base import Sink
+from bridge.sinks.pagerduty_rest import PagerDutyRestSink
+from bridge.sinks.pagerduty_webhook import PagerDutyWebhookSink
+from bridge.sinks.silences import SilenceSink
 from bridge.sinks.statuspage import StatuspageSettings
 from bridge.store.base import Receipt, Store, StoreError
 from certpager.auth import Credentials
@@ -113,8 +120,10 @@ def _statuspage_start(config: BridgeConfig) -> tuple[object, ...] | None:
 class Bridge:
     """The bridge's parts (config, store, outbox worker, metrics) and :attr:`app`, the HTTP app serving them.
 
-    The app's lifespan opens the store and runs the outbox worker; :meth:`reload` is what both
-    ``POST /-/reload`` and SIGHUP call.
+    The app's lifespan opens the store and runs the outbox worker (and the Alertmanager poller when
+    ``ack_sync.alertmanagers`` is set); :meth:`reload` is what both ``POST /-/reload`` and SIGHUP call.
+    ``sinks`` are the incident sinks every Alertmanager transition is queued to; ack sync adds its own
+    (``pagerduty_webhook``, ``pagerduty_rest``, ``alertmanager``), each with its own queue, using ``http``.
     """
 
     def __init__(
@@ -125,6 +134,7 @@ class Bridge:
         sinks: Mapping[str, Sink],
         clock: Callable[[], float] = time.time,
         registry: CollectorRegistry | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         self.holder = config if isinstance(config, ConfigHolder) else ConfigHolder(config)
         self.store, self.sinks, self.clock = store, tuple(sinks), clock
@@ -132,11 +142,14 @@ class Bridge:
         self.metrics = BridgeMetrics(registry)
         self._classes = BoundedLabel(known_classes(self.holder.current.config))
         self._environments = BoundedLabel(known_environments(self.holder.current.config))
-        self.metrics.start_at_zero(sinks)
-        registry.register(OutboxCollector(store, sinks=sinks.keys(), clock=clock))
+        self.http = http or httpx.AsyncClient(timeout=self.holder.current.config.ack_sync.timeout)
+        self.poller: AlertmanagerPoller | None = None
+        all_sinks = {**sinks, **self._ack_sync_sinks()}
+        self.metrics.start_at_zero(all_sinks)
+        registry.register(OutboxCollector(store, sinks=all_sinks.keys(), clock=clock))
         settings = self.holder.current.config.outbox
         self.worker = OutboxWorker(
-            store, sinks, clock=clock, metrics=self.metrics, max_in_flight=settings.max_in_flight,
+            store, all_sinks, clock=clock, metrics=self.metrics, max_in_flight=settings.max_in_flight,
             retry_initial=settings.retry_initial, retry_max=settings.retry_max,
             sweep_interval=settings.sweep_interval, lease=settings.lease,
             retention=self.holder.current.config.store.retention,
@@ -148,6 +161,13 @@ class Bridge:
         self.app.cleanup_ctx.append(self._running)
         self.app.router.add_post(ALERTMANAGER_PATH, self.alertmanager_webhook)
         self.app.router.add_get("/metrics", metrics_handler(registry))
+        self.ack_api = AckSyncApi(
+            store, self.metrics, config=lambda: self.holder.current, queued=self.wake, clock=clock,
+            authorized=lambda header: credentials(self.holder.current).accepts(header),
+        )
+        self.app.router.add_post(WEBHOOK_PATH, self.ack_api.pagerduty_webhook)
+        self.app.router.add_post(SNOOZE_ROUTE, self.ack_api.snooze)
+        self.app.router.add_get(AUDIT_ROUTE, self.ack_api.audit)
         add_lifecycle_routes(self.app, ready=self.ready, reload=self.reload, reload_guard=self._reload_guard)
 
     def _reload_guard(self, request: web.Request) -> web.Response | None:
@@ -160,6 +180,36 @@ class Bridge:
         if mode == "authenticated" and not accepted.accepts(request.headers.get("Authorization", "")):
             return text("unauthorized\n", 401, accepted.challenges())
         return None
+
+    def wake(self) -> None:
+        """Something was queued: let the outbox worker look now."""
+        self.worker.wake()
+
+    def _ack_sync_sinks(self) -> dict[str, Sink]:
+        def current() -> LoadedConfig:  # read at each use: a reload applies at once
+            return self.holder.current
+
+        pd = current().config.integrations.pagerduty
+        rest = PagerDutyRest(self.http, url=pd.api_url, token=lambda: current().secrets.api_token,
+                             from_email=pd.from_email)
+        sinks: dict[str, Sink] = {
+            "pagerduty_webhook": PagerDutyWebhookSink(
+                self.store, rest, settings=lambda: settings_of(current()), queued=self.wake, clock=self.clock,
+            ),
+            "pagerduty_rest": PagerDutyRestSink(rest),
+        }
+        ack_sync = current().config.ack_sync
+        if ack_sync.alertmanagers:
+            def urls() -> list[str]:
+                return current().config.ack_sync.alertmanagers
+
+            sinks["alertmanager"] = SilenceSink(self.http, alertmanagers=urls, store=self.store, clock=self.clock)
+            self.poller = AlertmanagerPoller(
+                self.store, self.http, alertmanagers=urls, interval=ack_sync.poll_interval,
+                vanished_after=lambda: current().config.ack_sync.vanished_after, queued=self.wake,
+                clock=self.clock, counter=self.metrics.poll,
+            )
+        return sinks
 
     def ready(self) -> bool:
         """Whether the store is open and the outbox worker (restarted when it fails) runs."""
@@ -185,13 +235,18 @@ class Bridge:
     async def _running(self, _: web.Application) -> AsyncIterator[None]:
         await self.store.open()
         self.tasks.start("outbox", self.worker.run)
+        if self.poller is not None:
+            self.tasks.start("alertmanager-poller", self.poller.run)
         try:
             yield
         finally:
             self.tasks.closing()
+            if self.poller is not None:
+                self.poller.stop()
             await self.worker.stop()
             await self.tasks.stop(wait=True)
             await self.store.close()
+            await self.http.aclose()
 
     async def alertmanager_webhook(self, request: web.Request) -> web.Response:
         """Authenticate, parse, commit, then answer (see module docstring)."""

@@ -28,6 +28,7 @@ from certpager.config import Duration, StrictModel, load_config, read_secret_fil
 from certpager.errors import ConfigError
 
 DEFAULT_EVENTS_URL = "https://events.pagerduty.com"
+DEFAULT_API_URL = "https://api.pagerduty.com"
 DEFAULT_STATUSPAGE_URL = "https://api.statuspage.io"
 STATUSPAGE_ID_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
 COMPONENT_MAP_EXPECTATION = 'expected a mapping or a JSON object like {"Gateway API": "<component id>"}'
@@ -118,7 +119,7 @@ def check_classes(names: Iterable[str], what: str) -> None:
 
 
 class PagerDutyConfig(Section):
-    """PagerDuty Events API v2 delivery (and, later, REST/webhook settings)."""
+    """PagerDuty: Events API v2 delivery, Webhooks v3 signature secrets and the REST API token."""
 
     routing_key: RoutingKey | None = None
     routing_key_file: Path | None = None
@@ -127,8 +128,13 @@ class PagerDutyConfig(Section):
     severity_mapping: dict[str, Severity] = Field(default_factory=dict)  # alert class -> severity
     default_severity: Severity = Severity.ERROR
     services: dict[str, str] = Field(default_factory=dict)  # environment -> PagerDuty service id (later)
-    webhook_secret_file: Path | None = None  # Webhooks v3 signature secrets (later)
-    api_token_file: Path | None = None  # REST API token (later)
+    # Webhooks v3 signature secrets: several at once while a subscription's secret rotates.
+    webhook_secrets: list[SecretStr] = Field(default_factory=list)
+    webhook_secret_file: Path | None = None  # one secret per line
+    api_token: SecretStr | None = None  # REST API token: incident look-ups, priority, snooze
+    api_token_file: Path | None = None
+    api_url: str = DEFAULT_API_URL
+    from_email: str | None = None  # REST writes with an account token need a From: user email
     events_url: str = DEFAULT_EVENTS_URL
     rate_limit_per_minute: int = Field(default=120, ge=1, le=1_000_000)
     # A trigger whose resolve is already queued when it could go out (the problem started and ended while
@@ -142,7 +148,7 @@ class PagerDutyConfig(Section):
         check_classes(value, "severity_mapping")
         return value
 
-    @field_validator("events_url")
+    @field_validator("events_url", "api_url")
     @classmethod
     def _url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
@@ -151,7 +157,7 @@ class PagerDutyConfig(Section):
 
     @model_validator(mode="after")
     def _sources(self) -> Self:
-        _exclusive(self, (("routing_key", "routing_key_file"),))
+        _exclusive(self, (("routing_key", "routing_key_file"), ("api_token", "api_token_file")))
         both = sorted(set(self.routing_keys) & set(self.routing_key_files))
         if both:
             raise ValueError(f"environment {both[0]!r} is in both routing_keys and routing_key_files")
@@ -386,6 +392,30 @@ class Outbox(Section):
         return self
 
 
+class AckSync(Section):
+    """Acknowledgement sync with Alertmanager (docs/ack-sync.md); off while ``alertmanagers`` is empty."""
+
+    alertmanagers: list[str] = Field(default_factory=list)  # an HA pair: read from any, write each silence to one
+    poll_interval: Duration = 30.0  # how often /api/v2/alerts and /api/v2/silences are read
+    silence_max: Duration = 86400.0  # an ack's silence ends at the ack timeout, never later than this
+    vanished_after: Duration = 300.0  # a suppressed alert gone this long from every Alertmanager is resolved
+    timeout: Duration = 10.0  # per Alertmanager request
+
+    @field_validator("alertmanagers")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r}: expected an http:// or https:// Alertmanager base URL")
+        return [url.rstrip("/") for url in value]
+
+    @model_validator(mode="after")
+    def _positive(self) -> Self:
+        if min(self.poll_interval, self.silence_max, self.timeout) <= 0 or self.vanished_after < 0:
+            raise ValueError("poll_interval, silence_max and timeout must be positive, vanished_after not negative")
+        return self
+
+
 class BridgeConfig(Section):
     """The whole bridge config file."""
 
@@ -403,6 +433,7 @@ class BridgeConfig(Section):
     store: Store = Store()
     outbox: Outbox = Outbox()
     links: Links = Links()
+    ack_sync: AckSync = AckSync()
 
 
 @dataclass(frozen=True)
@@ -417,6 +448,8 @@ class Secrets:
     statuspage_token: str | None = field(default=None, repr=False)
     component_map: Mapping[str, str] = field(default_factory=dict)  # service name -> Statuspage component id
     store_password: str | None = field(default=None, repr=False)
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)  # PagerDuty Webhooks v3
+    api_token: str | None = field(default=None, repr=False)  # PagerDuty REST
 
     def routing_key_for(self, route: str) -> str | None:
         """The routing key for an environment, falling back to the default key."""
@@ -464,8 +497,14 @@ def resolve_secrets(config: BridgeConfig, config_path: Path) -> Secrets:
         default = _checked_key(default, key=f"{base}.routing_key_file", config_path=config_path)
     auth = config.server.auth
     basic = auth.basic_auth
+    webhook = [s.get_secret_value() for s in pd.webhook_secrets]
+    from_file = _secret(None, pd.webhook_secret_file, key=f"{base}.webhook_secret_file", config_path=config_path)
+    if from_file is not None:
+        webhook.extend(line.strip() for line in from_file.splitlines() if line.strip())
     sp = config.integrations.statuspage
     return Secrets(
+        webhook_secrets=tuple(webhook),
+        api_token=_secret(pd.api_token, pd.api_token_file, key=f"{base}.api_token_file", config_path=config_path),
         statuspage_token=None if sp is None else _secret(
             sp.api_token, sp.api_token_file, key="integrations.statuspage.api_token_file", config_path=config_path
         ),

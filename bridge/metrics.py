@@ -26,6 +26,10 @@ NAMESPACE = "certpager_bridge"
 WEBHOOK_RESULTS = (
     "accepted", "partial", "unauthorized", "too_large", "bad_request", "unprocessable", "store_error",
 )
+PAGERDUTY_WEBHOOK_RESULTS = (
+    "accepted", "duplicate", "ignored", "unauthorized", "bad_signature", "bad_request", "too_large", "store_error",
+)
+POLL_RESULTS = ("ok", "unreachable", "error")
 DELIVERY_RESULTS = ("delivered", "retry", "throttled", "dead_letter")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -108,6 +112,10 @@ class BridgeMetrics:
             f"{NAMESPACE}_incidents_total", "Incident triggers queued, by class, environment and severity.",
             ["class", "environment", "severity"], registry=registry,
         )
+        self.polls = Counter(
+            f"{NAMESPACE}_alertmanager_polls_total",
+            "Ack-sync polls of Alertmanager by result (ok, unreachable, error).", ["result"], registry=registry,
+        )
         self.reload_ok = Gauge(
             f"{NAMESPACE}_config_last_reload_successful", "1 if the last config reload succeeded.", registry=registry,
         )
@@ -127,6 +135,7 @@ class BridgeMetrics:
         self.delivery = Children(self.deliveries)
         self.late = Children(self.late_resolved)
         self.latency = Children(self.delivery_latency)
+        self.poll = Children(self.polls)
         self.reload_ok.set(1)
         self.reload_time.set(time.time())
 
@@ -138,6 +147,10 @@ class BridgeMetrics:
         """
         for result in WEBHOOK_RESULTS:
             self.webhook("alertmanager", result)
+        for result in PAGERDUTY_WEBHOOK_RESULTS:
+            self.webhook("pagerduty", result)
+        for result in POLL_RESULTS:
+            self.poll(result)
         for sink in sinks:
             self.latency(sink)
             for result in DELIVERY_RESULTS:

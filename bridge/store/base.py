@@ -14,13 +14,15 @@ one elected replica (:meth:`Store.lead`).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from bridge.acksync import Ack, AuditEntry, Changes, SyncState
 from bridge.alertmanager import Notification, Rejection
 from bridge.decisions import Policy
 from bridge.events import IncidentEvent
+from bridge.pagerduty_webhook import WebhookEvent
 from bridge.sinks.base import OutboxItem
 from certpager.errors import CertpagerError
 
@@ -33,7 +35,7 @@ class StoreError(CertpagerError):
 class Receipt:
     """One inbound webhook as received."""
 
-    source: str  # "alertmanager"
+    source: str  # "alertmanager" | "pagerduty"
     body: bytes
     received_at: float
     rejected: tuple[Rejection, ...] = ()  # alerts of the body not accepted, kept with the receipt
@@ -138,3 +140,33 @@ class Store(Protocol):
     def dead_letters(self, *, limit: int = 100) -> list[DeadLetterRow]:
         """The newest dead letters (for operators and tests)."""
         ...
+
+    # --- ack sync (bridge.acksync) ---------------------------------------------------------------------
+
+    async def record_pagerduty_webhook(self, receipt: Receipt, event: WebhookEvent) -> bool:
+        """Store a verified webhook and queue it to the ``pagerduty_webhook`` sink; False: id already seen."""
+        ...
+
+    async def sync(
+        self, keys: Sequence[str] | None, decide: Callable[[SyncState], Changes | str], *, now: float,
+        webhook_id: str | None = None,
+    ) -> Changes | str:
+        """Load the ack-sync state of ``keys`` (None: open incidents), decide, write, in one transaction.
+
+        With ``webhook_id`` it happens at most once per webhook, so a redelivered item changes nothing.
+        """
+        ...
+
+    async def record_silence(self, key: str, silence_id: str, alertmanager: str, *, now: float) -> None: ...
+
+    async def live_silences(self, key: str) -> list[tuple[str, str]]:
+        """(silence id, Alertmanager URL) of the bridge's unexpired silences for ``key``."""
+        ...
+
+    async def silence_expired(self, key: str, silence_id: str, *, now: float) -> None: ...
+
+    async def audit_trail(self, key: str | None = None, *, limit: int = 100) -> list[AuditEntry]:
+        """The newest audit entries (of one incident key), oldest first."""
+        ...
+
+    async def ack_state(self, key: str) -> Ack | None: ...

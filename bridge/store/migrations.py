@@ -87,6 +87,39 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX groups_open_slot ON groups(slot) WHERE open = 1;
     ALTER TABLE incidents ADD COLUMN grp TEXT NOT NULL DEFAULT ''
     """,
+    # 4: ack sync. PagerDuty webhook ids (dedup, and whether applied), each incident's ack state (JSON of
+    # bridge.acksync.Ack), every silence the bridge created, and the audit trail of state changes.
+    """
+    CREATE TABLE pd_webhooks (
+        webhook_id TEXT PRIMARY KEY,
+        received_at REAL NOT NULL,
+        event_type TEXT NOT NULL,
+        applied_at REAL
+    ) WITHOUT ROWID;
+    CREATE TABLE ack_state (
+        key TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE silences (
+        id TEXT PRIMARY KEY,
+        incident_key TEXT NOT NULL,
+        alertmanager TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expired_at REAL
+    ) WITHOUT ROWID;
+    CREATE INDEX silences_key ON silences(incident_key) WHERE expired_at IS NULL;
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        incident_key TEXT NOT NULL,
+        side TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_key ON audit(incident_key, id);
+    """,
 )
 
 # The same schema in PostgreSQL's dialect. Ids are identity columns: an outbox id is taken when the row is

@@ -27,10 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bridge.acksync import Ack, AuditEntry, Changes, SyncState
 from bridge.alertmanager import Notification
 from bridge.decisions import Group, Incident, Lookup, Occurrence, Policy, State
+from bridge.pagerduty_webhook import WebhookEvent
 from bridge.sinks.base import OutboxItem
-from bridge.store import ingest
+from bridge.store import acks_sqlite, ingest
 from bridge.store.base import DeadLetterRow, IngestResult, OutboxStats, Receipt, StoreError
 from bridge.store.ingest import Conflict, GroupRow, LoadState, RecordReceipt, Write, decode_group
 from bridge.store.migrations import migrate
@@ -186,6 +188,32 @@ class SqliteStore:
             return ingest.run(ingest.script(receipt, notification, policy, sinks), _SqliteIngest(conn))
 
         return await self._submit(op)
+
+    # --- ack sync ------------------------------------------------------------------------------------
+
+    async def record_pagerduty_webhook(self, receipt: Receipt, event: WebhookEvent) -> bool:
+        return await self._submit(lambda conn: acks_sqlite.record_webhook(conn, receipt, event))
+
+    async def sync(
+        self, keys: Sequence[str] | None, decide: Callable[[SyncState], Changes | str], *, now: float,
+        webhook_id: str | None = None,
+    ) -> Changes | str:
+        return await self._submit(lambda conn: acks_sqlite.sync(conn, keys, decide, now=now, webhook_id=webhook_id))
+
+    async def record_silence(self, key: str, silence_id: str, alertmanager: str, *, now: float) -> None:
+        await self._submit(lambda conn: acks_sqlite.record_silence(conn, key, silence_id, alertmanager, now))
+
+    async def live_silences(self, key: str) -> list[tuple[str, str]]:
+        return await self._submit(lambda conn: acks_sqlite.live_silences(conn, key))
+
+    async def silence_expired(self, key: str, silence_id: str, *, now: float) -> None:
+        await self._submit(lambda conn: acks_sqlite.silence_expired(conn, key, silence_id, now))
+
+    async def audit_trail(self, key: str | None = None, *, limit: int = 100) -> list[AuditEntry]:
+        return await self._submit(lambda conn: acks_sqlite.audit_trail(conn, key, limit))
+
+    async def ack_state(self, key: str) -> Ack | None:
+        return await self._submit(lambda conn: acks_sqlite.ack_of(conn, key))
 
     # --- outbox --------------------------------------------------------------------------------------
 
@@ -468,6 +496,9 @@ def _prune(conn: sqlite3.Connection, before: float) -> int:
         "DELETE FROM receipts WHERE received_at < ?",
         "DELETE FROM occurrences WHERE status = 'resolved' AND updated_at < ?",
         "DELETE FROM dead_letters WHERE dead_at < ?",
+        "DELETE FROM pd_webhooks WHERE received_at < ?",
+        "DELETE FROM silences WHERE expired_at < ?",
+        "DELETE FROM audit WHERE at < ?",
         "DELETE FROM incidents WHERE open = 0 AND updated_at < ? AND key NOT IN"
         " (SELECT incident_key FROM occurrences WHERE status = 'firing')",
         "DELETE FROM groups WHERE open = 0 AND updated_at < ?",

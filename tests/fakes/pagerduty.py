@@ -10,6 +10,15 @@ It answers as PagerDuty documents (developer-docs "Send an Alert Event", api-sch
 - incidents per (routing_key, dedup_key): trigger opens or dedups into the open alert, acknowledge
   and resolve apply to the open alert or are accepted and dropped, a trigger after resolve opens anew.
 - fault injection: :meth:`FakePagerDuty.fail_next` (5xx, 429 with Retry-After, slow answers).
+- the REST API ack sync uses (``Authorization: Token token=...``, ``From`` on writes, PagerDuty's error
+  body ``{"error": {"message", "code", "errors"}}``): ``GET /incidents?incident_key=&statuses[]=``,
+  ``GET /incidents/{id}``, ``GET /incidents/{id}/alerts`` (``alert_key`` = dedup_key), ``PUT
+  /incidents/{id}`` (status, priority), ``POST /incidents/{id}/snooze`` (acknowledged incidents only,
+  duration 1..604800), ``GET /priorities`` (most severe first), ``GET /services/{id}``
+  (``acknowledgement_timeout``); 401 for a wrong token, 404 for an unknown id, 429 with ``ratelimit-*``
+  headers past ``rest_rate_limit`` requests a minute, and :meth:`FakePagerDuty.fail_next_rest`.
+  Every Events API incident is a REST incident too (one alert; :meth:`FakePagerDuty.group` merges
+  incidents the way alert grouping does: one incident, several alerts, no incident_key).
 
 Use it as ``async with run_fake_pagerduty() as fake: ... fake.url``, or standalone for subprocess
 tests: ``python -m tests.fakes.pagerduty --port 0 --state-file F`` prints ``listening on <url>`` and
@@ -47,9 +56,17 @@ DEDUP_KEY_MAX = 255
 BODY_MAX = 512 * 1024
 
 
+PRIORITIES = [  # most severe first, as GET /priorities lists them
+    {"id": "PP1", "type": "priority", "name": "P1", "order": 5},
+    {"id": "PP2", "type": "priority", "name": "P2", "order": 4},
+    {"id": "PP3", "type": "priority", "name": "P3", "order": 3},
+]
+SNOOZE_MAX = 604800
+
+
 @dataclass
 class Incident:
-    """One PagerDuty alert opened by a trigger on one routing key."""
+    """One PagerDuty alert opened by a trigger on one routing key (and the REST incident holding it)."""
 
     routing_key: str
     dedup_key: str
@@ -58,6 +75,12 @@ class Incident:
     severity: str = ""
     triggers: int = 1
     log: list[str] = field(default_factory=lambda: ["trigger"])
+    id: str = ""
+    number: int = 0
+    priority_id: str = ""
+    snoozed_for: int = 0
+    service_id: str = "PSVC001"
+    alert_keys: list[str] = field(default_factory=list)  # more than one after alert grouping
 
 
 @dataclass
@@ -177,8 +200,17 @@ class FakePagerDuty:
         window: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         state_file: Path | None = None,
+        api_token: str = "fake-rest-token",
+        rest_rate_limit: int = 960,
+        ack_timeout: int | None = 1800,
     ) -> None:
         self.url = ""
+        self.api_token = api_token
+        self.rest_rate_limit = rest_rate_limit
+        self.ack_timeout = ack_timeout
+        self.rest_requests: list[tuple[str, str, dict[str, Any] | None]] = []  # (method, path, body)
+        self._rest_faults: deque[Fault] = deque()
+        self._rest_hits: deque[float] = deque()
         self.rate_limit = rate_limit
         self.window = window
         self._clock = clock
@@ -203,6 +235,19 @@ class FakePagerDuty:
         self._faults.clear()
         return dropped
 
+    def fail_next_rest(self, n: int, status: int = 500, retry_after: float | None = None) -> None:
+        """Make the next ``n`` REST requests answer ``status`` (429 with ``ratelimit-reset``)."""
+        header = None if retry_after is None else str(retry_after)
+        self._rest_faults.extend(Fault(status, header, 0.0) for _ in range(n))
+
+    def by_id(self, incident_id: str) -> Incident | None:
+        return next((i for i in self.incidents if i.id == incident_id), None)
+
+    def group(self, into: Incident, other: Incident) -> None:
+        """Alert grouping: ``other``'s alert joins ``into``, which then has no single incident_key."""
+        into.alert_keys.extend(other.alert_keys)
+        self.incidents.remove(other)
+
     def open_incident(self, routing_key: str, dedup_key: str) -> Incident | None:
         """The open (triggered or acknowledged) alert for the key on that routing key, if any."""
         for incident in reversed(self.incidents):
@@ -223,6 +268,13 @@ class FakePagerDuty:
         app = web.Application(client_max_size=4 * BODY_MAX)
         app.router.add_post("/v2/enqueue", self._enqueue)
         app.router.add_post("/v2/change/enqueue", self._change)
+        app.router.add_get("/incidents", self._rest_list)
+        app.router.add_get("/incidents/{id}", self._rest_get)
+        app.router.add_put("/incidents/{id}", self._rest_update)
+        app.router.add_get("/incidents/{id}/alerts", self._rest_alerts)
+        app.router.add_post("/incidents/{id}/snooze", self._rest_snooze)
+        app.router.add_get("/priorities", self._rest_priorities)
+        app.router.add_get("/services/{id}", self._rest_service)
         # Test controls for standalone mode (a subprocess test cannot call fail_next directly).
         app.router.add_post("/_fake/fail_next", self._control_fail_next)
         app.router.add_get("/_fake/state", self._control_state)
@@ -316,9 +368,11 @@ class FakePagerDuty:
         if action == "trigger":
             if incident is None:
                 payload = body["payload"]
-                self.incidents.append(
-                    Incident(routing_key, dedup_key, summary=payload["summary"], severity=payload["severity"])
-                )
+                number = len(self.incidents) + 1
+                self.incidents.append(Incident(
+                    routing_key, dedup_key, summary=payload["summary"], severity=payload["severity"],
+                    id=f"Q{number:06d}", number=number, alert_keys=[dedup_key],
+                ))
                 return dedup_key, "opened"
             incident.triggers += 1
             incident.log.append("trigger")
@@ -341,6 +395,156 @@ class FakePagerDuty:
             with self._state_file.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(line, sort_keys=True) + "\n")
                 f.flush()
+
+
+    # --- REST API ------------------------------------------------------------------------------------
+
+    def incident_json(self, incident: Incident) -> dict[str, Any]:
+        """The REST ``incident`` object (the fields ack sync reads; webhook ``data`` has the same shape)."""
+        priority = next((p for p in PRIORITIES if p["id"] == incident.priority_id), None)
+        return {
+            "id": incident.id, "type": "incident", "self": f"{self.url}/incidents/{incident.id}",
+            "html_url": f"https://acme.pagerduty.com/incidents/{incident.id}", "number": incident.number,
+            "status": incident.status, "title": incident.summary,
+            # "incidents with child alerts do not have an incident key": after grouping there is none.
+            "incident_key": incident.dedup_key if len(incident.alert_keys) == 1 else None,
+            "service": {"id": incident.service_id, "type": "service_reference", "summary": "certificates"},
+            "priority": None if priority is None else {
+                "id": priority["id"], "type": "priority_reference", "summary": priority["name"],
+            },
+            "urgency": "high",
+            "pending_actions": [{"type": "unacknowledge", "at": "later"}] if incident.snoozed_for else [],
+        }
+
+    async def _rest_gate(self, request: web.Request, *, write: bool) -> web.Response | None:
+        """Auth, From, faults and the rate limit; None when the request may proceed."""
+        body = await request.json() if request.can_read_body else None
+        self.rest_requests.append((request.method, request.path, body))
+        if self._rest_faults:
+            fault = self._rest_faults.popleft()
+            headers = {"ratelimit-reset": fault.retry_after} if fault.retry_after is not None else None
+            return rest_error(fault.status or 500, "Injected by the test", 2000, headers=headers)
+        if request.headers.get("Authorization") != f"Token token={self.api_token}":
+            return rest_error(401, "Unauthorized", 2006)
+        now = self._clock()
+        while self._rest_hits and self._rest_hits[0] <= now - 60:
+            self._rest_hits.popleft()
+        if len(self._rest_hits) >= self.rest_rate_limit:
+            reset = int(self._rest_hits[0] + 60 - now) + 1
+            return rest_error(429, "Rate Limit Exceeded", 2020, headers={
+                "ratelimit-limit": str(self.rest_rate_limit), "ratelimit-remaining": "0", "ratelimit-reset": str(reset),
+            })
+        self._rest_hits.append(now)
+        if write and not request.headers.get("From"):
+            return rest_error(400, "Invalid Input Provided", 2001, ["You must specify a From header"])
+        return None
+
+    def _incident_or_404(self, request: web.Request) -> Incident | web.Response:
+        incident = self.by_id(request.match_info["id"])
+        return incident if incident is not None else rest_error(404, "Not Found", 2100)
+
+    async def _rest_list(self, request: web.Request) -> web.Response:
+        if (refused := await self._rest_gate(request, write=False)) is not None:
+            return refused
+        key = request.query.get("incident_key")
+        statuses = request.query.getall("statuses[]", [])
+        found = [i for i in self.incidents if (key is None or key in i.alert_keys)
+                 and (not statuses or i.status in statuses)]
+        return web.json_response({"incidents": [self.incident_json(i) for i in found], "limit": 25, "offset": 0,
+                                  "more": False, "total": None})
+
+    async def _rest_get(self, request: web.Request) -> web.Response:
+        if (refused := await self._rest_gate(request, write=False)) is not None:
+            return refused
+        incident = self._incident_or_404(request)
+        if isinstance(incident, web.Response):
+            return incident
+        return web.json_response({"incident": self.incident_json(incident)})
+
+    async def _rest_alerts(self, request: web.Request) -> web.Response:
+        if (refused := await self._rest_gate(request, write=False)) is not None:
+            return refused
+        incident = self._incident_or_404(request)
+        if isinstance(incident, web.Response):
+            return incident
+        alerts = [{"id": f"A{n}{incident.id}", "type": "alert", "alert_key": key, "status": incident.status}
+                  for n, key in enumerate(incident.alert_keys)]
+        return web.json_response({"alerts": alerts, "limit": 100, "offset": 0, "more": False})
+
+    async def _rest_update(self, request: web.Request) -> web.Response:
+        if (refused := await self._rest_gate(request, write=True)) is not None:
+            return refused
+        incident = self._incident_or_404(request)
+        if isinstance(incident, web.Response):
+            return incident
+        fields = (self.rest_requests[-1][2] or {}).get("incident")
+        if not isinstance(fields, dict) or fields.get("type") not in ("incident", "incident_reference"):
+            return rest_error(400, "Invalid Input Provided", 2001, ["incident.type must be incident_reference"])
+        status, priority = fields.get("status"), fields.get("priority")
+        if status is not None and status not in ("acknowledged", "resolved"):
+            return rest_error(400, "Invalid Input Provided", 2001, [f"Invalid status {status!r}"])
+        if priority is not None and not any(p["id"] == (priority or {}).get("id") for p in PRIORITIES):
+            return rest_error(400, "Invalid Input Provided", 2001, ["Priority not found"])
+        if status is not None and incident.status != "resolved":
+            incident.status = status
+            incident.log.append(f"rest:{status}")
+        if priority is not None:
+            incident.priority_id = priority["id"]
+            incident.log.append(f"rest:priority:{priority['id']}")
+        return web.json_response({"incident": self.incident_json(incident)})
+
+    async def _rest_snooze(self, request: web.Request) -> web.Response:
+        if (refused := await self._rest_gate(request, write=True)) is not None:
+            return refused
+        incident = self._incident_or_404(request)
+        if isinstance(incident, web.Response):
+            return incident
+        duration = (self.rest_requests[-1][2] or {}).get("duration")
+        if not isinstance(duration, int) or not 1 <= duration <= SNOOZE_MAX:
+            return rest_error(400, "Invalid Input Provided", 2001, [f"Duration must be 1..{SNOOZE_MAX} seconds"])
+        if incident.status != "acknowledged":
+            return rest_error(400, "Invalid Input Provided", 2001, ["Incident must be acknowledged to snooze"])
+        incident.snoozed_for = duration
+        incident.log.append(f"rest:snooze:{duration}")
+        return web.json_response({"incident": self.incident_json(incident)}, status=201)
+
+    async def _rest_priorities(self, request: web.Request) -> web.Response:
+        if (refused := await self._rest_gate(request, write=False)) is not None:
+            return refused
+        return web.json_response({"priorities": PRIORITIES, "limit": 25, "offset": 0, "more": False})
+
+    async def _rest_service(self, request: web.Request) -> web.Response:
+        if (refused := await self._rest_gate(request, write=False)) is not None:
+            return refused
+        service = {"id": request.match_info["id"], "type": "service", "acknowledgement_timeout": self.ack_timeout}
+        return web.json_response({"service": service})
+
+    # --- Webhooks v3 the test sends ------------------------------------------------------------------
+
+    def webhook(
+        self, event_type: str, incident: Incident, *, agent: str | None = "Alice Oncall",
+        occurred_at: str = "2026-11-20T10:05:00.000Z", event_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A Webhooks v3 payload for ``incident`` as PagerDuty sends it (``agent=None``: no agent)."""
+        return {"event": {
+            "id": event_id or uuid.uuid4().hex, "event_type": event_type, "resource_type": "incident",
+            "occurred_at": occurred_at,
+            "agent": None if agent is None else {
+                "id": "PUSER01", "type": "user_reference", "summary": agent,
+                "html_url": "https://acme.pagerduty.com/users/PUSER01",
+            },
+            "client": None, "data": self.incident_json(incident),
+        }}
+
+
+def rest_error(
+    status: int, message: str, code: int, errors: list[str] | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    """PagerDuty's REST error body."""
+    error: dict[str, Any] = {"message": message, "code": code}
+    if errors:
+        error["errors"] = errors
+    return web.json_response({"error": error}, status=status, headers=headers)
 
 
 @contextlib.asynccontextmanager
