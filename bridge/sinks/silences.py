@@ -6,13 +6,13 @@ Items (ordered per incident key, so an expire never overtakes its create):
     {"op": "expire", "key"}
 
 **HA pair: each silence is written to exactly one Alertmanager** (silences are gossiped to the peers).
-The configured Alertmanagers are tried in order; one that refuses the connection is skipped for the next,
-but an ambiguous failure (a timeout, a 5xx after the request was sent) is retried later rather than sent to
-a peer. A create first looks for its own marker ``(certpager <hash of the queued item>)`` at the end of
-the comment among the silences of the Alertmanager it is about to write to, so a create whose answer was
-lost (a crash, a timeout) is adopted rather than written twice. Every silence created is recorded in the store (its id is
-how the poller tells the bridge's silences from a person's); an expire DELETEs each live one, on the
-Alertmanager it was written to, else on a peer.
+The configured Alertmanagers are tried in order; one that refuses the connection is skipped for the
+next, but an ambiguous failure (a timeout, a 5xx after the request was sent) is retried later rather
+than sent to a peer. A create first looks for its own marker ``(certpager <hash of the queued item>)``
+at the end of the comment among the silences of the Alertmanager it is about to write to, so a create
+whose answer was lost (a crash, a timeout) is adopted rather than written twice. Every silence created
+is recorded in the store (its id is how the poller tells the bridge's silences from a person's); an
+expire DELETEs each live one, on the Alertmanager it was written to, else on a peer.
 
     200                          Delivered
     400 (bad matchers, times)    DeadLetter  Alertmanager's message
