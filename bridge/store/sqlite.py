@@ -502,6 +502,7 @@ def _prune(conn: sqlite3.Connection, before: float) -> int:
         "DELETE FROM incidents WHERE open = 0 AND updated_at < ? AND key NOT IN"
         " (SELECT incident_key FROM occurrences WHERE status = 'firing')",
         "DELETE FROM groups WHERE open = 0 AND updated_at < ?",
+        "DELETE FROM ack_state WHERE updated_at < ? AND key NOT IN (SELECT key FROM incidents)",
     ):
         removed += conn.execute(sql, (before,)).rowcount
     return removed

@@ -13,6 +13,7 @@ import pytest
 from tests.bridge.ackharness import (
     NEW_SECRET,
     OLD_SECRET,
+    ROUTING_KEY,
     TOKEN,
     Harness,
     Pair,
@@ -21,6 +22,7 @@ from tests.bridge.ackharness import (
     harness,
     parse_time,
 )
+from tests.fakes.pagerduty import Incident
 
 
 @pytest.fixture(scope="module")
@@ -156,10 +158,16 @@ async def test_escalation_raises_priority_through_rest_with_429_and_grouped_inci
         await h.send(h.fake.webhook("incident.priority_updated", first, occurred_at="2026-11-20T10:09:00Z"))
         for cert in (a, b):  # both bridge incidents of the grouped PagerDuty incident are audited
             await eventually("priority recorded", lambda c=cert: _has(h, c, "priority P2"))
-        # A wrong token is a dead letter with PagerDuty's error, not a retry loop.
+        # An incident PagerDuty no longer knows (404) and a wrong token (401) are dead letters carrying
+        # PagerDuty's error, not retry loops.
+        gone = Incident(ROUTING_KEY, "x", id="QGONE", alert_keys=["x", "y"])
+        await h.send(h.fake.webhook("incident.escalated", gone))
+        dead = await eventually("dead letter", lambda: h.bridge.store.dead_letters())
+        assert dead[0].sink == "pagerduty_webhook" and dead[0].error.endswith("404 Not Found")
         h.fake.api_token = "rotated-elsewhere"
         await h.send(h.fake.webhook("incident.escalated", first, occurred_at="2026-11-20T10:10:00Z"))
-        dead = await eventually("dead letter", lambda: h.bridge.store.dead_letters())
+        dead = await eventually("dead letter", lambda: len(h.bridge.store.dead_letters()) == 2 and
+                                h.bridge.store.dead_letters())
         assert dead[0].sink == "pagerduty_webhook" and dead[0].error.endswith("401 Unauthorized")
 
 

@@ -1,0 +1,127 @@
+"""The pure ack-sync decisions (bridge/acksync.py), the signature check and the ack-sync config."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+
+import pytest
+
+from bridge import acksync
+from bridge.acksync import Ack, AlertView, IncidentView, SilenceView, Snapshot, SyncState
+from bridge.config import load
+from bridge.pagerduty_webhook import WebhookError, parse, signature_matches, verify
+from bridge.poller import AlertmanagerPoller
+from certpager.errors import ConfigError
+
+SETTINGS = acksync.Settings(silence_max=3600.0, rest=True)
+
+
+def incident(labels: dict[str, str], key: str = "k", firing: tuple[str, ...] = ("fp1",)) -> IncidentView:
+    return IncidentView(key, "default", True, {"custom_details": {"labels": labels}, "key": key}, firing)
+
+
+def test_silence_matchers_are_the_labels_that_make_the_key():
+    # certificate comes from subject_cn: "certificate" must be absent, else another incident is silenced too.
+    labels = {"alertname": "CertificateExpired", "subject_cn": "a.example", "instance": "10.0.0.1:443"}
+    assert acksync.matchers_for(incident(labels)) == [
+        {"name": "class", "value": "", "isRegex": False, "isEqual": True},
+        {"name": "alertname", "value": "CertificateExpired", "isRegex": False, "isEqual": True},
+        {"name": "certificate", "value": "", "isRegex": False, "isEqual": True},
+        {"name": "subject_cn", "value": "a.example", "isRegex": False, "isEqual": True},
+        {"name": "environment", "value": "", "isRegex": False, "isEqual": True},
+    ]
+    # No certificate-like label: the alert is its own subject, all its labels are matched.
+    assert [m["name"] for m in acksync.matchers_for(incident({"alertname": "X", "job": "j"}))] == ["alertname", "job"]
+
+
+def snapshot(*alerts: AlertView, silences: tuple[SilenceView, ...] = ()) -> Snapshot:
+    return Snapshot({a.fingerprint: a for a in alerts}, {s.id: s for s in silences})
+
+
+def test_the_bridges_own_silence_is_never_a_persons():
+    state = SyncState({"k": incident({"certificate": "c"})}, {}, own_silences=frozenset({"ours"}))
+    # Known by id even if someone edited createdBy, and by createdBy even before the id was recorded.
+    for sid, created_by in (("ours", "somebody"), ("new", "certpager")):
+        snap = snapshot(AlertView("fp1", "suppressed", (sid,)), silences=(SilenceView(sid, created_by, "", "active"),))
+        assert acksync.on_poll(state, snap, now=0, vanished_after=60).outbox == []
+    person = snapshot(AlertView("fp1", "suppressed", ("p",)), silences=(SilenceView("p", "alice", "", "active"),))
+    changes = acksync.on_poll(state, person, now=0, vanished_after=60)
+    assert [(r.sink, r.payload["action"]) for r in changes.outbox] == [("pagerduty", "acknowledge")]
+    assert changes.acks[0].actor == "alice" and changes.acks[0].side == "alertmanager"
+
+
+def test_vanished_resolves_only_suppressed_alerts_and_only_after_the_grace():
+    state = SyncState({"k": incident({"certificate": "c"})}, {"k": Ack("k", suppressed=False)})
+    assert acksync.on_poll(state, snapshot(), now=100, vanished_after=60).close == []  # Alertmanager resolves it
+    state = SyncState({"k": incident({"certificate": "c"})}, {"k": Ack("k", suppressed=True, silenced=True)})
+    first = acksync.on_poll(state, snapshot(), now=100, vanished_after=60)
+    assert first.close == [] and first.acks[0].vanished_since == 100
+    state = SyncState(state.incidents, {"k": first.acks[0]})
+    assert acksync.on_poll(state, snapshot(), now=130, vanished_after=60).close == []
+    done = acksync.on_poll(state, snapshot(), now=161, vanished_after=60)
+    assert done.close == ["k"]
+    assert [(r.sink, r.payload.get("action") or r.payload["op"]) for r in done.outbox] == [
+        ("pagerduty", "resolve"), ("alertmanager", "expire")]
+
+
+def test_ack_silence_ends_at_the_ack_timeout_capped_by_silence_max():
+    event = parse(b'{"event": {"id": "e", "event_type": "incident.acknowledged", "occurred_at": "t1", "agent":'
+                  b' {"type": "user_reference", "summary": "A"}, "data": {"type": "incident", "id": "P"}}}', {})
+    state = SyncState({"k": incident({"certificate": "c"})})
+    for timeout, length in ((600.0, 600.0), (None, 3600.0), (7200.0, 3600.0)):
+        out = acksync.on_pagerduty_event(state, event, ["k"], SETTINGS, now=0, ack_timeout=timeout)
+        [create] = [r.payload for r in out.outbox]
+        assert (create["startsAt"], create["endsAt"]) == (acksync.iso(0), acksync.iso(length))
+        assert create["comment"] == "ACK! acknowledged in PagerDuty by A" and create["createdBy"] == "certpager"
+
+
+def test_signature_check_accepts_any_secret_and_any_value():
+    body = b'{"event": {}}'
+    sig = "v1=" + hmac.new(b"two", body, hashlib.sha256).hexdigest()
+    assert signature_matches(body, f"v1=deadbeef, {sig}", ["one", "two"])
+    assert not signature_matches(body, sig, ["one"])
+    assert not signature_matches(body + b" ", sig, ["two"])  # the raw body, byte for byte
+    with pytest.raises(WebhookError, match="no webhook secret configured"):
+        verify(body, {"x-pagerduty-signature": sig}, [])
+
+
+def test_config_reads_several_webhook_secrets_from_one_file_and_names_bad_keys(tmp_path):
+    (tmp_path / "secrets").write_text("first\n\nsecond\n")
+    (tmp_path / "token").write_text("tok\n")
+    path = tmp_path / "bridge.yml"
+    path.write_text("integrations:\n  pagerduty:\n    webhook_secret_file: secrets\n    webhook_secrets: [inline]\n"
+                    "    api_token_file: token\nack_sync:\n  alertmanagers: [http://am:9093/]\n")
+    loaded = load(path)
+    assert loaded.secrets.webhook_secrets == ("inline", "first", "second")
+    assert loaded.secrets.api_token == "tok"
+    assert loaded.config.ack_sync.alertmanagers == ["http://am:9093"]
+    path.write_text("ack_sync:\n  alertmanagers: [am:9093]\n")
+    with pytest.raises(ConfigError, match=r"ack_sync\.alertmanagers"):
+        load(path)
+
+
+def test_the_poller_survives_a_failing_poll():
+    class Failing(AlertmanagerPoller):
+        calls = 0
+
+        async def poll(self) -> str:
+            Failing.calls += 1
+            if Failing.calls == 3:
+                self.stop()
+            raise RuntimeError("boom")
+
+    results: list[str] = []
+
+    class Counter:
+        def __init__(self, result: str) -> None:
+            results.append(result)
+
+        def inc(self) -> None:
+            pass
+
+    poller = Failing(None, None, alertmanagers=list, interval=0.001,  # type: ignore[arg-type]
+                     vanished_after=lambda: 0.0, counter=Counter)
+    asyncio.run(poller.run())
+    assert results == ["error", "error", "error"]
