@@ -42,7 +42,11 @@ JSON = "application/json"
 
 
 def settings_of(loaded: LoadedConfig) -> acksync.Settings:
-    return acksync.Settings(silence_max=loaded.config.ack_sync.silence_max, rest=bool(loaded.secrets.api_token))
+    statuspage = loaded.config.integrations.statuspage
+    return acksync.Settings(
+        silence_max=loaded.config.ack_sync.silence_max, rest=bool(loaded.secrets.api_token),
+        statuspage_min=None if statuspage is None else statuspage.min_severity,
+    )
 
 
 class AckSyncApi:

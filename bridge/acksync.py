@@ -21,7 +21,7 @@ Sinks: ``alertmanager`` (silence writes), ``pagerduty`` (Events v2, via :class:`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +35,8 @@ ACK_PREFIX = "ACK!"
 SILENCE_SINK = "alertmanager"
 EVENTS_SINK = "pagerduty"
 REST_SINK = "pagerduty_rest"
+STATUSPAGE_SINK = "statuspage"
+SEVERITY_ORDER = (Severity.INFO, Severity.WARNING, Severity.ERROR, Severity.CRITICAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,7 @@ class Settings:
     silence_max: float  # seconds
     rest: bool  # a PagerDuty REST API token is configured
     link: str = ""  # fallback link in a silence comment
+    statuspage_min: Severity | None = None  # Statuspage is configured: its min_severity
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +260,7 @@ def _apply(
             audit("priority to be raised one step (PagerDuty REST)")
         else:
             audit("no REST API token: priority left as it is")
+        _statuspage_worse(incident, settings, out, audit)
         return ack
     if kind == "incident.priority_updated":
         priority = data.get("priority")
@@ -265,6 +269,27 @@ def _apply(
         return dataclasses.replace(ack, priority=name)
     audit("recorded")
     return ack
+
+
+def _statuspage_worse(
+    incident: IncidentView, settings: Settings, out: Changes, audit: Callable[[str], None]
+) -> None:
+    """Re-send the incident's trigger to Statuspage one severity worse: its components one status worse.
+
+    Only an incident already on the page (at or above Statuspage's ``min_severity``): an escalation in
+    PagerDuty must not open a customer-facing incident by itself.
+    """
+    if settings.statuspage_min is None or not incident.open:
+        return
+    severity = Severity(incident.trigger.get("severity", Severity.ERROR))
+    rank = SEVERITY_ORDER.index(severity)
+    if rank < SEVERITY_ORDER.index(settings.statuspage_min) or rank == len(SEVERITY_ORDER) - 1:
+        return
+    worse = SEVERITY_ORDER[rank + 1]
+    out.outbox.append(OutboxRow(STATUSPAGE_SINK, incident.key, {
+        **incident.trigger, "severity": worse.value, "note": "escalated in PagerDuty",
+    }))
+    audit(f"Statuspage components one status worse (as {worse.value})")
 
 
 def on_snooze(

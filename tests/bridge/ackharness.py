@@ -20,9 +20,12 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
-from bridge.app import Bridge
+from bridge.app import Bridge, ConfigHolder
+from bridge.cli import make_statuspage_sink
 from bridge.keys import incident_key
+from bridge.sinks.base import Sink
 from bridge.sinks.pagerduty import PagerDutySink
 from bridge.store.sqlite import SqliteStore
 from tests.bridge.conftest import loaded_config
@@ -86,10 +89,10 @@ class Harness:
 
     # --- Alertmanager side ------------------------------------------------------------------------------
 
-    async def fire(self, certificate: str, *, starts_at: float | None = None) -> dict[str, Any]:
+    async def fire(self, certificate: str, *, starts_at: float | None = None, **extra: str) -> dict[str, Any]:
         """Prometheus sends the alert to both peers; Alertmanager's webhook brings it to the bridge."""
         labels = {"alertname": "CertificateExpired", "class": "certificate_expired", "certificate": certificate,
-                  "environment": "production"}
+                  "environment": "production", **extra}
         starts = rfc3339(starts_at if starts_at is not None else time.time() - 60)
         posted = [{"labels": labels, "startsAt": starts, "annotations": {"summary": f"{certificate} expired"}}]
         for url in self.am:
@@ -178,12 +181,16 @@ class Harness:
             return list((await resp.json())["audit"])
 
 
-def config(fake_url: str, am: list[str], db: Path, **ack_sync: Any) -> dict[str, Any]:
+def config(fake_url: str, am: list[str], db: Path, statuspage: str | None = None, **ack_sync: Any) -> dict[str, Any]:
+    sp = {"statuspage": {
+        "api_token": "sp-token", "page_id": "page01", "api_url": statuspage, "min_severity": "error",
+        "component_map": {"Gateway API": "cmp1"}, "requests_per_second": 100,
+    }} if statuspage else {}
     return {
         "integrations": {"pagerduty": {
             "routing_key": ROUTING_KEY, "events_url": fake_url, "api_url": fake_url, "api_token": "fake-rest-token",
             "from_email": "certpager@example.com", "webhook_secrets": [OLD_SECRET, NEW_SECRET],
-        }},
+        }, **sp},
         "server": {"auth": {"bearer_token": TOKEN}},
         "store": {"path": str(db)},
         "outbox": {"retry_initial": "50ms", "retry_max": "300ms", "sweep_interval": "100ms"},
@@ -192,18 +199,25 @@ def config(fake_url: str, am: list[str], db: Path, **ack_sync: Any) -> dict[str,
 
 
 @contextlib.asynccontextmanager
-async def harness(tmp_path: Path, pair: Pair, **ack_sync: Any) -> AsyncIterator[Harness]:
+async def harness(
+    tmp_path: Path, pair: Pair, statuspage: str | None = None, **ack_sync: Any
+) -> AsyncIterator[Harness]:
     """The bridge with a dead Alertmanager first in its list (every write fails over), then the pair."""
     dead = f"http://127.0.0.1:{free_port()}"
     async with run_fake_pagerduty() as fake, aiohttp.ClientSession() as http:
-        loaded = loaded_config(config(fake.url, [dead, *pair.urls], tmp_path / "bridge.db", **ack_sync))
-        sink = PagerDutySink(httpx.AsyncClient(timeout=5), url=fake.url,
-                             routing_key_for=lambda route: ROUTING_KEY)
-        bridge = Bridge(loaded, store=SqliteStore(tmp_path / "bridge.db"), sinks={"pagerduty": sink},
+        holder = ConfigHolder(loaded_config(
+            config(fake.url, [dead, *pair.urls], tmp_path / "bridge.db", statuspage, **ack_sync)))
+        registry = CollectorRegistry()
+        sinks: dict[str, Sink] = {"pagerduty": PagerDutySink(
+            httpx.AsyncClient(timeout=5), url=fake.url, routing_key_for=lambda route: ROUTING_KEY)}
+        if statuspage is not None:
+            sinks["statuspage"] = make_statuspage_sink(holder, registry)  # type: ignore[assignment]
+        bridge = Bridge(holder, store=SqliteStore(tmp_path / "bridge.db"), sinks=sinks, registry=registry,
                         http=httpx.AsyncClient(timeout=2))
         async with serving(bridge.app) as client:
             yield Harness(fake, bridge, client, pair.urls, http)
-        await sink.aclose()
+        for sink in sinks.values():
+            await sink.aclose()
 
 
 async def eventually(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:

@@ -6,6 +6,7 @@ proves the fail-over to the pair, and every silence is checked to exist once (go
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -23,6 +24,7 @@ from tests.bridge.ackharness import (
     parse_time,
 )
 from tests.fakes.pagerduty import Incident
+from tests.fakes.statuspage import run_fake_statuspage
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +171,20 @@ async def test_escalation_raises_priority_through_rest_with_429_and_grouped_inci
         dead = await eventually("dead letter", lambda: len(h.bridge.store.dead_letters()) == 2 and
                                 h.bridge.store.dead_letters())
         assert dead[0].sink == "pagerduty_webhook" and dead[0].error.endswith("401 Unauthorized")
+
+
+async def test_escalation_makes_the_statuspage_components_one_status_worse(tmp_path, pair: Pair):
+    async with contextlib.AsyncExitStack() as stack:
+        sp = await stack.enter_async_context(
+            run_fake_statuspage(token="sp-token", components={"cmp1": "Gateway API"}, rate_limit=10_000))
+        h = await stack.enter_async_context(harness(tmp_path, pair, statuspage=sp.url))
+        cert = f"sp-{time.monotonic_ns()}.example.com"
+        await h.fire(cert, service="Gateway API")  # severity error: partial_outage
+        await eventually("on the status page", lambda: sp.statuses().get("cmp1") == "partial_outage")
+        await h.send(h.fake.webhook("incident.escalated", h.incident(cert)))
+        await eventually("one status worse", lambda: sp.statuses().get("cmp1") == "major_outage")
+        assert len(sp.own_incidents()) == 1  # the same customer-facing incident, updated
+        assert await _has(h, cert, "Statuspage components one status worse (as critical)")
 
 
 async def test_silence_by_a_person_acknowledges_and_its_expiry_triggers_again(tmp_path, pair: Pair):

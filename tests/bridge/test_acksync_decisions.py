@@ -77,6 +77,16 @@ def test_ack_silence_ends_at_the_ack_timeout_capped_by_silence_max():
         assert create["comment"] == "ACK! acknowledged in PagerDuty by A" and create["createdBy"] == "certpager"
 
 
+def test_escalation_worsens_statuspage_only_for_incidents_already_on_the_page():
+    event = parse(b'{"event": {"id": "e", "event_type": "incident.escalated", "occurred_at": "t1",'
+                  b' "data": {"type": "incident", "id": "P"}}}', {})
+    settings = acksync.Settings(silence_max=3600.0, rest=False, statuspage_min=acksync.Severity.ERROR)
+    for severity, expected in (("warning", []), ("error", ["critical"]), ("critical", [])):
+        view = IncidentView("k", "default", True, {"severity": severity, "key": "k"}, ("fp",))
+        out = acksync.on_pagerduty_event(SyncState({"k": view}), event, ["k"], settings, now=0)
+        assert [r.payload["severity"] for r in out.outbox if r.sink == "statuspage"] == expected, severity
+
+
 def test_signature_check_accepts_any_secret_and_any_value():
     body = b'{"event": {}}'
     sig = "v1=" + hmac.new(b"two", body, hashlib.sha256).hexdigest()
