@@ -29,7 +29,7 @@ WEBHOOK_RESULTS = (
 PAGERDUTY_WEBHOOK_RESULTS = (
     "accepted", "duplicate", "ignored", "unauthorized", "bad_signature", "bad_request", "too_large", "store_error",
 )
-POLL_RESULTS = ("ok", "unreachable", "error")
+POLL_RESULTS = ("ok", "follower", "unreachable", "error")
 DELIVERY_RESULTS = ("delivered", "retry", "throttled", "dead_letter")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -114,7 +114,8 @@ class BridgeMetrics:
         )
         self.polls = Counter(
             f"{NAMESPACE}_alertmanager_polls_total",
-            "Ack-sync polls of Alertmanager by result (ok, unreachable, error).", ["result"], registry=registry,
+            "Ack-sync polls of Alertmanager by result (ok, follower, unreachable, error).", ["result"],
+            registry=registry,
         )
         self.reload_ok = Gauge(
             f"{NAMESPACE}_config_last_reload_successful", "1 if the last config reload succeeded.", registry=registry,

@@ -6,6 +6,8 @@ unprocessed) and ``GET /api/v2/silences`` from every configured Alertmanager it 
 :func:`bridge.acksync.on_poll` over the open incidents in one store transaction. With no Alertmanager
 reachable a poll changes nothing: an outage is never taken for alerts that vanished. A failed poll is
 logged and counted, and the next one runs on time: the loop itself never ends before :meth:`stop`.
+With several replicas on one PostgreSQL store only the one elected for ``alertmanager-poller``
+(:meth:`bridge.store.base.Store.lead`) polls; another takes over at its next round when it dies.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from bridge import acksync
 from bridge.store.base import Store
 
 log = logging.getLogger(__name__)
+ROLE = "alertmanager-poller"
 ALERTS_QUERY = {"active": "true", "silenced": "true", "inhibited": "true", "unprocessed": "true"}
 
 
@@ -60,7 +63,9 @@ class AlertmanagerPoller:
         self._stop.set()
 
     async def poll(self) -> str:
-        """One poll; ``ok``, or ``unreachable`` when no Alertmanager answered."""
+        """One poll; ``ok``, ``follower`` (another replica polls), or ``unreachable`` (no Alertmanager answered)."""
+        if not await self._store.lead(ROLE):
+            return "follower"
         snapshot = await self.snapshot()
         if snapshot is None:
             return "unreachable"

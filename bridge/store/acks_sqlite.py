@@ -1,7 +1,7 @@
 """SQLite statements of ack sync: each function runs inside the single writer's transaction.
 
-:func:`sync` is ack sync's transaction script (load the state, run a pure decision from
-:mod:`bridge.acksync`, write its changes), so a crash keeps all of a decision or none of it.
+:class:`SqliteAckSql` supplies the steps of the shared transaction script
+(:mod:`bridge.store.acksync_script`); the one writer thread serialises ack syncs.
 """
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from bridge.acksync import Ack, AuditEntry, Changes, IncidentView, SyncState
 from bridge.pagerduty_webhook import WebhookEvent
+from bridge.store.acksync_script import ClaimWebhook, LoadSync, WriteSync
 from bridge.store.base import Receipt
 
 WEBHOOK_SINK = "pagerduty_webhook"
@@ -98,20 +99,24 @@ def write(conn: sqlite3.Connection, changes: Changes, now: float) -> None:
     )
 
 
-def sync(
-    conn: sqlite3.Connection, keys: Sequence[str] | None, decide: Callable[[SyncState], Changes | str], *,
-    now: float, webhook_id: str | None = None,
-) -> Changes | str:
-    """Load, decide, write; with ``webhook_id``, at most once per webhook (a redelivery changes nothing)."""
-    if webhook_id is not None:
-        row = conn.execute("SELECT applied_at FROM pd_webhooks WHERE webhook_id = ?", (webhook_id,)).fetchone()
-        if row is not None and row[0] is not None:
-            return Changes()
-        conn.execute("UPDATE pd_webhooks SET applied_at = ? WHERE webhook_id = ?", (now, webhook_id))
-    changes = decide(load(conn, keys))
-    if isinstance(changes, Changes):
-        write(conn, changes, now)
-    return changes
+class SqliteAckSql:
+    """The ack-sync script's SQL for SQLite (:class:`bridge.store.acksync_script.AckSql`)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def claim_webhook(self, step: ClaimWebhook) -> bool:
+        cursor = self.conn.execute(
+            "UPDATE pd_webhooks SET applied_at = ? WHERE webhook_id = ? AND applied_at IS NULL",
+            (step.now, step.webhook_id),
+        )
+        return cursor.rowcount == 1
+
+    def load_sync(self, step: LoadSync) -> SyncState:
+        return load(self.conn, step.keys)
+
+    def write_sync(self, step: WriteSync) -> None:
+        write(self.conn, step.changes, step.now)
 
 
 def record_silence(conn: sqlite3.Connection, key: str, silence_id: str, alertmanager: str, now: float) -> None:

@@ -43,10 +43,13 @@ from urllib.parse import urlsplit
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from bridge import acksync
+from bridge.acksync import Ack, AuditEntry, SyncState
 from bridge.alertmanager import Notification
 from bridge.decisions import Group, Incident, Lookup, Occurrence, Policy, State
+from bridge.pagerduty_webhook import WebhookEvent
 from bridge.sinks.base import OutboxItem
-from bridge.store import ingest
+from bridge.store import acks_postgres, acksync_script, ingest
 from bridge.store.base import DeadLetterRow, IngestResult, OutboxStats, Receipt, StoreError
 from bridge.store.ingest import (
     Changes,
@@ -118,6 +121,7 @@ _PRUNE_SQL = (
     "DELETE FROM incidents WHERE open = false AND updated_at < $1 AND key NOT IN"
     " (SELECT incident_key FROM occurrences WHERE status = 'firing')",
     "DELETE FROM groups WHERE open = false AND updated_at < $1",
+    *acks_postgres.PRUNE_SQL,
 )
 
 
@@ -307,6 +311,36 @@ class PostgresStore:
             else:
                 self.commits += 1
                 _settle(job, result, None)
+
+    # --- ack sync ------------------------------------------------------------------------------------
+
+    async def record_pagerduty_webhook(self, receipt: Receipt, event: WebhookEvent) -> bool:
+        return await self._run(lambda conn: acks_postgres.record_webhook(conn, receipt, event))
+
+    async def sync(
+        self, keys: Sequence[str] | None, decide: Callable[[SyncState], acksync.Changes | str], *, now: float,
+        webhook_id: str | None = None,
+    ) -> acksync.Changes | str:
+        async def op(conn: Conn) -> acksync.Changes | str:
+            steps = acksync_script.script(keys, decide, now=now, webhook_id=webhook_id)
+            return await acksync_script.run_async(steps, acks_postgres.PostgresAckSql(conn))
+
+        return await self._run(op)
+
+    async def record_silence(self, key: str, silence_id: str, alertmanager: str, *, now: float) -> None:
+        await self._run(lambda conn: acks_postgres.record_silence(conn, key, silence_id, alertmanager, now))
+
+    async def live_silences(self, key: str) -> list[tuple[str, str]]:
+        return await self._run(lambda conn: acks_postgres.live_silences(conn, key), transaction=False)
+
+    async def silence_expired(self, key: str, silence_id: str, *, now: float) -> None:
+        await self._run(lambda conn: acks_postgres.silence_expired(conn, key, silence_id, now))
+
+    async def audit_trail(self, key: str | None = None, *, limit: int = 100) -> list[AuditEntry]:
+        return await self._run(lambda conn: acks_postgres.audit_trail(conn, key, limit), transaction=False)
+
+    async def ack_state(self, key: str) -> Ack | None:
+        return await self._run(lambda conn: acks_postgres.ack_of(conn, key), transaction=False)
 
     # --- outbox --------------------------------------------------------------------------------------
 

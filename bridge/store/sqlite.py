@@ -32,7 +32,7 @@ from bridge.alertmanager import Notification
 from bridge.decisions import Group, Incident, Lookup, Occurrence, Policy, State
 from bridge.pagerduty_webhook import WebhookEvent
 from bridge.sinks.base import OutboxItem
-from bridge.store import acks_sqlite, ingest
+from bridge.store import acks_sqlite, acksync_script, ingest
 from bridge.store.base import DeadLetterRow, IngestResult, OutboxStats, Receipt, StoreError
 from bridge.store.ingest import Conflict, GroupRow, LoadState, RecordReceipt, Write, decode_group
 from bridge.store.migrations import migrate
@@ -198,7 +198,11 @@ class SqliteStore:
         self, keys: Sequence[str] | None, decide: Callable[[SyncState], Changes | str], *, now: float,
         webhook_id: str | None = None,
     ) -> Changes | str:
-        return await self._submit(lambda conn: acks_sqlite.sync(conn, keys, decide, now=now, webhook_id=webhook_id))
+        def op(conn: sqlite3.Connection) -> Changes | str:
+            steps = acksync_script.script(keys, decide, now=now, webhook_id=webhook_id)
+            return acksync_script.run(steps, acks_sqlite.SqliteAckSql(conn))
+
+        return await self._submit(op)
 
     async def record_silence(self, key: str, silence_id: str, alertmanager: str, *, now: float) -> None:
         await self._submit(lambda conn: acks_sqlite.record_silence(conn, key, silence_id, alertmanager, now))
