@@ -5,7 +5,8 @@ unprocessed) and ``GET /api/v2/silences`` from every configured Alertmanager it 
 (an HA pair gossips silences, and each peer holds the alerts Prometheus sent it), then runs
 :func:`bridge.acksync.on_poll` over the open incidents in one store transaction. With no Alertmanager
 reachable a poll changes nothing: an outage is never taken for alerts that vanished. A failed poll is
-logged and counted, and the next one runs on time: the loop itself never ends before :meth:`stop`.
+logged and counted, and the next one runs on time: the loop itself never ends before :meth:`stop` (it
+runs under the bridge's :class:`certpager.tasks.TaskSupervisor` all the same).
 With several replicas on one PostgreSQL store only the one elected for ``alertmanager-poller``
 (:meth:`bridge.store.base.Store.lead`) polls; another takes over at its next round when it dies.
 """
