@@ -4,7 +4,9 @@ the fake PagerDuty (tests/fakes/pagerduty.py, a subprocess writing every accepte
 
 Each test fires a burst of distinct certificate alerts into Alertmanager, rotates one credential in the middle,
 and checks from PagerDuty's side that every alert paged exactly once, and from the bridge's side that the old
-credential stopped working (or stopped being used) once the reload answered.
+credential stopped working (or stopped being used) once the reload answered. The webhook signing secret is
+rotated under a stream of Webhooks v3 deliveries signed the way PagerDuty signs them during its own rotation.
+(The Statuspage token's rotation is tested in tests/bridge/test_statuspage_e2e.py.)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pytest
 
 from tests.deploy.k8s import ROOT
 from tests.e2e.harness import WEBHOOK_PATH, Program, free_port, http_get, render_alertmanager, running, wait_until
+from tests.fakes.pagerduty import signature_header
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager")
 OLD_KEY, NEW_KEY = "O" * 32, "N" * 32
@@ -235,3 +238,93 @@ def test_rotate_bridge_bearer_token_mid_burst(stack):
     paged_once_each(stack, certificates)
     assert statuses == {"old": 401, "new": 400}, "after the reload only the new token is accepted"
     assert stack.refused_notifications() >= 1, "the window was exercised: Alertmanager saw 401s, and resent"
+
+
+# --- PagerDuty Webhooks v3 signing secret ------------------------------------------------------------------
+
+OLD_SECRET, NEW_SECRET = "old-webhook-signing-secret", "new-webhook-signing-secret"
+WEBHOOKS = 40  # deliveries in the stream, one every WEBHOOK_INTERVAL seconds
+WEBHOOK_INTERVAL = 0.03
+
+
+def _acknowledged(n: int) -> bytes:
+    """A Webhooks v3 incident.acknowledged delivery as PagerDuty sends it (one incident per delivery)."""
+    return json.dumps({"event": {
+        "id": f"01ROTATION{n:06d}", "event_type": "incident.acknowledged", "resource_type": "incident",
+        "occurred_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "agent": {"id": "PUSER01", "type": "user_reference", "summary": "Alice Oncall"},
+        "client": None,
+        "data": {"id": f"Q{n:08d}", "type": "incident", "status": "acknowledged", "title": f"rotation {n}",
+                 "incident_key": f"cert-rotation-{n}-production-expired"},
+    }}).encode()
+
+
+def _deliver(bridge_url: str, n: int, secrets: tuple[str, ...]) -> int:
+    body = _acknowledged(n)
+    request = urllib.request.Request(
+        f"{bridge_url}/api/v1/pagerduty/webhook", data=body, method="POST",
+        headers={"Content-Type": "application/json", "X-Webhook-Id": f"rotation-{n}",
+                 "X-PagerDuty-Signature": signature_header(body, *secrets)},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_rotate_pagerduty_webhook_secret_mid_stream(tmp_path):
+    """docs/runbooks-rotation.md: add the new secret as a second line and reload, rotate in PagerDuty (which signs
+    with both, then the new one alone), remove the old line and reload. PagerDuty drops a delivery answered 4xx, so
+    every delivery of the stream must be accepted; afterwards a delivery signed with the old secret alone is not."""
+    secrets = tmp_path / "pagerduty-webhook-secrets"
+    secrets.write_text(OLD_SECRET + "\n")
+    (tmp_path / "bridge.yml").write_text(
+        f"integrations:\n  pagerduty:\n    webhook_secret_file: {secrets}\n"
+        f"store: {{path: {tmp_path / 'bridge.db'}}}\n"
+    )
+    port = free_port()
+    with running("bridge", [sys.executable, "-m", "certpager", "bridge", f"--config.file={tmp_path / 'bridge.yml'}",
+                            f"--web.listen-address=127.0.0.1:{port}"], tmp_path) as bridge:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            bridge.assert_running()
+            return http_get(f"{url}/-/ready") is not None
+
+        wait_until("bridge ready", ready, timeout=30)
+        signing: dict[str, tuple[str, ...]] = {"now": (OLD_SECRET,)}  # what PagerDuty signs with
+        answers: list[int] = []
+
+        def stream() -> None:
+            for n in range(WEBHOOKS):
+                answers.append(_deliver(url, n, signing["now"]))
+                time.sleep(WEBHOOK_INTERVAL)
+
+        sender = threading.Thread(target=stream)
+        sender.start()
+
+        def after(count: int) -> None:
+            wait_until(f"{count} deliveries", lambda: len(answers) >= count, timeout=30, interval=0.01)
+
+        def reload() -> None:
+            request = urllib.request.Request(f"{url}/-/reload", method="POST")
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200
+
+        after(8)
+        secrets.write_text(f"{OLD_SECRET}\n{NEW_SECRET}\n")  # 1. the new secret as a second line ...
+        reload()  # ... and reload
+        after(16)
+        signing["now"] = (OLD_SECRET, NEW_SECRET)  # 2. rotated in PagerDuty: it signs with both for a while ...
+        after(24)
+        signing["now"] = (NEW_SECRET,)  # ... then with the new one alone
+        after(28)
+        secrets.write_text(f"{NEW_SECRET}\n")  # 3. the old line removed ...
+        reload()  # ... and reload
+        sender.join(timeout=60)
+        assert answers == [202] * WEBHOOKS, answers
+        assert _deliver(url, WEBHOOKS, (OLD_SECRET,)) == 403, "the old secret alone no longer verifies"
+        assert _deliver(url, WEBHOOKS + 1, (NEW_SECRET,)) == 202
+        metrics = (http_get(f"{url}/metrics") or b"").decode()
+        assert f'certpager_bridge_webhooks_total{{result="accepted",source="pagerduty"}} {WEBHOOKS + 1}.0' in metrics
