@@ -92,6 +92,8 @@ def test_values_reach_the_objects():
     store = {"retention": "14d", "path": "/var/lib/certpager/certpager-bridge.db"}
     assert bridge_config["store"] == store
     assert bridge_config["integrations"] == wanted["bridge"]["config"]["integrations"]
+    policy = named(objects, "NetworkPolicy", "cp-certpager-bridge")
+    assert {"port": 9093, "protocol": "TCP"} in [p for r in policy["spec"]["egress"] for p in r.get("ports", [])]
 
 
 def test_config_change_rolls_the_pods():
