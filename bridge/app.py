@@ -102,6 +102,11 @@ class ConfigHolder:
              _statuspage_start(loaded.config)),
             ("integrations.statuspage.api_token (dry-run or not)", self.current.secrets.statuspage_token is None,
              loaded.secrets.statuspage_token is None),
+            # Ack sync's silence sink and poller exist only if Alertmanagers were listed at start; a changed
+            # list applies at once.
+            ("ack_sync.alertmanagers (empty or not)", bool(old.ack_sync.alertmanagers),
+             bool(loaded.config.ack_sync.alertmanagers)),
+            ("ack_sync.poll_interval", old.ack_sync.poll_interval, loaded.config.ack_sync.poll_interval),
         ):
             if before != after:
                 log.warning("config change needs a restart to apply", extra={"kv": {"key": name}})

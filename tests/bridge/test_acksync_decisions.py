@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 
 import pytest
 
 from bridge import acksync
 from bridge.acksync import Ack, AlertView, IncidentView, SilenceView, Snapshot, SyncState
+from bridge.app import ConfigHolder
 from bridge.config import load
 from bridge.pagerduty_webhook import WebhookError, parse, signature_matches, verify
 from bridge.poller import AlertmanagerPoller
@@ -110,6 +112,20 @@ def test_config_reads_several_webhook_secrets_from_one_file_and_names_bad_keys(t
     path.write_text("ack_sync:\n  alertmanagers: [am:9093]\n")
     with pytest.raises(ConfigError, match=r"ack_sync\.alertmanagers"):
         load(path)
+
+
+def test_a_reload_says_which_ack_sync_changes_need_a_restart(tmp_path, caplog):
+    path = tmp_path / "bridge.yml"
+    path.write_text("ack_sync:\n  alertmanagers: [http://a:9093]\n")
+    holder = ConfigHolder(load(path, env={}), loader=lambda: load(path, env={}))
+    caplog.set_level(logging.WARNING)
+    path.write_text("ack_sync:\n  alertmanagers: [http://b:9093]\n")  # applies at once
+    holder.reload()
+    assert holder.current.config.ack_sync.alertmanagers == ["http://b:9093"]
+    path.write_text("ack_sync:\n  alertmanagers: []\n  poll_interval: 5s\n")
+    holder.reload()
+    restart = [r.kv["key"] for r in caplog.records if hasattr(r, "kv")]  # type: ignore[attr-defined]
+    assert restart == ["ack_sync.alertmanagers (empty or not)", "ack_sync.poll_interval"]
 
 
 def test_the_poller_survives_a_failing_poll():
