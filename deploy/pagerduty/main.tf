@@ -51,6 +51,12 @@ variable "rotation_start" {
   type        = string
 }
 
+variable "bridge_webhook_url" {
+  description = "https://<bridge ingress>/api/v1/pagerduty/webhook, for the acknowledgement sync; empty: no subscription."
+  type        = string
+  default     = ""
+}
+
 variable "bridge_namespace" {
   description = "Namespace of the certpager release; the Secret is created there."
   type        = string
@@ -284,6 +290,33 @@ resource "pagerduty_service_dependency" "certificate_management" {
       id   = each.value.id
       type = "service"
     }
+  }
+}
+
+# Acknowledgement sync (docs/ack-sync.md): PagerDuty Webhooks v3 to the bridge, for every incident event the
+# bridge acts on. PagerDuty shows a subscription's signing secret once, when it is created: put it in the
+# Secret's key webhook-secrets (integrations.pagerduty.webhook_secret_file).
+resource "pagerduty_webhook_subscription" "certpager" {
+  for_each    = var.bridge_webhook_url == "" ? {} : pagerduty_service.certificates
+  type        = "webhook_subscription"
+  description = "certpager acknowledgement sync"
+  active      = true
+  events = [
+    "incident.triggered",
+    "incident.acknowledged",
+    "incident.unacknowledged",
+    "incident.resolved",
+    "incident.reopened",
+    "incident.escalated",
+    "incident.priority_updated",
+  ]
+  delivery_method {
+    type = "http_delivery_method"
+    url  = var.bridge_webhook_url
+  }
+  filter {
+    type = "service_reference"
+    id   = each.value.id
   }
 }
 

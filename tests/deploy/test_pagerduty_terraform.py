@@ -12,6 +12,7 @@ import yaml
 
 from bridge.config import load as load_bridge_config
 from bridge.decisions import Policy
+from bridge.pagerduty_webhook import HANDLED
 from tests.deploy.k8s import ROOT, SECRETS_DIR, with_secret_files
 
 MAIN = ROOT / "deploy" / "pagerduty" / "main.tf"
@@ -59,6 +60,13 @@ def test_four_services_under_one_business_service():
     (integration,) = resources("pagerduty_service_integration").values()
     assert integration["type"] == "events_api_v2_inbound_integration"
     assert integration["for_each"] == "${pagerduty_service.certificates}"
+
+
+def test_webhook_subscription_covers_every_event_the_ack_sync_handles():
+    (subscription,) = resources("pagerduty_webhook_subscription").values()
+    assert set(subscription["events"]) == set(HANDLED)
+    assert _one(subscription["delivery_method"])["url"] == "${var.bridge_webhook_url}"
+    assert _one(subscription["filter"]) == {"type": "service_reference", "id": "${each.value.id}"}
 
 
 def test_escalation_levels_start_at_0_15_30_60_minutes():
