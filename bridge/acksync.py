@@ -66,6 +66,7 @@ class IncidentView:
     open: bool
     trigger: Mapping[str, Any]
     firing: tuple[str, ...] = ()  # fingerprints of its firing occurrences
+    group: str = ""  # the group key when grouping made it a member of one PagerDuty incident
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +324,9 @@ def on_poll(state: SyncState, snapshot: Snapshot, *, now: float, vanished_after:
     out = Changes()
     for key in sorted(state.incidents):
         incident = state.incidents[key]
-        if not incident.open or not incident.firing:
+        # A member of a group is paged under the group's key: acting on its own key would open a
+        # second PagerDuty incident for an alert already paged. Groups are not synced yet.
+        if not incident.open or not incident.firing or incident.group:
             continue
         ack = state.acks.get(key) or Ack(key)
         present = [snapshot.alerts[fp] for fp in incident.firing if fp in snapshot.alerts]

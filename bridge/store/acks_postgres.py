@@ -64,7 +64,7 @@ class PostgresAckSql:
     async def load_sync(self, step: LoadSync) -> SyncState:
         conn = self.conn
         await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", *ACK_LOCK)
-        cols = "key, route, open, trigger, scope"
+        cols = "key, route, open, trigger, scope, grp"
         if step.keys is None:
             rows = await conn.fetch(f"SELECT {cols} FROM incidents WHERE open")
         else:
@@ -78,7 +78,7 @@ class PostgresAckSql:
         ):
             firing.setdefault(row[0], []).append(row[1])
         incidents = {
-            r[0]: IncidentView(r[0], r[1], bool(r[2]), json.loads(r[3]), tuple(sorted(firing.get(r[0], ()))))
+            r[0]: IncidentView(r[0], r[1], bool(r[2]), json.loads(r[3]), tuple(sorted(firing.get(r[0], ()))), r[5])
             for r in rows
         }
         wanted = keys if step.keys is None else list(step.keys)

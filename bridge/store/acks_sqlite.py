@@ -45,7 +45,7 @@ def record_webhook(conn: sqlite3.Connection, receipt: Receipt, event: WebhookEve
 
 def load(conn: sqlite3.Connection, keys: Sequence[str] | None) -> SyncState:
     """The incidents ``keys`` (None: every open incident), their firing fingerprints and ack rows."""
-    cols = "key, route, open, trigger, scope"
+    cols = "key, route, open, trigger, scope, grp"
     if keys is None:
         rows = conn.execute(f"SELECT {cols} FROM incidents WHERE open = 1").fetchall()
     else:
@@ -61,7 +61,7 @@ def load(conn: sqlite3.Connection, keys: Sequence[str] | None) -> SyncState:
         ):
             firing.setdefault(row[0], []).append(fp)
     incidents = {
-        r[0]: IncidentView(r[0], r[1], bool(r[2]), json.loads(r[3]), tuple(sorted(firing.get(r[0], ()))))
+        r[0]: IncidentView(r[0], r[1], bool(r[2]), json.loads(r[3]), tuple(sorted(firing.get(r[0], ()))), r[5])
         for r in rows
     }
     acks: dict[str, Ack] = {}

@@ -54,6 +54,16 @@ def test_the_bridges_own_silence_is_never_a_persons():
     assert changes.acks[0].actor == "alice" and changes.acks[0].side == "alertmanager"
 
 
+def test_members_of_a_group_are_left_alone_by_the_poller():
+    # Paged under the group's key: a trigger or ack on the member's own key would be a second incident.
+    member = IncidentView("k", "default", True, {"custom_details": {"labels": {"certificate": "c"}}}, ("fp1",),
+                          group="certgroup-x")
+    person = snapshot(AlertView("fp1", "suppressed", ("p",)), silences=(SilenceView("p", "alice", "", "active"),))
+    state = SyncState({"k": member}, {"k": Ack("k", status="acknowledged", side="alertmanager")})
+    for snap in (person, snapshot(AlertView("fp1", "active"))):
+        assert acksync.on_poll(state, snap, now=0, vanished_after=60) == acksync.Changes()
+
+
 def test_vanished_resolves_only_suppressed_alerts_and_only_after_the_grace():
     state = SyncState({"k": incident({"certificate": "c"})}, {"k": Ack("k", suppressed=False)})
     assert acksync.on_poll(state, snapshot(), now=100, vanished_after=60).close == []  # Alertmanager resolves it
