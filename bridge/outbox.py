@@ -201,17 +201,27 @@ class OutboxWorker:
                 continue  # another replica delivers to this sink
             while True:  # again while a full claim was (partly) held back: more may be due
                 free = self._free(name)
-                if free <= 0 or self._stopping:
+                probing = name in self._probing
+                # While the upstream fails, the due items beyond the one probe are claimed to be held until
+                # the next probe: their due time moves, which is how a trigger resolved meanwhile is known
+                # to be late (OutboxItem.superseded) instead of paging at the recovery.
+                wanted = self._max_in_flight - self._busy.get(name, 0) if probing else free
+                if wanted <= 0 or self._stopping:
                     break
+                now = self._clock()
                 try:
-                    items = await self._store.claim(name, now=self._clock(), limit=free, lease=self._lease)
+                    items = await self._store.claim(name, now=now, limit=wanted, lease=self._lease)
                 except Exception as exc:
                     log.error("outbox claim failed", extra={"kv": {"sink": name, "err": str(exc)}})
                     return
-                held = self._start(name, sink, items)
+                held = self._start(name, sink, items[:free])
+                if probing:
+                    after = max(self._probe_at.get(name, 0.0) - now, self._retry_initial)
+                    wait = RetryLater(after=after, error="upstream failing: waiting for the probe", local=True)
+                    held += [(item, wait) for item in items[free:]]
                 if held:
                     await self._hold(name, held)
-                if len(items) < free or not held:
+                if len(items) < wanted or not held:
                     break
 
     def _start(self, name: str, sink: Sink, items: list[OutboxItem]) -> list[tuple[OutboxItem, RetryLater]]:

@@ -314,7 +314,11 @@ async def test_a_failing_upstream_gets_one_delivery_at_a_time_until_one_succeeds
         await until(lambda: sink.hanging == 1)
         await asyncio.sleep(0.3)  # several sweeps with four more items due: none is sent into the hang
         assert (sink.peak, worker.in_flight) == (1, 1)
+        assert sample(registry, "throttled") >= 4  # held until the next probe, not sent into the hang
         sink.release.set()  # the upstream answers: back to parallel deliveries
+        await until(lambda: sample(registry, "delivered") == 1)
+        clock.advance(1.0)  # the holds end at the next probe's time (retry_initial)
+        worker.wake()
         await until(lambda: sample(registry, "delivered") == 5)
     assert sink.peak == 1
     # The four that waited were not sent into the hang, so their backoff did not grow.

@@ -22,12 +22,12 @@ KEY_A, KEY_B = "A" * 32, "B" * 32
 EXPIRED = incident_key("certificate_expired", "api.example.com", "production")
 
 
-async def start(serve_app, tmp_path, fake_url: str, pagerduty: str = ""):
+async def start(serve_app, tmp_path, fake_url: str, pagerduty: str = "", retry: tuple[str, str] = ("50ms", "200ms")):
     (tmp_path / "pd.key").write_text(KEY_A)
     path = tmp_path / "bridge.yml"
     path.write_text(
         f"integrations:\n  pagerduty:\n    routing_key_file: pd.key\n    events_url: {fake_url}\n{pagerduty}"
-        "outbox:\n  retry_initial: 50ms\n  retry_max: 200ms\n  sweep_interval: 100ms\n"
+        f"outbox:\n  retry_initial: {retry[0]}\n  retry_max: {retry[1]}\n  sweep_interval: 100ms\n"
     )
     holder = ConfigHolder(load(path, env={}), loader=lambda: load(path, env={}))
     sink = PagerDutySink(httpx.AsyncClient(timeout=5), url=fake_url, routing_key_for=holder.routing_key_for,
@@ -175,4 +175,26 @@ async def test_a_1_mb_certificate_label_still_pages(serve_app, tmp_path):
         assert accepted.body["event_action"] == "trigger" and len(accepted.body["payload"]["component"]) == 1024
         assert not registry.get_sample_value(
             "certpager_bridge_deliveries_total", {"sink": "pagerduty", "result": "dead_letter"})
+        await sink.aclose()
+
+
+async def test_many_problems_resolved_during_an_outage_page_nobody(serve_app, tmp_path):
+    # While PagerDuty fails, the sink is probed one event at a time: most triggers are never attempted.
+    # Resolved a second or more later, before PagerDuty is back, none of them may page.
+    async with run_fake_pagerduty() as fake:
+        fake.fail_next(10_000, status=503)
+        client, registry, sink = await start(serve_app, tmp_path, fake.url, retry=("1s", "2s"))  # a probe a second
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert(certificate="first.example.com")))).status == 200
+        await until(lambda: fake.requests >= 1)  # its 503: the sink is now probed once a second
+        certs = [f"c{i}.example.com" for i in range(5)]
+        assert (await client.post(ALERTMANAGER_PATH, data=body(*[alert(certificate=c) for c in certs]))).status == 200
+        await asyncio.sleep(1.3)
+        certs.append("first.example.com")
+        resolved = body(*[alert("resolved", certificate=c) for c in certs])
+        assert (await client.post(ALERTMANAGER_PATH, data=resolved)).status == 200
+        assert fake.requests < 5  # most triggers were never attempted
+        fake.heal()
+        await until(lambda: len(fake.accepted) == 12, timeout=10.0)
+        assert len(fake.changes()) == 6 and sorted(a for a, _ in fake.actions()) == ["resolve"] * 6
+        assert fake.incidents == [] and late(registry, "change_event") == 6
         await sink.aclose()
