@@ -27,11 +27,13 @@ from bridge.alertmanager import label_fingerprint
 from bridge.app import ALERTMANAGER_PATH, Bridge, ConfigHolder
 from bridge.config import KNOWN_CLASSES, LoadedConfig, load
 from bridge.metrics import StatuspageMetrics
+from bridge.sinks.actions import ActionMetrics, ActionsSink
 from bridge.sinks.base import Sink
 from bridge.sinks.dryrun import DryRunSink, DryRunStatuspage
 from bridge.sinks.pagerduty import PagerDutySink
 from bridge.sinks.statuspage import HttpTransport, StatuspageSink, Transport
 from bridge.store.base import Store, StoreError
+from bridge.store.ingest import ACTIONS_SINK
 from bridge.store.postgres import PostgresStore
 from bridge.store.sqlite import SqliteStore
 from certpager.errors import ConfigError
@@ -122,15 +124,25 @@ def delivery_modes(loaded: LoadedConfig) -> str:
         mode += f"; Statuspage: {where}, {count} service{'s' if count != 1 else ''} mapped to components"
         if not count:
             mode += " (no alert can reach the page until component_map lists a service)"
+    actions = loaded.config.actions
+    if actions:
+        mode += f"; runbook actions: {', '.join(f'{name} ({a.type})' for name, a in sorted(actions.items()))}"
     return mode
 
 
-def make_sinks(holder: ConfigHolder, registry: CollectorRegistry) -> dict[str, Sink]:
-    """Every configured sink by name: PagerDuty (or its dry run), and Statuspage when its section is present."""
+def make_sinks(holder: ConfigHolder, registry: CollectorRegistry, store: Store | None = None) -> dict[str, Sink]:
+    """Every configured sink by name: PagerDuty (or its dry run), Statuspage when its section is present, and
+    the runbook actions when ``actions:`` names any (their outcomes are audited in ``store``)."""
     sinks = {"pagerduty": make_sink(holder)}
     statuspage = make_statuspage_sink(holder, registry)
     if statuspage is not None:
         sinks["statuspage"] = statuspage
+    if holder.current.config.actions and store is not None:
+        sinks[ACTIONS_SINK] = ActionsSink(
+            httpx.AsyncClient(), actions=lambda: holder.current.config.actions,
+            secrets=lambda: holder.current.secrets.actions, audit=store.audit_action,
+            metrics=ActionMetrics(registry),
+        )
     return sinks
 
 
@@ -193,8 +205,8 @@ async def _serve(
 ) -> int:
     holder = ConfigHolder(loaded)
     registry = CollectorRegistry()
-    sinks = make_sinks(holder, registry)
     store = make_store(loaded)
+    sinks = make_sinks(holder, registry, store)
     bridge = Bridge(holder, store=store, sinks=sinks, registry=registry)
     auth = loaded.config.server.auth
     if auth.bearer_token is None and auth.bearer_token_file is None and auth.basic_auth is None:

@@ -3,7 +3,6 @@
 Every model is strict (unknown keys are errors) and frozen. Secrets are ``SecretStr`` and every one has
 a ``*_file`` variant; files are read by :func:`load` (relative paths from the config file's directory)
 and read again on every reload, so a key is rotated by rewriting its file and sending SIGHUP.
-``automation`` is validated now and used by later work.
 See docs/bridge.md for the user-facing reference; keep both in step.
 """
 
@@ -46,9 +45,7 @@ KEY_EXPECTATION = "expected a 32-character PagerDuty integration key (letters an
 KNOWN_CLASSES: tuple[str, ...] = tuple(CLASS_SHORT)  # the classes rules/ gives its alerts
 TEMPLATE_PLACEHOLDER_RE = re.compile(r"\{\{\s*(labels|annotations)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 MIN_SWEEP = 0.1  # seconds; a shorter sweep spins the worker (0 took 86% of a core while idle)
-AutomationAction = Literal[
-    "trigger_renewal", "notify_stakeholders", "create_postmortem", "retry_renewal", "escalate_to_security"
-]
+ACTION_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 
 
 class Section(StrictModel):
@@ -274,9 +271,79 @@ class Grouping(Section):
 
 
 class Automation(Section):
-    """Runbook actions for one class (validated now, run by later work)."""
+    """Runbook actions for one class: names of ``actions:``, run in order when its incident (or group) opens,
+    and ``on_resolve`` when it resolves."""
 
-    actions: list[AutomationAction] = Field(default_factory=list)
+    actions: list[str] = Field(default_factory=list)
+    on_resolve: list[str] = Field(default_factory=list)
+
+
+class ActionConfig(Section):
+    """One named runbook action (``actions.<name>``); which keys apply depends on ``type``."""
+
+    type: Literal["http", "notify", "postmortem", "pagerduty"]
+    url: SecretStr | None = None  # http, notify (an incoming-webhook URL is a secret), postmortem (POST)
+    url_file: Path | None = None
+    method: Literal["POST", "PUT", "PATCH"] = "POST"  # http
+    headers: dict[str, str] = Field(default_factory=dict)  # http: plain headers
+    header_files: dict[str, Path] = Field(default_factory=dict)  # http: headers whose values are secrets in files
+    body: dict[str, object] = Field(default_factory=dict)  # http: JSON body; its strings are templates
+    format: Literal["slack", "teams"] = "slack"  # notify
+    text: str = "{{ summary }}"  # notify: the message (a template)
+    directory: Path | None = None  # postmortem: write the document here (else POST it to url)
+    template: str | None = None  # postmortem: Markdown template (default: a postmortem skeleton)
+    routing_key: SecretStr | None = None  # pagerduty: the other service's integration key
+    routing_key_file: Path | None = None
+    severity: Severity = Severity.CRITICAL  # pagerduty
+    events_url: str = DEFAULT_EVENTS_URL  # pagerduty
+    timeout: Duration = 10.0  # seconds per request
+
+    @model_validator(mode="after")
+    def _by_type(self) -> Self:
+        _exclusive(self, (("url", "url_file"), ("routing_key", "routing_key_file")))
+        has_url = self.url is not None or self.url_file is not None
+        if self.type in ("http", "notify") and not has_url:
+            raise ValueError(f"a {self.type} action needs url or url_file")
+        if self.type == "postmortem" and has_url == (self.directory is not None):
+            raise ValueError("a postmortem action needs exactly one of directory (write a file) and url (POST it)")
+        if self.type == "pagerduty" and self.routing_key is None and self.routing_key_file is None:
+            raise ValueError("a pagerduty action needs routing_key or routing_key_file")
+        if self.routing_key is not None and not ROUTING_KEY_RE.match(self.routing_key.get_secret_value()):
+            raise ValueError(f"routing_key: {KEY_EXPECTATION}")
+        if not 0 < self.timeout <= 300:
+            raise ValueError("timeout: expected a duration above 0 and at most 5m")
+        for where, text in action_templates(self):
+            if (problem := template_problem(text, ACTION_TEMPLATE_NAMES)) is not None:
+                raise ValueError(f"{where}: {problem}")
+        return self
+
+
+ACTION_TEMPLATE_NAMES = frozenset({
+    "key", "summary", "status", "severity", "class", "certificate", "environment", "issuer", "services",
+    "action", "members", "runbook_url", "dashboard_url",
+})
+
+
+def action_templates(action: ActionConfig) -> list[tuple[str, str]]:
+    """(where, template) for every template of ``action``."""
+    found: list[tuple[str, str]] = []
+
+    def walk(value: object, where: str) -> None:
+        if isinstance(value, str):
+            found.append((where, value))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(value, list):
+            for n, v in enumerate(value):
+                walk(v, f"{where}[{n}]")
+
+    walk(action.body, "body")
+    if action.type == "notify":
+        found.append(("text", action.text))
+    if action.template is not None:
+        found.append(("template", action.template))
+    return found
 
 
 class BasicAuth(Section):
@@ -422,6 +489,7 @@ class BridgeConfig(Section):
     integrations: Integrations = Integrations()
     grouping: Grouping = Grouping()
     automation: dict[str, Automation] = Field(default_factory=dict)  # alert class -> actions
+    actions: dict[str, ActionConfig] = Field(default_factory=dict)  # action name -> what it does
 
     @field_validator("automation")
     @classmethod
@@ -429,11 +497,40 @@ class BridgeConfig(Section):
         check_classes(value, "automation")
         return value
 
+    @field_validator("actions")
+    @classmethod
+    def _action_names(cls, value: dict[str, ActionConfig]) -> dict[str, ActionConfig]:
+        for name in value:
+            if not ACTION_NAME_RE.match(name):
+                raise ValueError(f"action name {name!r}: expected letters, digits, _ and - (at most 64)")
+        return value
+
+    @model_validator(mode="after")
+    def _known_actions(self) -> Self:
+        for event_class, automation in self.automation.items():
+            for phase, names in (("actions", automation.actions), ("on_resolve", automation.on_resolve)):
+                for name in names:
+                    if name not in self.actions:
+                        known = ", ".join(sorted(self.actions)) or "none defined"
+                        raise ValueError(
+                            f"automation.{event_class}.{phase}: unknown action {name!r} (actions: {known})"
+                        )
+        return self
+
     server: Server = Server()
     store: Store = Store()
     outbox: Outbox = Outbox()
     links: Links = Links()
     ack_sync: AckSync = AckSync()
+
+
+@dataclass(frozen=True)
+class ActionSecrets:
+    """One action's URL, header values and routing key, read from the config or their files."""
+
+    url: str | None = field(default=None, repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # plain headers and header_files
+    routing_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -450,6 +547,7 @@ class Secrets:
     store_password: str | None = field(default=None, repr=False)
     webhook_secrets: tuple[str, ...] = field(default=(), repr=False)  # PagerDuty Webhooks v3
     api_token: str | None = field(default=None, repr=False)  # PagerDuty REST
+    actions: Mapping[str, ActionSecrets] = field(default_factory=dict, repr=False)  # action name -> its secrets
 
     def routing_key_for(self, route: str) -> str | None:
         """The routing key for an environment, falling back to the default key."""
@@ -522,7 +620,26 @@ def resolve_secrets(config: BridgeConfig, config_path: Path) -> Secrets:
         store_password=_secret(
             config.store.password, config.store.password_file, key="store.password_file", config_path=config_path
         ),
+        actions={name: _action_secrets(name, a, config_path) for name, a in config.actions.items()},
     )
+
+
+def _action_secrets(name: str, action: ActionConfig, config_path: Path) -> ActionSecrets:
+    where = f"actions.{name}"
+    headers = dict(action.headers)
+    for header, path in action.header_files.items():
+        value = _secret(None, path, key=f"{where}.header_files.{header}", config_path=config_path)
+        if value is not None:
+            headers[header] = value
+    routing_key = _secret(action.routing_key, action.routing_key_file, key=f"{where}.routing_key_file",
+                          config_path=config_path)
+    if action.routing_key_file is not None:
+        routing_key = _checked_key(routing_key, key=f"{where}.routing_key_file", config_path=config_path)
+    url = _secret(action.url, action.url_file, key=f"{where}.url_file", config_path=config_path)
+    if url is not None and urlsplit(url).scheme not in ("http", "https"):
+        problem = "expected an http:// or https:// URL (value hidden: a secret)"
+        raise ConfigError(config_path, [(f"{where}.url", problem)])
+    return ActionSecrets(url=url, headers=headers, routing_key=routing_key)
 
 
 def _component_map(sp: StatuspageConfig | None, config_path: Path) -> Mapping[str, str]:

@@ -126,6 +126,8 @@ class Policy:
     correlation: frozenset[str] = frozenset()  # classes that are grouped (empty: grouping off)
     group_fields: tuple[str, ...] = ("environment", "issuer")
     group_window: float = 300.0  # seconds after a group's first alert during which others may join
+    # class -> (actions run when its incident or group opens, actions run when it resolves)
+    automation: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: BridgeConfig) -> Policy:
@@ -141,6 +143,9 @@ class Policy:
             correlation=frozenset(grouping.correlation) if grouping.type == "intelligent" else frozenset(),
             group_fields=tuple(grouping.fields),
             group_window=float(grouping.time_window),
+            automation={
+                event_class: (tuple(a.actions), tuple(a.on_resolve)) for event_class, a in config.automation.items()
+            },
         )
 
     def slot_of(self, labels: Mapping[str, str], route: str) -> tuple[str, dict[str, str]]:
@@ -154,6 +159,31 @@ class Policy:
         if mapped is not None:
             return mapped
         return _SEVERITIES.get(labels.get("severity", "").lower(), self.default_severity)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRun:
+    """One runbook action to run for one incident event (queued to the ``actions`` sink)."""
+
+    action: str  # a name of the config's ``actions:``
+    phase: str  # "open" | "resolve"
+    event: IncidentEvent
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.action, "phase": self.phase, "event": event_json(self.event)}
+
+
+def action_runs(events: Iterable[IncidentEvent], policy: Policy) -> list[ActionRun]:
+    """The runbook actions ``events`` start, in the configured order: an incident (or group) that opens runs
+    its class's ``actions``, one that resolves its ``on_resolve``; updates run nothing."""
+    runs: list[ActionRun] = []
+    for event in events:
+        on_open, on_resolve = policy.automation.get(event.event_class, ((), ()))
+        if event.action == Action.TRIGGER and not event.update:
+            runs.extend(ActionRun(name, "open", event) for name in on_open)
+        elif event.action == Action.RESOLVE:
+            runs.extend(ActionRun(name, "resolve", event) for name in on_resolve)
+    return runs
 
 
 def lookup(notification: Notification, policy: Policy | None = None) -> Lookup:

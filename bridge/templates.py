@@ -21,15 +21,15 @@ DEFAULT_TEMPLATES = {
 }
 
 
-def template_problem(template: str) -> str | None:
+def template_problem(template: str, names: frozenset[str] = NAMES) -> str | None:
     """Why ``template`` cannot be rendered (an unknown placeholder, stray braces), or None."""
     for match in PLACEHOLDER_RE.finditer(template):
         name = match.group(1)
         head, _, tail = name.partition(".")
         if tail and head in ("labels", "annotations"):
             continue
-        if tail or name not in NAMES:
-            known = ", ".join(sorted(NAMES)) + ", labels.NAME, annotations.NAME"
+        if tail or name not in names:
+            known = ", ".join(sorted(names)) + ", labels.NAME, annotations.NAME"
             return f"unknown placeholder {{{{ {name} }}}} (known: {known})"
     rest = PLACEHOLDER_RE.sub("", template)
     if "{{" in rest or "}}" in rest:

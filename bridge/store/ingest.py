@@ -33,10 +33,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from bridge.alertmanager import Notification
-from bridge.decisions import Group, Lookup, Occurrence, Policy, State, decide, event_json, lookup
+from bridge.decisions import Group, Lookup, Occurrence, Policy, State, action_runs, decide, event_json, lookup
 from bridge.store.base import IngestResult, Receipt, StoreError
 
 T = TypeVar("T")
+ACTIONS_SINK = "actions"  # the sink that runs runbook actions (bridge.sinks.actions)
 
 
 class Conflict(StoreError):
@@ -184,7 +185,11 @@ def script(receipt: Receipt, notification: Notification, policy: Policy, sinks: 
         data = event_json(event)
         trigger, text = encoded.get(event.key, (None, ""))
         payload = text if data == trigger else json.dumps(data)
-        outbox.extend(OutboxRow(sink, event.key, payload, receipt.received_at, receipt_id) for sink in sinks)
+        outbox.extend(OutboxRow(sink, event.key, payload, receipt.received_at, receipt_id)
+                      for sink in sinks if sink != ACTIONS_SINK)
+    if ACTIONS_SINK in sinks:  # runbook actions: their own sink, ordered per incident, never before the page
+        outbox.extend(OutboxRow(ACTIONS_SINK, run.event.key, json.dumps(run.to_json()), receipt.received_at,
+                                receipt_id) for run in action_runs(decision.events, policy))
     yield Write(Changes(created, updated, incidents, outbox, [GroupRow.of(g) for g in decision.groups]))
     return IngestResult(receipt_id, decision.new, decision.duplicates, decision.stale, tuple(decision.events))
 

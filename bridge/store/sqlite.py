@@ -33,7 +33,7 @@ from bridge.decisions import Group, Incident, Lookup, Occurrence, Policy, State
 from bridge.pagerduty_webhook import WebhookEvent
 from bridge.sinks.base import OutboxItem
 from bridge.store import acks_sqlite, acksync_script, ingest
-from bridge.store.base import DeadLetterRow, IngestResult, OutboxStats, Receipt, StoreError
+from bridge.store.base import AUDIT_COLS, ActionAudit, DeadLetterRow, IngestResult, OutboxStats, Receipt, StoreError
 from bridge.store.ingest import Conflict, GroupRow, LoadState, RecordReceipt, Write, decode_group
 from bridge.store.migrations import migrate
 
@@ -253,6 +253,15 @@ class SqliteStore:
 
     async def prune(self, *, before: float) -> int:
         return await self._submit(lambda conn: _prune(conn, before))
+
+    async def audit_action(self, audit: ActionAudit) -> None:
+        row = tuple(getattr(audit, name) for name in ActionAudit.__slots__)
+        sql = f"INSERT INTO action_runs ({AUDIT_COLS}) VALUES ({_marks(row)})"
+        await self._submit(lambda conn: conn.execute(sql, row))
+
+    async def action_audits(self, *, limit: int = 100) -> list[ActionAudit]:
+        sql = f"SELECT {AUDIT_COLS} FROM action_runs ORDER BY at DESC, id DESC LIMIT ?"
+        return await self._submit(lambda conn: [ActionAudit(*row) for row in conn.execute(sql, (limit,))])
 
     async def lead(self, role: str) -> bool:
         """Always True while open: this process holds the file's lock, so it is the only replica."""
@@ -507,6 +516,7 @@ def _prune(conn: sqlite3.Connection, before: float) -> int:
         " (SELECT incident_key FROM occurrences WHERE status = 'firing')",
         "DELETE FROM groups WHERE open = 0 AND updated_at < ?",
         "DELETE FROM ack_state WHERE updated_at < ? AND key NOT IN (SELECT key FROM incidents)",
+        "DELETE FROM action_runs WHERE at < ?",
     ):
         removed += conn.execute(sql, (before,)).rowcount
     return removed

@@ -64,8 +64,15 @@ INVALID = {
     "invalid-component-status.yml": "integrations.statuspage.component_status: "
         "needs a component status for every severity; missing error, warning, info",
     "invalid-grouping-type.yml": "grouping.type: Input should be 'intelligent' or 'none'",
-    "invalid-automation-action.yml": "automation.certificate_expired.actions[1]: Input should be 'trigger_renewal', "
-        "'notify_stakeholders', 'create_postmortem', 'retry_renewal' or 'escalate_to_security'",
+    "invalid-automation-action.yml": "automation.certificate_expired.actions: unknown action 'reboot_everything' "
+        "(actions: trigger_renewal)",
+    "invalid-action-template.yml": "actions.notify_stakeholders: text: unknown placeholder {{ certficate }} (known: "
+        "action, certificate, class, dashboard_url, environment, issuer, key, members, runbook_url, services, "
+        "severity, status, summary, labels.NAME, annotations.NAME)",
+    "invalid-action-body-template.yml": "actions.trigger_renewal: body.issuer: unbalanced {{ or }}: a placeholder is "
+        "written {{ name }}",
+    "invalid-action-postmortem.yml": "actions.create_postmortem: a postmortem action needs exactly one of directory "
+        "(write a file) and url (POST it)",
     "invalid-listen-address.yml": "server.listen_address: expected a listen address like :9880 or 127.0.0.1:9880",
     "invalid-basic-auth.yml": "server.auth.basic_auth: password or password_file is required",
     "invalid-max-body.yml": "server.max_body_bytes: Input should be greater than or equal to 1024",

@@ -1,0 +1,301 @@
+"""Runbook automation: each action type against a local HTTP receiver (2xx, 4xx, 5xx, timeouts), the Slack and
+Teams bodies against their documented shapes, audits on both store backends, and the page never waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from bridge.alertmanager import parse
+from bridge.app import ALERTMANAGER_PATH, Bridge, ConfigHolder
+from bridge.config import ActionConfig, ActionSecrets, load
+from bridge.decisions import ActionRun, Policy, State, action_runs, decide
+from bridge.events import Action, Severity
+from bridge.sinks.actions import ActionMetrics, ActionsSink
+from bridge.sinks.base import DeadLetter, Delivered, OutboxItem, RetryLater
+from bridge.sinks.pagerduty import PagerDutySink
+from bridge.store.base import Receipt
+from bridge.store.sqlite import SqliteStore
+from tests.bridge.conftest import alert, body
+from tests.fakes.pagerduty import check_alert_event, run_fake_pagerduty
+
+EXP = "certificate_expired"
+POLICY = Policy(severity_mapping={EXP: Severity.CRITICAL},
+                automation={EXP: (("renew", "tell"), ("tell",))})
+
+
+@dataclass
+class Receiver:
+    """A local HTTP server recording each request and answering from a script: (status, delay) per request."""
+
+    answers: list[tuple[int, float]] = field(default_factory=list)
+    seen: list[dict[str, Any]] = field(default_factory=list)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        self.seen.append({"path": request.path, "method": request.method, "headers": dict(request.headers),
+                          "body": raw})
+        status, delay = self.answers.pop(0) if self.answers else (200, 0.0)
+        if delay:
+            await asyncio.sleep(delay)
+        return web.Response(status=status, text="nope: bad renewal request" if 400 <= status < 500 else "ok",
+                            headers={"Retry-After": "7"} if status == 429 else {})
+
+    def json(self, n: int = -1) -> Any:
+        return json.loads(self.seen[n]["body"])
+
+
+@contextlib.asynccontextmanager
+async def receiver() -> AsyncIterator[Receiver]:
+    fake = Receiver()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", fake.handle)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        fake.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield fake
+    finally:
+        await runner.cleanup()
+
+
+def trigger_event():
+    firing = alert(cls=EXP, certificate="api.example.com", issuer="R3", service="Gateway API")
+    firing["annotations"]["runbook_url"] = "https://runbooks.example/expired"
+    decision = decide(State(), parse(body(firing)), POLICY, now=1.0)
+    return decision.events[0]
+
+
+class Audits:
+    def __init__(self) -> None:
+        self.rows: list[Any] = []
+
+    async def __call__(self, audit) -> None:
+        self.rows.append(audit)
+
+
+def make_sink(actions: dict[str, ActionConfig], secrets: dict[str, ActionSecrets], audit=None):
+    audits = Audits()
+    registry = CollectorRegistry()
+    sink = ActionsSink(httpx.AsyncClient(), actions=lambda: actions, secrets=lambda: secrets,
+                       audit=audit or audits, metrics=ActionMetrics(registry))
+    return sink, audits, registry
+
+
+def item(run: ActionRun, attempts: int = 0) -> OutboxItem:
+    return OutboxItem(1, "actions", run.event.key, run.to_json(), attempts, 1.0)
+
+
+def test_actions_run_in_order_when_an_incident_opens_and_on_resolve_only_when_asked():
+    event = trigger_event()
+    assert [(r.action, r.phase) for r in action_runs([event], POLICY)] == [("renew", "open"), ("tell", "open")]
+    resolved = decide(State(), parse(body(alert("resolved", cls=EXP))), POLICY, now=2.0)  # nothing was open
+    assert action_runs(resolved.events, POLICY) == []
+    closing = dataclasses.replace(event, action=Action.RESOLVE)
+    assert [(r.action, r.phase) for r in action_runs([closing], POLICY)] == [("tell", "resolve")]
+    assert action_runs([dataclasses.replace(event, update=True)], POLICY) == []  # a joiner runs nothing
+
+
+async def test_http_action_renders_its_body_and_sends_secret_headers(tmp_path):
+    (tmp_path / "token").write_text("s3cret-token\n")
+    async with receiver() as rx:
+        path = tmp_path / "bridge.yml"
+        path.write_text(
+            "actions:\n  renew:\n    type: http\n    url: " + rx.url + "/renew\n"
+            "    headers: {X-Source: certpager}\n    header_files: {Authorization: token}\n"
+            "    body: {certificate: '{{ labels.certificate }}', issuer: '{{ issuer }}', key: '{{ key }}',"
+            " services: ['{{ services }}'], dry_run: false}\n"
+        )
+        loaded = load(path, env={})
+        sink, audits, registry = make_sink(dict(loaded.config.actions), dict(loaded.secrets.actions))
+        outcome = await sink.deliver(item(ActionRun("renew", "open", trigger_event())))
+        await sink.aclose()
+    assert isinstance(outcome, Delivered)
+    assert rx.seen[0]["path"] == "/renew" and rx.seen[0]["headers"]["Authorization"] == "s3cret-token"
+    assert rx.seen[0]["headers"]["X-Source"] == "certpager"
+    sent = rx.json()
+    assert sent["certificate"] == "api.example.com" and sent["issuer"] == "R3" and sent["dry_run"] is False
+    assert sent["services"] == ["Gateway API"] and sent["key"].startswith("cert-api-example-com-production-expired")
+    [audit] = audits.rows
+    assert (audit.action, audit.type, audit.result, audit.status, audit.phase) == ("renew", "http", "delivered",
+                                                                                  200, "open")
+    assert registry.get_sample_value("certpager_bridge_actions_total",
+                                     {"action": "renew", "type": "http", "result": "delivered"}) == 1
+
+
+@pytest.mark.parametrize(("answer", "expected", "retry_after"), [
+    ((400, 0.0), DeadLetter, None), ((404, 0.0), DeadLetter, None), ((500, 0.0), RetryLater, None),
+    ((503, 0.0), RetryLater, None), ((429, 0.0), RetryLater, 7.0), ((200, 1.0), RetryLater, None),  # timeout
+])
+async def test_http_action_outcomes(answer, expected, retry_after):
+    async with receiver() as rx:
+        rx.answers.append(answer)
+        action = ActionConfig(type="http", url=rx.url, timeout=0.3)
+        sink, audits, _ = make_sink({"renew": action}, {"renew": ActionSecrets(url=rx.url + "/renew")})
+        outcome = await sink.deliver(item(ActionRun("renew", "open", trigger_event()), attempts=2))
+        await sink.aclose()
+    assert isinstance(outcome, expected)
+    if isinstance(outcome, DeadLetter):
+        assert "nope: bad renewal request" in outcome.error and outcome.status == answer[0]
+    if isinstance(outcome, RetryLater):
+        assert outcome.after == retry_after
+    if answer[1]:
+        assert outcome.error == "timeout after 0.3 s"
+    [audit] = audits.rows
+    assert audit.attempt == 3 and audit.result == {DeadLetter: "dead_letter", RetryLater: "retry"}[expected]
+    assert rx.url not in audit.detail
+
+
+async def test_notify_slack_body_has_the_documented_shape():
+    async with receiver() as rx:
+        action = ActionConfig(type="notify", url=rx.url, format="slack",
+                              text="<!channel> {{ summary }} & {{ services }}: {{ runbook_url }}")
+        sink, _, _ = make_sink({"tell": action}, {"tell": ActionSecrets(url=rx.url + "/slack")})
+        assert isinstance(await sink.deliver(item(ActionRun("tell", "open", trigger_event()))), Delivered)
+        await sink.aclose()
+    sent = rx.json()
+    # Slack incoming webhooks: a JSON object with "text" (also the notification fallback) and optional "blocks";
+    # &, < and > are escaped as &amp; &lt; &gt; so an alert's text cannot ping a channel.
+    assert set(sent) == {"text", "blocks"}
+    assert sent["text"].startswith("&lt;!channel&gt; CRITICAL: Certificate Expired - api.example.com")
+    assert "&amp; Gateway API: https://runbooks.example/expired" in sent["text"]
+    assert sent["blocks"] == [{"type": "section", "text": {"type": "mrkdwn", "text": sent["text"]}}]
+    assert rx.seen[0]["headers"]["Content-Type"] == "application/json"
+
+
+async def test_notify_teams_body_is_a_message_with_one_adaptive_card():
+    async with receiver() as rx:
+        action = ActionConfig(type="notify", url=rx.url, format="teams", text="{{ certificate }} expired")
+        sink, _, _ = make_sink({"tell": action}, {"tell": ActionSecrets(url=rx.url + "/teams")})
+        assert isinstance(await sink.deliver(item(ActionRun("tell", "open", trigger_event()))), Delivered)
+        await sink.aclose()
+    sent = rx.json()
+    assert sent["type"] == "message" and len(sent["attachments"]) == 1
+    [attachment] = sent["attachments"]
+    assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
+    card = attachment["content"]
+    assert card["type"] == "AdaptiveCard" and card["$schema"] == "http://adaptivecards.io/schemas/adaptive-card.json"
+    assert card["version"] == "1.4"
+    assert [b["type"] for b in card["body"]] == ["TextBlock", "TextBlock"]
+    assert card["body"][1]["text"] == "api.example.com expired" and card["body"][1]["wrap"] is True
+
+
+async def test_postmortem_written_to_a_directory_and_posted(tmp_path):
+    event = trigger_event()
+    action = ActionConfig(type="postmortem", directory=tmp_path / "pm")
+    sink, _, _ = make_sink({"pm": action}, {"pm": ActionSecrets()})
+    assert isinstance(await sink.deliver(item(ActionRun("pm", "open", event))), Delivered)
+    assert isinstance(await sink.deliver(item(ActionRun("pm", "open", event))), Delivered)  # a retry replaces it
+    [written] = list((tmp_path / "pm").iterdir())
+    text = written.read_text()
+    assert written.name == f"{event.key}.md" and text.startswith("# Postmortem: CRITICAL: Certificate Expired")
+    assert "- Issuer: R3" in text and "- Runbook: https://runbooks.example/expired" in text
+    (tmp_path / "blocked").write_text("a file where the directory should be")
+    blocked = ActionConfig(type="postmortem", directory=tmp_path / "blocked")
+    sink2, _, _ = make_sink({"pm": blocked}, {"pm": ActionSecrets()})
+    assert isinstance(await sink2.deliver(item(ActionRun("pm", "open", event))), RetryLater)
+    async with receiver() as rx:
+        posted = ActionConfig(type="postmortem", url=rx.url, template="# {{ certificate }}\n\n{{ labels.issuer }}\n")
+        sink3, _, _ = make_sink({"pm": posted}, {"pm": ActionSecrets(url=rx.url + "/docs")})
+        assert isinstance(await sink3.deliver(item(ActionRun("pm", "open", event))), Delivered)
+        await sink3.aclose()
+    assert rx.seen[0]["body"] == b"# api.example.com\n\nR3\n"
+    assert rx.seen[0]["headers"]["Content-Type"] == "text/markdown; charset=utf-8"
+    for s in (sink, sink2):
+        await s.aclose()
+
+
+async def test_pagerduty_action_escalates_to_another_routing_key_at_its_severity():
+    security = "S" * 32
+    event = trigger_event()
+    async with run_fake_pagerduty() as pd:
+        action = ActionConfig(type="pagerduty", routing_key=security, severity=Severity.WARNING, events_url=pd.url)
+        sink, _, _ = make_sink({"escalate": action}, {"escalate": ActionSecrets(routing_key=security)})
+        assert isinstance(await sink.deliver(item(ActionRun("escalate", "open", event))), Delivered)
+        assert isinstance(await sink.deliver(item(ActionRun("escalate", "open", event))), Delivered)  # retried
+        assert isinstance(await sink.deliver(item(ActionRun("escalate", "resolve", event))), Delivered)
+        bad = ActionConfig(type="pagerduty", routing_key="B" * 32, events_url=pd.url)
+        sink2, _, _ = make_sink({"escalate": bad}, {"escalate": ActionSecrets(routing_key="short")})
+        refused = await sink2.deliver(item(ActionRun("escalate", "open", event)))
+        for s in (sink, sink2):
+            await s.aclose()
+    [incident] = pd.incidents
+    assert incident.routing_key == security and incident.severity == "warning" and incident.status == "resolved"
+    assert incident.dedup_key == f"{event.key}-escalate"
+    assert check_alert_event(pd.accepted[0].body) == []
+    assert isinstance(refused, DeadLetter) and refused.status == 400
+
+
+async def test_an_action_no_longer_configured_is_a_dead_letter():
+    sink, audits, _ = make_sink({}, {})
+    outcome = await sink.deliver(item(ActionRun("gone", "open", trigger_event())))
+    assert isinstance(outcome, DeadLetter) and "no longer configured" in outcome.error
+    assert audits.rows[0].type == "unknown"
+
+
+async def test_ingest_queues_actions_on_their_own_sink_and_audits_on_every_backend(backend):
+    store = backend.new()
+    await store.open()
+    try:
+        raw = body(alert(cls=EXP, certificate="api.example.com"))
+        result = await store.ingest(Receipt("alertmanager", raw, 10.0), parse(raw), POLICY,
+                                    sinks=["pagerduty", "actions"])
+        rows = await backend.pending("actions")
+        assert [r.payload["action"] for r in rows] == ["renew", "tell"]
+        assert {r.ordering_key for r in rows} == {result.events[0].key}
+        assert [r.sink for r in await backend.pending()][:1] == ["pagerduty"]  # the page is queued first
+        sink, _, _ = make_sink({}, {}, audit=store.audit_action)
+        await sink.deliver(rows[0])
+        [audit] = await store.action_audits()
+        assert (audit.action, audit.result, audit.incident_key) == ("renew", "dead_letter", result.events[0].key)
+        assert await store.prune(before=audit.at + 1) >= 1
+        assert await store.action_audits() == []
+        await sink.aclose()
+    finally:
+        await store.close()
+
+
+async def test_a_hanging_action_never_delays_the_page(serve_app, tmp_path):
+    async with run_fake_pagerduty() as pd, receiver() as rx:
+        rx.answers.extend([(200, 3.0)] * 3)  # the renewal service hangs past the action's timeout
+        path = tmp_path / "bridge.yml"
+        path.write_text(
+            f"integrations:\n  pagerduty:\n    routing_key: {'P' * 32}\n    events_url: {pd.url}\n"
+            f"actions:\n  renew: {{type: http, url: '{rx.url}/renew', timeout: 2s}}\n"
+            "automation:\n  certificate_expired: {actions: [renew]}\n"
+            "outbox:\n  retry_initial: 50ms\n  retry_max: 100ms\n  sweep_interval: 100ms\n"
+        )
+        holder = ConfigHolder(load(path, env={}))
+        registry = CollectorRegistry()
+        store = SqliteStore(tmp_path / "b.db")
+        from bridge.cli import make_sinks
+
+        sinks = make_sinks(holder, registry, store)
+        assert set(sinks) == {"pagerduty", "actions"} and isinstance(sinks["pagerduty"], PagerDutySink)
+        bridge = Bridge(holder, store=store, sinks=sinks, registry=registry)
+        client = await serve_app(bridge.app)
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert(cls=EXP)))).status == 200
+        deadline = asyncio.get_running_loop().time() + 1.5
+        while not pd.incidents:
+            assert asyncio.get_running_loop().time() < deadline, "the page waited for the action"
+            await asyncio.sleep(0.02)
+        assert all(i.status == "triggered" for i in pd.incidents)
+        while not rx.seen:  # the action runs all the same, beside the page
+            assert asyncio.get_running_loop().time() < deadline + 5, "the action never ran"
+            await asyncio.sleep(0.02)
+        assert rx.seen[0]["path"] == "/renew"
+        for sink in sinks.values():
+            await sink.aclose()
