@@ -223,7 +223,7 @@ async def test_sqlite_migrates_an_empty_file_in_wal_mode(tmp_path):
     await store.open()
     await store.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST == 5
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
