@@ -250,3 +250,48 @@ async def test_a_group_is_one_pagerduty_and_one_statuspage_incident(serve_app, t
         assert sp.statuses() == {GATEWAY: "operational", WEB: "operational"}
         for sink in sinks.values():
             await sink.aclose()
+
+
+async def test_a_group_survives_a_sigkill_of_the_bridge_process(tmp_path):
+    """`certpager bridge` as a subprocess: a group opened, the process SIGKILLed, restarted on the same file;
+    the late joiners update the same PagerDuty incident and the last resolve closes it. A postmortem action
+    runs in the real process too."""
+    import aiohttp
+
+    from tests.bridge.test_crash import bridge_process, free_port, post
+    from tests.bridge.test_crash import write_config as crash_config
+
+    async with run_fake_pagerduty() as pd:
+        port = free_port()
+        config = crash_config(tmp_path, pd.url, port)
+        config.write_text(config.read_text() + (
+            "grouping:\n  type: intelligent\n  time_window: 1h\n  correlation: [renewal_failed]\n"
+            f"actions:\n  create_postmortem: {{type: postmortem, directory: {tmp_path / 'pm'}}}\n"
+            "automation:\n  renewal_failed: {actions: [create_postmortem]}\n"
+        ))
+        log = tmp_path / "bridge.log"
+
+        async def until(condition, what: str) -> None:
+            deadline = asyncio.get_running_loop().time() + 15
+            while not condition():
+                assert asyncio.get_running_loop().time() < deadline, f"{what}; log: {log.read_text()[-2000:]}"
+                await asyncio.sleep(0.05)
+
+        async with aiohttp.ClientSession() as session:
+            async with bridge_process(config, port, log) as proc:
+                assert await post(session, port, body(rf("a.example.com")))
+                await until(lambda: len(pd.incidents) == 1, "the group's page")
+                proc.kill()  # SIGKILL mid-group
+            async with bridge_process(config, port, log):
+                for cert in ("b.example.com", "c.example.com"):
+                    assert await post(session, port, body(rf(cert)))
+                await until(lambda: len(pd.actions()) == 3, "the joiners' updates")
+                for cert in ("a.example.com", "b.example.com", "c.example.com"):
+                    assert await post(session, port, body(rf(cert, "resolved")))
+                await until(lambda: pd.incidents[0].status == "resolved", "the group's resolve")
+                await until(lambda: any((tmp_path / "pm").glob("*.md")), "the postmortem")
+    [incident] = pd.incidents
+    # Opened, two joiners, two partial resolves (updates), then the last member's resolve: one incident.
+    assert incident.dedup_key.startswith("certgroup-") and incident.log == ["trigger"] * 5 + ["resolve"]
+    assert pd.accepted[2].body["payload"]["summary"].startswith("3 certificates: renewal failed")
+    assert [p.name for p in (tmp_path / "pm").glob("*.md")] == [f"{incident.dedup_key}.md"]
