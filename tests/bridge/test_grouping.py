@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 import tests.bridge.test_statuspage_e2e as e2e
 from bridge.alertmanager import parse
 from bridge.app import ALERTMANAGER_PATH
@@ -295,3 +297,27 @@ async def test_a_group_survives_a_sigkill_of_the_bridge_process(tmp_path):
     assert incident.dedup_key.startswith("certgroup-") and incident.log == ["trigger"] * 5 + ["resolve"]
     assert pd.accepted[2].body["payload"]["summary"].startswith("3 certificates: renewal failed")
     assert [p.name for p in (tmp_path / "pm").glob("*.md")] == [f"{incident.dedup_key}.md"]
+
+
+async def test_two_replicas_deciding_one_slot_at_once_open_one_group(backend):
+    """PostgreSQL: replicas lock the slot with the scopes, so alerts of one slot sent to two replicas at once
+    still make one group (SQLite has one process by construction: its file lock refuses a second)."""
+    if backend.name != "postgresql":
+        pytest.skip("one SQLite store per file")
+    one, two = backend.new(), backend.new()
+    await one.open()
+    await two.open()
+    try:
+        results = await asyncio.gather(*(
+            ingest(one if n % 2 else two, rf(f"h{n}.example.com"), rf("dup.example.com"), now=1000.0 + n)
+            for n in range(8)
+        ))
+    finally:
+        await one.close()
+        await two.close()
+    assert len({e.key for r in results for e in r.events}) == 1
+    assert sum(r.duplicates for r in results) == 7  # the HA copies of one member, across both replicas
+    opened = [e for r in results for e in r.events if not e.update]
+    assert len(opened) == 1
+    last = (await backend.pending("pagerduty"))[-1].payload
+    assert last["custom_details"]["certificates"] == 9
