@@ -47,6 +47,22 @@ def test_config_check_reports_statuspage_and_refuses_a_bad_template(tmp_path, ca
     )
 
 
+def test_config_check_lists_runbook_actions_and_refuses_an_unknown_one_without_printing_secrets(tmp_path, capsys):
+    config = tmp_path / "bridge.yml"
+    (tmp_path / "hook").write_text("https://hooks.slack.example/services/SECRET-in-file\n")
+    actions = ("actions:\n  tell: {type: notify, url_file: hook}\n"
+               "  pm: {type: postmortem, directory: pm}\n")
+    config.write_text(actions + "automation:\n  certificate_expired: {actions: [pm, tell], on_resolve: [tell]}\n")
+    assert main(["bridge", "--config.file", str(config), "--config.check"]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("; runbook actions: pm (postmortem), tell (notify)\n") and "SECRET" not in out
+    config.write_text(actions + "automation:\n  certificate_expired: {actions: [pm, page_security]}\n")
+    assert main(["bridge", "--config.file", str(config), "--config.check"]) == 1
+    assert capsys.readouterr().err == (
+        f"{config}: automation.certificate_expired.actions: unknown action 'page_security' (actions: pm, tell)\n"
+    )
+
+
 def test_a_bad_listen_address_flag_exits_2_before_starting(tmp_path, capsys):
     config = tmp_path / "bridge.yml"
     config.write_text(f"store: {{path: {tmp_path / 'bridge.db'}}}\n")
