@@ -220,7 +220,7 @@ async def harness(
             await sink.aclose()
 
 
-async def eventually(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
+async def eventually(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
     """Await ``check()`` (sync or async) until truthy; fail naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:
