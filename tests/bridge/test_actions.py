@@ -299,3 +299,41 @@ async def test_a_hanging_action_never_delays_the_page(serve_app, tmp_path):
         assert rx.seen[0]["path"] == "/renew"
         for sink in sinks.values():
             await sink.aclose()
+
+
+async def test_through_the_outbox_a_5xx_is_retried_and_a_4xx_is_a_dead_letter_both_audited(serve_app, tmp_path):
+    async with run_fake_pagerduty() as pd, receiver() as rx:
+        rx.answers.extend([(503, 0.0), (200, 0.0), (400, 0.0)])  # renew: 503, then 200; then tell: 400
+        path = tmp_path / "bridge.yml"
+        path.write_text(
+            f"integrations:\n  pagerduty:\n    routing_key: {'P' * 32}\n    events_url: {pd.url}\n"
+            f"actions:\n  renew: {{type: http, url: '{rx.url}/renew'}}\n"
+            f"  tell: {{type: notify, format: teams, url: '{rx.url}/tell'}}\n"
+            "automation:\n  certificate_expired: {actions: [renew, tell]}\n"
+            "outbox:\n  retry_initial: 50ms\n  retry_max: 100ms\n  sweep_interval: 100ms\n"
+        )
+        holder = ConfigHolder(load(path, env={}))
+        registry = CollectorRegistry()
+        store = SqliteStore(tmp_path / "b.db")
+        from bridge.cli import make_sinks
+
+        sinks = make_sinks(holder, registry, store)
+        bridge = Bridge(holder, store=store, sinks=sinks, registry=registry)
+        client = await serve_app(bridge.app)
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert(cls=EXP)))).status == 200
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(await store.action_audits()) < 3:
+            assert asyncio.get_running_loop().time() < deadline, "the actions did not finish"
+            await asyncio.sleep(0.05)
+        audits = sorted(await store.action_audits(), key=lambda a: a.at)
+        # In order per incident: renew fails (503), is retried and succeeds, and only then does tell run (400).
+        assert [(a.action, a.result, a.status, a.attempt) for a in audits] == [
+            ("renew", "retry", 503, 1), ("renew", "delivered", 200, 2), ("tell", "dead_letter", 400, 1)]
+        assert [s["path"] for s in rx.seen] == ["/renew", "/renew", "/tell"]
+        [dead] = store.dead_letters()
+        assert dead.sink == "actions" and dead.status == 400 and "nope: bad renewal request" in dead.error
+        assert registry.get_sample_value("certpager_bridge_actions_total",
+                                         {"action": "tell", "type": "notify", "result": "dead_letter"}) == 1
+        assert len(pd.incidents) == 1
+        for sink in sinks.values():
+            await sink.aclose()
