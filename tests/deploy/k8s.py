@@ -36,7 +36,7 @@ Obj = dict[str, Any]
 def tool(name: str) -> Path:
     path = BIN / name
     if not path.exists():
-        raise AssertionError(f"{path} is missing: run scripts/install-deploy-tools (scripts/setup does)")
+        raise AssertionError(f"{path} is missing: run scripts/install-deploy-tools (scripts/test does)")
     return path
 
 
