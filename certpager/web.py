@@ -106,7 +106,7 @@ class ReadTimeout(Exception):
 
 def application() -> web.Application:
     """A new aiohttp application with certpager's middleware (connection state, 500 without details)."""
-    return web.Application(middlewares=[_connection_state, _errors])
+    return web.Application(middlewares=[_request])
 
 
 def text(body: str, status: int = 200, headers: Headers = ()) -> web.Response:
@@ -203,8 +203,13 @@ def metrics_handler(registry: CollectorRegistry) -> Handler:
 
 
 @web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A handler that raises answers 500 without details (they are logged); a 408 past the read deadline."""
+async def _request(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Around every handler: tell the connection its request's head is complete, then that the handler
+    is done; a handler that raises answers 500 without details (they are logged), 408 past the read
+    deadline."""
+    connection = _connection_of(request)  # None when served by something else (aiohttp's test server)
+    if connection is not None:
+        connection.request_started()
     try:
         return await handler(request)
     except web.HTTPException:
@@ -218,19 +223,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("request failed", extra={"kv": {"method": request.method, "path": request.path}})
         return text("internal server error\n", 500)
-
-
-@web.middleware
-async def _connection_state(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tell the connection that its request's head is complete, then that the handler is done."""
-    connection = _connection_of(request)
-    if connection is None:  # served by something else than serve() (aiohttp's test server)
-        return await handler(request)
-    connection.request_started()
-    try:
-        return await handler(request)
     finally:
-        connection.request_done(body_read=request.content.is_eof())
+        if connection is not None:
+            connection.request_done(body_read=request.content.is_eof())
 
 
 def _connection_of(request: web.Request) -> _Connection | None:
@@ -257,7 +252,8 @@ class _Connection(asyncio.Protocol):
 
     Deadlines: idle, the connection is closed ``read_timeout`` after the last response; from a
     request's first byte, its head must be complete within ``read_timeout`` (else 408 and close), and
-    :func:`read_body` reads its body up to the same deadline.
+    :func:`read_body` reads its body up to the same deadline. One timer per connection, moved lazily
+    (deadlines only ever move later): a request arms and cancels none.
     """
 
     def __init__(self, inner: asyncio.Protocol, read_timeout: float, on_lost: Callable[[], None]) -> None:
@@ -268,6 +264,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._state = _State.IDLE
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = math.inf  # when the state's deadline passes (inf while a handler has the request)
         self._head_bytes = 0
         self._head_tail = b""  # the last bytes seen, in case the head's end is split between reads
         self.read_deadline = 0.0
@@ -283,7 +280,7 @@ class _Connection(asyncio.Protocol):
         if self._state is _State.IDLE and data:
             self._state, self._head_bytes, self._head_tail = _State.HEAD, 0, b""
             self.read_deadline = self._loop.time() + self._read_timeout
-            self._arm(self.read_deadline, self._head_timed_out)
+            self._set_deadline(self.read_deadline)
         if self._state is _State.HEAD and self._head_bytes >= 0:
             self._count_head(data)
             if self._head_bytes > MAX_REQUEST_HEAD_BYTES:
@@ -325,7 +322,7 @@ class _Connection(asyncio.Protocol):
         if self._state is _State.IDLE:  # pipelined: its head arrived during the previous request
             self.read_deadline = self._loop.time() + self._read_timeout
         self._state = _State.BUSY
-        self._cancel_timer()
+        self._deadline = math.inf
 
     def request_done(self, *, body_read: bool) -> None:
         """The handler returned: the connection is idle again, once what is left of the body is discarded.
@@ -336,26 +333,28 @@ class _Connection(asyncio.Protocol):
 
     def _idle(self, state: _State = _State.IDLE) -> None:
         self._state = state
-        self._arm(self._loop.time() + self._read_timeout, self._idle_timed_out)
+        self._set_deadline(self._loop.time() + self._read_timeout)
 
-    def _arm(self, when: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_at(when, callback)
+    def _set_deadline(self, when: float) -> None:
+        self._deadline = when
+        if self._timer is None:
+            self._timer = self._loop.call_at(when, self._on_timer)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _idle_timed_out(self) -> None:
+    def _on_timer(self) -> None:
         self._timer = None
-        if self._transport is not None and self._state in (_State.IDLE, _State.DRAINING):
-            self._transport.close()
-
-    def _head_timed_out(self) -> None:
-        self._timer = None
-        if self._state is _State.HEAD:
+        if self._transport is None or self._deadline == math.inf:
+            return  # closed, or a handler has the request: request_done sets the next deadline
+        if self._loop.time() < self._deadline:  # the deadline moved since the timer was set
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+        elif self._state is _State.HEAD:
             self._refuse(408, "Request Timeout", "request head not received within the read timeout")
+        else:  # idle, or draining a body nobody read
+            self._transport.close()
 
     def _refuse(self, status: int, phrase: str, reason: str) -> None:
         """Answer ``status`` and close: aiohttp never sees the request."""
@@ -449,7 +448,7 @@ def bind(address: str) -> socket.socket:
 
 
 def _runner(app: web.Application, limits: ServerLimits) -> web.AppRunner:
-    if _connection_state not in app.middlewares:
+    if _request not in app.middlewares:
         raise ValueError("serve() needs an app built with certpager.web.application()")
     return web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
