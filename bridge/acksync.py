@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from bridge.audit import AuditEntry
 from bridge.events import Action, IncidentEvent, Severity
 from bridge.keys import CERTIFICATE_LABELS, CLASS_LABELS
 from bridge.pagerduty_webhook import WebhookEvent, agent_of
@@ -74,16 +75,6 @@ class SyncState:
     incidents: Mapping[str, IncidentView] = field(default_factory=dict)
     acks: Mapping[str, Ack] = field(default_factory=dict)
     own_silences: frozenset[str] = frozenset()  # every silence id the bridge created
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    at: float
-    key: str
-    side: str  # pagerduty | alertmanager | api | bridge
-    actor: str
-    action: str
-    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)

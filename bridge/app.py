@@ -158,6 +158,7 @@ class Bridge:
             retry_initial=settings.retry_initial, retry_max=settings.retry_max,
             sweep_interval=settings.sweep_interval, lease=settings.lease,
             retention=self.holder.current.config.store.retention,
+            audit_retention=self.holder.current.config.store.audit_retention,
         )
         # Background loops (the outbox worker, which also prunes) restart when they fail (certpager.tasks).
         self.tasks = TaskSupervisor()
@@ -269,9 +270,9 @@ class Bridge:
         except alertmanager.PayloadError as exc:
             result = "unprocessable" if exc.status == 422 else "bad_request"
             return self._answer(exc.status, result, {"status": "error", "error": exc.reason})
-        return await self._commit(body, notification)
+        return await self._commit(body, notification, request.remote or "")
 
-    async def _commit(self, body: bytes, notification: alertmanager.Notification) -> web.Response:
+    async def _commit(self, body: bytes, notification: alertmanager.Notification, peer: str = "") -> web.Response:
         metrics = self.metrics
         if notification.truncated_alerts:
             metrics.truncated.inc(notification.truncated_alerts)
@@ -281,7 +282,7 @@ class Bridge:
                 extra={"kv": {"truncated_alerts": notification.truncated_alerts, "group_key": notification.group_key}},
             )
         receipt = Receipt(
-            source="alertmanager", body=body, received_at=self.clock(), rejected=notification.rejected
+            source="alertmanager", body=body, received_at=self.clock(), rejected=notification.rejected, peer=peer
         )
         try:
             result = await self.store.ingest(receipt, notification, self.holder.policy, sinks=self.sinks)

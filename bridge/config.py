@@ -399,6 +399,8 @@ class Store(Section):
     password_file: Path | None = None
     pool_size: int = Field(default=8, ge=1, le=100)  # connections per replica (PostgreSQL)
     retention: Duration = 7 * 86400.0  # how long receipts, resolved occurrences and dead letters are kept
+    # How long the audit trail is kept: certpager history and certpager report read it (a quarter by default).
+    audit_retention: Duration = 90 * 86400.0
 
     @field_validator("url")
     @classmethod

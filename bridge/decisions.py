@@ -111,6 +111,7 @@ class Decision:
     new: int = 0
     duplicates: int = 0
     stale: int = 0
+    verdicts: list[str] = field(default_factory=list)  # per alert, in order: new, duplicate or stale
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +212,7 @@ def decide(state: State, notification: Notification, policy: Policy, *, now: flo
     for alert in notification.alerts:
         subject = subject_of(alert.labels, alert.fingerprint)
         verdict = occurrences.classify(alert)
+        decision.verdicts.append(verdict)
         if verdict != "new":
             decision.duplicates += verdict == "duplicate"
             decision.stale += verdict == "stale"

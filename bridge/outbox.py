@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
+from bridge import audit
 from bridge.metrics import BridgeMetrics
 from bridge.sinks.base import Delivered, DeliveryOutcome, OutboxItem, RetryLater, Sink
 from bridge.store.base import Store
@@ -75,6 +76,7 @@ class OutboxWorker:
         sweep_interval: float = 5.0,
         lease: float = 300.0,
         retention: float | None = None,
+        audit_retention: float | None = None,
         jitter: Callable[[], float] = random.random,
         coalesce: float = 0.005,
     ) -> None:
@@ -88,6 +90,7 @@ class OutboxWorker:
         self._sweep = sweep_interval
         self._lease = lease
         self._retention = retention
+        self._audit_retention = audit_retention
         self._jitter = jitter
         self._coalesce = coalesce
         self._wake = asyncio.Event()
@@ -242,8 +245,10 @@ class OutboxWorker:
     async def _hold(self, name: str, held: list[tuple[OutboxItem, RetryLater]]) -> None:
         now = self._clock()
         retries = [(item.id, now + max(hold.after or 0.0, 0.0), hold.error) for item, hold in held]
+        lines = [audit.delivery_entry(item, now, audit.HELD, _held_text(name, at, now))
+                 for (item, _), (_, at, _) in zip(held, retries, strict=True)]
         try:
-            await self._store.retry_many(retries, attempted=False)
+            await self._store.retry_many(retries, attempted=False, audit=lines)
         except Exception as exc:  # the leases expire and the items are claimed again
             kv = {"sink": name, "items": len(held), "err": str(exc)}
             log.error("cannot record held-back items", extra={"kv": kv})
@@ -290,7 +295,8 @@ class OutboxWorker:
     async def _record(self, name: str, item: OutboxItem, outcome: DeliveryOutcome) -> None:
         now = self._clock()
         if isinstance(outcome, Delivered):
-            await self._store.mark_delivered(item.id)
+            line = audit.delivery_entry(item, now, audit.DELIVERED, _delivered_text(name, outcome))
+            await self._store.mark_delivered(item.id, audit=[line])
             self._count(name, "delivered")
             if outcome.late and self._metrics is not None:
                 self._metrics.late(name, outcome.late).inc()
@@ -299,7 +305,13 @@ class OutboxWorker:
         elif isinstance(outcome, RetryLater):
             delay = outcome.after if outcome.after is not None else self.backoff(item.attempts)
             at = now + max(delay, 0.0)
-            await self._store.retry_at(item.id, at=at, error=outcome.error, attempted=not outcome.local)
+            if outcome.local:
+                line = audit.delivery_entry(item, now, audit.HELD, _held_text(name, at, now))
+            else:
+                text = (f"attempt {item.attempts + 1}: {audit.sink_title(name)} said {outcome.error};"
+                        f" next try at {audit.clock_time(at, now)}")
+                line = audit.delivery_entry(item, now, audit.RETRY, text)
+            await self._store.retry_at(item.id, at=at, error=outcome.error, attempted=not outcome.local, audit=[line])
             self._count(name, "throttled" if outcome.local else "retry")
             if not outcome.local:
                 log.info(
@@ -308,7 +320,9 @@ class OutboxWorker:
                                   "attempts": item.attempts + 1, "retry_in": round(delay, 3)}},
                 )
         else:
-            await self._store.dead_letter(item.id, error=outcome.error, status=outcome.status, now=now)
+            text = f"dead letter after attempt {item.attempts + 1}: {audit.sink_title(name)} said {outcome.error}"
+            line = audit.delivery_entry(item, now, audit.DEAD_LETTER, text)
+            await self._store.dead_letter(item.id, error=outcome.error, status=outcome.status, now=now, audit=[line])
             self._count(name, "dead_letter")
             log.warning(
                 "delivery dead-lettered",
@@ -327,9 +341,21 @@ class OutboxWorker:
         try:
             if not await self._store.lead("prune"):  # another replica prunes (PostgreSQL)
                 return
-            removed = await self._store.prune(before=now - self._retention)
+            audit_before = None if self._audit_retention is None else now - self._audit_retention
+            removed = await self._store.prune(before=now - self._retention, audit_before=audit_before)
         except Exception as exc:
             log.error("store prune failed", extra={"kv": {"err": str(exc)}})
             return
         if removed:
             log.info("pruned old store rows", extra={"kv": {"rows": removed}})
+
+
+def _held_text(sink: str, at: float, now: float) -> str:
+    return f"held by {audit.sink_title(sink)}'s rate limit until {audit.clock_time(at, now)}"
+
+
+def _delivered_text(sink: str, outcome: Delivered) -> str:
+    text = f"{audit.sink_title(sink)} accepted it" + (f" (HTTP {outcome.status})" if outcome.status else "")
+    if outcome.info:
+        text += f": {outcome.info}"
+    return text

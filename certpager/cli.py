@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "exporter": ("exporter.cli", "run the TLS certificate exporter"),
     "probe": ("exporter.probe_cli", "probe one endpoint and print its chain, trust and policy verdicts"),
     "bridge": ("bridge.cli", "run the Alertmanager to PagerDuty/Statuspage bridge"),
+    "history": ("bridge.history", "every decision the bridge made about a certificate, in order (did we page?)"),
+    "report": ("bridge.report", "incident analytics from the bridge's store: MTTA, MTTR, on-call burden"),
     "demo": ("certpager.demo", "start demo TLS endpoints, the exporter and the bridge, all on loopback"),
 }
 
@@ -44,6 +46,8 @@ examples:
   certpager probe example.com:443                    check one endpoint now
   certpager exporter --config.file exporter.yml      serve /metrics and /probe on :9879
   certpager bridge --config.file bridge.yml          receive Alertmanager webhooks on :9880
+  certpager history --certificate example.com        did we page for it, and why (not)?
+  certpager report --since 30d                       MTTA, MTTR and on-call burden of the last 30 days
   certpager demo                                     everything on loopback, with generated certificates
 
 Run 'certpager COMMAND --help' for the options of a command."""

@@ -12,7 +12,7 @@ import dataclasses
 import json
 from typing import Any
 
-from bridge.acksync import Ack, AuditEntry, IncidentView, SyncState
+from bridge.acksync import Ack, IncidentView, SyncState
 from bridge.pagerduty_webhook import WebhookEvent
 from bridge.store.acksync_script import ClaimWebhook, LoadSync, WriteSync
 from bridge.store.base import Receipt
@@ -142,17 +142,6 @@ async def silence_expired(conn: Any, key: str, silence_id: str, now: float) -> N
     await conn.execute(_AUDIT_SQL, *_audit_row(key, "silence expired", f"silence {silence_id}", now))
 
 
-async def audit_trail(conn: Any, key: str | None, limit: int) -> list[AuditEntry]:
-    if key is None:
-        rows = await conn.fetch(
-            "SELECT at, incident_key, side, actor, action, detail FROM audit ORDER BY id DESC LIMIT $1", limit)
-    else:
-        rows = await conn.fetch(
-            "SELECT at, incident_key, side, actor, action, detail FROM audit WHERE incident_key = $1"
-            " ORDER BY id DESC LIMIT $2", key, limit)
-    return [AuditEntry(*row) for row in reversed(rows)]
-
-
 async def ack_of(conn: Any, key: str) -> Ack | None:
     text = await conn.fetchval("SELECT state FROM ack_state WHERE key = $1", key)
     return None if text is None else _ack(text)
@@ -161,7 +150,6 @@ async def ack_of(conn: Any, key: str) -> Ack | None:
 PRUNE_SQL = (
     "DELETE FROM pd_webhooks WHERE received_at < $1",
     "DELETE FROM silences WHERE expired_at < $1",
-    "DELETE FROM audit WHERE at < $1",
     "DELETE FROM ack_state WHERE updated_at < $1 AND key NOT IN (SELECT key FROM incidents)",
 )
 

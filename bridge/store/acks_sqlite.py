@@ -11,7 +11,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 
-from bridge.acksync import Ack, AuditEntry, Changes, IncidentView, SyncState
+from bridge.acksync import Ack, Changes, IncidentView, SyncState
 from bridge.pagerduty_webhook import WebhookEvent
 from bridge.store.acksync_script import ClaimWebhook, LoadSync, WriteSync
 from bridge.store.base import Receipt
@@ -148,15 +148,6 @@ def silence_expired(conn: sqlite3.Connection, key: str, silence_id: str, now: fl
         " 'silence expired', ?)",
         (now, key, f"silence {silence_id}"),
     )
-
-
-def audit_trail(conn: sqlite3.Connection, key: str | None, limit: int) -> list[AuditEntry]:
-    sql = "SELECT at, incident_key, side, actor, action, detail FROM audit"
-    args: tuple[object, ...] = ()
-    if key is not None:
-        sql, args = sql + " WHERE incident_key = ?", (key,)
-    rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
-    return [AuditEntry(*row) for row in reversed(rows)]
 
 
 def ack_of(conn: sqlite3.Connection, key: str) -> Ack | None:

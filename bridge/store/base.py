@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
-from bridge.acksync import Ack, AuditEntry, Changes, SyncState
+from bridge.acksync import Ack, Changes, SyncState
 from bridge.alertmanager import Notification, Rejection
+from bridge.audit import AuditEntry
 from bridge.decisions import Policy
 from bridge.events import IncidentEvent
 from bridge.pagerduty_webhook import WebhookEvent
@@ -39,6 +40,7 @@ class Receipt:
     body: bytes
     received_at: float
     rejected: tuple[Rejection, ...] = ()  # alerts of the body not accepted, kept with the receipt
+    peer: str = ""  # the sender's address (the audit trail names which Alertmanager sent it)
 
     def rejected_json(self) -> str | None:
         """The rejections as stored with the receipt (None: every alert was accepted)."""
@@ -122,9 +124,13 @@ class Store(Protocol):
         """When the earliest unleased head-of-key item of ``sink`` becomes due (None: nothing claimable)."""
         ...
 
-    async def mark_delivered(self, item_id: int) -> None: ...
+    async def mark_delivered(self, item_id: int, *, audit: Sequence[AuditEntry] = ()) -> None:
+        """Remove the delivered item (with ``audit``: and append those lines, in the same transaction)."""
+        ...
 
-    async def retry_at(self, item_id: int, *, at: float, error: str, attempted: bool = True) -> None:
+    async def retry_at(
+        self, item_id: int, *, at: float, error: str, attempted: bool = True, audit: Sequence[AuditEntry] = ()
+    ) -> None:
         """Keep the item at the head of its key; try again no sooner than ``at``.
 
         ``attempted=False`` when nothing was sent (a sink's local rate limit held it back): the item's
@@ -132,16 +138,21 @@ class Store(Protocol):
         """
         ...
 
-    async def retry_many(self, retries: Sequence[tuple[int, float, str]], *, attempted: bool = True) -> None:
+    async def retry_many(
+        self, retries: Sequence[tuple[int, float, str]], *, attempted: bool = True, audit: Sequence[AuditEntry] = ()
+    ) -> None:
         """:meth:`retry_at` for many ``(item_id, at, error)`` at once, in one write."""
         ...
 
-    async def dead_letter(self, item_id: int, *, error: str, status: int, now: float) -> None:
+    async def dead_letter(
+        self, item_id: int, *, error: str, status: int, now: float, audit: Sequence[AuditEntry] = ()
+    ) -> None:
         """Move the item to the dead letters; the key's next item may go."""
         ...
 
-    async def prune(self, *, before: float) -> int:
-        """Drop receipts, resolved occurrences, closed incidents and dead letters older than ``before``."""
+    async def prune(self, *, before: float, audit_before: float | None = None) -> int:
+        """Drop receipts, resolved occurrences, closed incidents and dead letters older than ``before``, and
+        audit lines older than ``audit_before`` (default ``before``)."""
         ...
 
     async def lead(self, role: str) -> bool:
@@ -193,8 +204,55 @@ class Store(Protocol):
 
     async def silence_expired(self, key: str, silence_id: str, *, now: float) -> None: ...
 
-    async def audit_trail(self, key: str | None = None, *, limit: int = 100) -> list[AuditEntry]:
-        """The newest audit entries (of one incident key), oldest first."""
+    async def ack_state(self, key: str) -> Ack | None: ...
+
+    # --- the audit trail (bridge.audit) -----------------------------------------------------------------
+
+    async def record_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Append lines to the audit trail (the ingest script writes its own inside its transaction)."""
         ...
 
-    async def ack_state(self, key: str) -> Ack | None: ...
+    async def audit_trail(
+        self, key: str | None = None, *, certificate: str | None = None, since: float | None = None,
+        until: float | None = None, limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """Audit lines, oldest first: of one incident key, or of every key a certificate had, ``since <= at <
+        until``; with ``limit``, the newest ``limit`` of them."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """An :meth:`Store.audit_trail` request as SQL clauses, written once for both dialects."""
+
+    key: str | None = None
+    certificate: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int | None = None
+
+    COLUMNS: ClassVar[str] = (
+        "at, incident_key, side, actor, action, detail, certificate, environment, event_class, issuer"
+    )
+
+    def sql(self, mark: Callable[[int], str]) -> tuple[str, list[object]]:
+        """SELECT (newest first) and its arguments; ``mark(n)`` is the dialect's n-th placeholder."""
+        clauses: list[str] = []
+        args: list[object] = []
+        for clause, value in (
+            ("incident_key = {}", self.key),
+            ("incident_key IN (SELECT incident_key FROM audit WHERE certificate = {})", self.certificate),
+            ("at >= {}", self.since),
+            ("at < {}", self.until),
+        ):
+            if value is not None:
+                args.append(value)
+                clauses.append(clause.format(mark(len(args))))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        args.append(self.limit if self.limit is not None else 2**62)
+        return f"SELECT {self.COLUMNS} FROM audit{where} ORDER BY at DESC, id DESC LIMIT {mark(len(args))}", args
+
+    @staticmethod
+    def entries(rows: Sequence[Any]) -> list[AuditEntry]:
+        """The rows of :meth:`sql`, oldest first."""
+        return [AuditEntry(float(r[0]), *(str(v) for v in r[1:])) for r in reversed(rows)]

@@ -1,8 +1,9 @@
 """The ingest transaction script, written once for every backend.
 
 One webhook, inside ONE transaction: record the receipt, load the state the decision needs, run
-:func:`bridge.decisions.decide`, then write the changed occurrences, the changed incidents and one
-outbox row per event and sink. A backend supplies only its SQL and its transaction, through
+:func:`bridge.decisions.decide`, then write the changed occurrences, the changed incidents, one
+outbox row per event and sink, and the audit trail's lines (:mod:`bridge.audit`). A backend supplies
+only its SQL and its transaction, through
 :class:`IngestSql` (called from a thread, SQLite) or :class:`AsyncIngestSql` (awaited, PostgreSQL);
 it never holds its own copy of these steps, so a change to the decisions reaches every store at once.
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from bridge.alertmanager import Notification
+from bridge.audit import AuditEntry, ingest_entries
 from bridge.decisions import Group, Lookup, Occurrence, Policy, State, action_runs, decide, event_json, lookup
 from bridge.store.base import IngestResult, Receipt, StoreError
 
@@ -110,6 +112,7 @@ class Changes:
     incidents: Sequence[IncidentRow]  # upserted
     outbox: Sequence[OutboxRow]
     groups: Sequence[GroupRow] = ()  # inserted (version 1) or updated guarded by their version
+    audit: Sequence[AuditEntry] = ()  # audit trail lines (bridge.audit), inserted
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +166,10 @@ def script(receipt: Receipt, notification: Notification, policy: Policy, sinks: 
     receipt_id: int = yield RecordReceipt(receipt, notification.group_key)
     state: State = yield LoadState(lookup(notification, policy))
     decision = decide(state, notification, policy, now=receipt.received_at)
-    if not decision.new:  # duplicates and stale snapshots change nothing but the receipt
+    audit = ingest_entries(receipt_id, receipt.peer, receipt.received_at, notification, state, decision, sinks)
+    if not decision.new:  # duplicates and stale snapshots change nothing but the receipt and the audit trail
+        if audit:
+            yield Write(Changes((), (), (), (), audit=audit))
         return IngestResult(receipt_id, 0, decision.duplicates, decision.stale)
     created: list[Occurrence] = []
     updated: list[tuple[Occurrence, str]] = []
@@ -190,7 +196,7 @@ def script(receipt: Receipt, notification: Notification, policy: Policy, sinks: 
     if ACTIONS_SINK in sinks:  # runbook actions: their own sink, ordered per incident, never before the page
         outbox.extend(OutboxRow(ACTIONS_SINK, run.event.key, json.dumps(run.to_json()), receipt.received_at,
                                 receipt_id) for run in action_runs(decision.events, policy))
-    yield Write(Changes(created, updated, incidents, outbox, [GroupRow.of(g) for g in decision.groups]))
+    yield Write(Changes(created, updated, incidents, outbox, [GroupRow.of(g) for g in decision.groups], audit))
     return IngestResult(receipt_id, decision.new, decision.duplicates, decision.stale, tuple(decision.events))
 
 

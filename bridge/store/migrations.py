@@ -136,6 +136,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX action_runs_at ON action_runs(at)
     """,
+    # 6: the audit trail (bridge.audit) also holds every decision of the ingest and the outbox, with the
+    # subject it was about, so a certificate's history and the report need no other table.
+    """
+    ALTER TABLE audit ADD COLUMN certificate TEXT NOT NULL DEFAULT '';
+    ALTER TABLE audit ADD COLUMN environment TEXT NOT NULL DEFAULT '';
+    ALTER TABLE audit ADD COLUMN event_class TEXT NOT NULL DEFAULT '';
+    ALTER TABLE audit ADD COLUMN issuer TEXT NOT NULL DEFAULT '';
+    CREATE INDEX audit_certificate ON audit(certificate) WHERE certificate != '';
+    CREATE INDEX audit_at ON audit(at)
+    """,
 )
 
 # The same schema in PostgreSQL's dialect. Ids are identity columns: an outbox id is taken when the row is
@@ -263,9 +273,19 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX action_runs_at ON action_runs(at)
     """,
+    # 6: the audit trail's subject columns (see MIGRATIONS[5]).
+    """
+    ALTER TABLE audit ADD COLUMN certificate TEXT NOT NULL DEFAULT '';
+    ALTER TABLE audit ADD COLUMN environment TEXT NOT NULL DEFAULT '';
+    ALTER TABLE audit ADD COLUMN event_class TEXT NOT NULL DEFAULT '';
+    ALTER TABLE audit ADD COLUMN issuer TEXT NOT NULL DEFAULT '';
+    CREATE INDEX audit_certificate ON audit(certificate) WHERE certificate != '';
+    CREATE INDEX audit_at ON audit(at)
+    """,
 )
 
 LATEST = len(MIGRATIONS)
+AUDIT_VERSION = 6  # the first version whose audit table has the subject columns
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

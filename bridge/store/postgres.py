@@ -44,13 +44,23 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from bridge import acksync
-from bridge.acksync import Ack, AuditEntry, SyncState
+from bridge.acksync import Ack, SyncState
 from bridge.alertmanager import Notification
+from bridge.audit import AuditEntry
 from bridge.decisions import Group, Incident, Lookup, Occurrence, Policy, State
 from bridge.pagerduty_webhook import WebhookEvent
 from bridge.sinks.base import OutboxItem
 from bridge.store import acks_postgres, acksync_script, ingest
-from bridge.store.base import AUDIT_COLS, ActionAudit, DeadLetterRow, IngestResult, OutboxStats, Receipt, StoreError
+from bridge.store.base import (
+    AUDIT_COLS,
+    ActionAudit,
+    AuditQuery,
+    DeadLetterRow,
+    IngestResult,
+    OutboxStats,
+    Receipt,
+    StoreError,
+)
 from bridge.store.ingest import (
     Changes,
     Conflict,
@@ -114,6 +124,11 @@ SELECT next_attempt_at FROM outbox AS o WHERE sink = $1 AND lease_until <= $2
   AND NOT EXISTS (SELECT 1 FROM outbox AS p WHERE p.sink = o.sink AND p.ordering_key = o.ordering_key AND p.id < o.id)
 ORDER BY next_attempt_at LIMIT 1
 """
+_AUDIT_SQL = (
+    "INSERT INTO audit (at, incident_key, side, actor, action, detail, certificate, environment, event_class,"
+    " issuer) SELECT * FROM unnest($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
+    " $7::text[], $8::text[], $9::text[], $10::text[])"
+)
 _PRUNE_SQL = (
     "DELETE FROM receipts WHERE received_at < $1",
     "DELETE FROM occurrences WHERE status = 'resolved' AND updated_at < $1",
@@ -337,9 +352,6 @@ class PostgresStore:
     async def silence_expired(self, key: str, silence_id: str, *, now: float) -> None:
         await self._run(lambda conn: acks_postgres.silence_expired(conn, key, silence_id, now))
 
-    async def audit_trail(self, key: str | None = None, *, limit: int = 100) -> list[AuditEntry]:
-        return await self._run(lambda conn: acks_postgres.audit_trail(conn, key, limit), transaction=False)
-
     async def ack_state(self, key: str) -> Ack | None:
         return await self._run(lambda conn: acks_postgres.ack_of(conn, key), transaction=False)
 
@@ -389,32 +401,46 @@ class PostgresStore:
 
         return await self._run(op, transaction=False)
 
-    async def mark_delivered(self, item_id: int) -> None:
+    async def mark_delivered(self, item_id: int, *, audit: Sequence[AuditEntry] = ()) -> None:
         async def op(conn: Conn) -> None:
             await conn.execute("DELETE FROM outbox WHERE id = $1", item_id)
+            if audit:
+                await insert_audit(conn, audit)
 
-        await self._run(op, transaction=False)
+        await self._run(op, transaction=bool(audit))
 
-    async def retry_at(self, item_id: int, *, at: float, error: str, attempted: bool = True) -> None:
-        await self.retry_many([(item_id, at, error)], attempted=attempted)
+    async def retry_at(
+        self, item_id: int, *, at: float, error: str, attempted: bool = True, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        await self.retry_many([(item_id, at, error)], attempted=attempted, audit=audit)
 
-    async def retry_many(self, retries: Sequence[tuple[int, float, str]], *, attempted: bool = True) -> None:
+    async def retry_many(
+        self, retries: Sequence[tuple[int, float, str]], *, attempted: bool = True, audit: Sequence[AuditEntry] = ()
+    ) -> None:
         ids, ats, errors = [r[0] for r in retries], [r[1] for r in retries], [r[2] for r in retries]
 
         async def op(conn: Conn) -> None:
             await conn.execute(_RETRY_SQL, int(attempted), ids, ats, errors)
+            if audit:
+                await insert_audit(conn, audit)
 
-        await self._run(op, transaction=False)
+        await self._run(op, transaction=bool(audit))
 
-    async def dead_letter(self, item_id: int, *, error: str, status: int, now: float) -> None:
+    async def dead_letter(
+        self, item_id: int, *, error: str, status: int, now: float, audit: Sequence[AuditEntry] = ()
+    ) -> None:
         async def op(conn: Conn) -> None:
             await conn.execute(_DEAD_LETTER_SQL, item_id, now, status, error, 1)
+            if audit:
+                await insert_audit(conn, audit)
 
-        await self._run(op, transaction=False)
+        await self._run(op, transaction=bool(audit))
 
-    async def prune(self, *, before: float) -> int:
+    async def prune(self, *, before: float, audit_before: float | None = None) -> int:
+        cutoff = before if audit_before is None else audit_before
+
         async def op(conn: Conn) -> int:
-            removed = 0
+            removed = _rowcount(await conn.execute("DELETE FROM audit WHERE at < $1", cutoff))
             for sql in _PRUNE_SQL:
                 removed += _rowcount(await conn.execute(sql, before))
             return removed
@@ -475,6 +501,26 @@ class PostgresStore:
     def dead_letters(self, *, limit: int = 100) -> list[DeadLetterRow]:
         """The newest dead letters first, as of the last snapshot (at most 100)."""
         return self._dead[:limit]
+
+    async def record_audit(self, entries: Sequence[AuditEntry]) -> None:
+        if not entries:
+            return
+
+        async def op(conn: Conn) -> None:
+            await insert_audit(conn, entries)
+
+        await self._run(op, transaction=False)
+
+    async def audit_trail(
+        self, key: str | None = None, *, certificate: str | None = None, since: float | None = None,
+        until: float | None = None, limit: int | None = None,
+    ) -> list[AuditEntry]:
+        sql, args = AuditQuery(key, certificate, since, until, limit).sql(lambda n: f"${n}")
+
+        async def op(conn: Conn) -> list[AuditEntry]:
+            return AuditQuery.entries(await conn.fetch(sql, *args))
+
+        return await self._run(op, transaction=False)
 
     async def _stats_loop(self) -> None:
         failing = False
@@ -614,6 +660,15 @@ class _PostgresIngest:
                 [o.sink for o in b], [o.ordering_key for o in b], [o.payload for o in b],
                 [o.created_at for o in b], [o.receipt_id for o in b],
             )
+        if changes.audit:
+            await insert_audit(conn, changes.audit)
+
+
+async def insert_audit(conn: Conn, entries: Sequence[AuditEntry]) -> None:
+    """Audit lines in one statement."""
+    columns = [[getattr(e, name) for e in entries] for name in (
+        "at", "key", "side", "actor", "action", "detail", "certificate", "environment", "event_class", "issuer")]
+    await conn.execute(_AUDIT_SQL, *columns)
 
 
 async def _write_groups(conn: Conn, rows: Sequence[GroupRow]) -> None:
@@ -723,6 +778,7 @@ class _Overlay:
         self.touched: set[tuple[str, str]] = set()
         self.incident_rows: dict[str, IncidentRow] = {}
         self.outbox: list[OutboxRow] = []
+        self.audit: list[AuditEntry] = []
 
     def state(self, wanted: Lookup) -> State:
         """What ``load_state`` would return now (the same filter as its SQL)."""
@@ -754,6 +810,7 @@ class _Overlay:
             self.groups[group.key] = group.decoded()
             self.group_rows[group.key] = group
         self.outbox.extend(changes.outbox)
+        self.audit.extend(changes.audit)
 
     def _put(self, row: Occurrence, old: str | None) -> None:
         key = (row.fingerprint, row.starts_at)
@@ -772,7 +829,7 @@ class _Overlay:
             if row.version != self.stored_versions.get(key, 0) + 1 else row
             for key, row in self.group_rows.items()
         ]
-        return Changes(created, updated, list(self.incident_rows.values()), self.outbox, groups)
+        return Changes(created, updated, list(self.incident_rows.values()), self.outbox, groups, self.audit)
 
 
 def _rowcount(status: str) -> int:

@@ -27,15 +27,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bridge.acksync import Ack, AuditEntry, Changes, SyncState
+from bridge.acksync import Ack, Changes, SyncState
 from bridge.alertmanager import Notification
+from bridge.audit import AuditEntry
 from bridge.decisions import Group, Incident, Lookup, Occurrence, Policy, State
 from bridge.pagerduty_webhook import WebhookEvent
 from bridge.sinks.base import OutboxItem
 from bridge.store import acks_sqlite, acksync_script, ingest
-from bridge.store.base import AUDIT_COLS, ActionAudit, DeadLetterRow, IngestResult, OutboxStats, Receipt, StoreError
+from bridge.store.base import (
+    AUDIT_COLS,
+    ActionAudit,
+    AuditQuery,
+    DeadLetterRow,
+    IngestResult,
+    OutboxStats,
+    Receipt,
+    StoreError,
+)
 from bridge.store.ingest import Conflict, GroupRow, LoadState, RecordReceipt, Write, decode_group
-from bridge.store.migrations import migrate
+from bridge.store.migrations import AUDIT_VERSION, migrate, schema_version
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,6 +56,10 @@ _RETRY_SQL = (
 )
 _INCIDENT_COLS = "key, scope, event_class, route, open, trigger, updated_at, grp"
 _GROUP_COLS = "key, slot, route, opened_at, open, detail, updated_at, version"
+_AUDIT_SQL = (
+    "INSERT INTO audit (at, incident_key, side, actor, action, detail, certificate, environment, event_class,"
+    " issuer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _DEAD_LETTER_SQL = (
     "INSERT INTO dead_letters (id, sink, ordering_key, payload, attempts, created_at, dead_at, status, error)"
     " SELECT id, sink, ordering_key, payload, attempts + ?, created_at, ?, ?, ? FROM outbox WHERE id = ?"
@@ -213,9 +227,6 @@ class SqliteStore:
     async def silence_expired(self, key: str, silence_id: str, *, now: float) -> None:
         await self._submit(lambda conn: acks_sqlite.silence_expired(conn, key, silence_id, now))
 
-    async def audit_trail(self, key: str | None = None, *, limit: int = 100) -> list[AuditEntry]:
-        return await self._submit(lambda conn: acks_sqlite.audit_trail(conn, key, limit))
-
     async def ack_state(self, key: str) -> Ack | None:
         return await self._submit(lambda conn: acks_sqlite.ack_of(conn, key))
 
@@ -238,21 +249,41 @@ class SqliteStore:
 
         return await self._submit(query)
 
-    async def mark_delivered(self, item_id: int) -> None:
-        await self._submit(lambda conn: conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,)))
+    async def mark_delivered(self, item_id: int, *, audit: Sequence[AuditEntry] = ()) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+            conn.executemany(_AUDIT_SQL, [_audit_row(e) for e in audit])
 
-    async def retry_at(self, item_id: int, *, at: float, error: str, attempted: bool = True) -> None:
-        await self.retry_many([(item_id, at, error)], attempted=attempted)
+        await self._submit(op)
 
-    async def retry_many(self, retries: Sequence[tuple[int, float, str]], *, attempted: bool = True) -> None:
+    async def retry_at(
+        self, item_id: int, *, at: float, error: str, attempted: bool = True, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        await self.retry_many([(item_id, at, error)], attempted=attempted, audit=audit)
+
+    async def retry_many(
+        self, retries: Sequence[tuple[int, float, str]], *, attempted: bool = True, audit: Sequence[AuditEntry] = ()
+    ) -> None:
         rows = [(int(attempted), at, error, item_id) for item_id, at, error in retries]
-        await self._submit(lambda conn: conn.executemany(_RETRY_SQL, rows))
 
-    async def dead_letter(self, item_id: int, *, error: str, status: int, now: float) -> None:
-        await self._submit(lambda conn: _move_to_dead_letters(conn, item_id, error, status, now, attempted=True))
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(_RETRY_SQL, rows)
+            conn.executemany(_AUDIT_SQL, [_audit_row(e) for e in audit])
 
-    async def prune(self, *, before: float) -> int:
-        return await self._submit(lambda conn: _prune(conn, before))
+        await self._submit(op)
+
+    async def dead_letter(
+        self, item_id: int, *, error: str, status: int, now: float, audit: Sequence[AuditEntry] = ()
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            _move_to_dead_letters(conn, item_id, error, status, now, attempted=True)
+            conn.executemany(_AUDIT_SQL, [_audit_row(e) for e in audit])
+
+        await self._submit(op)
+
+    async def prune(self, *, before: float, audit_before: float | None = None) -> int:
+        cutoff = before if audit_before is None else audit_before
+        return await self._submit(lambda conn: _prune(conn, before, cutoff))
 
     async def audit_action(self, audit: ActionAudit) -> None:
         row = tuple(getattr(audit, name) for name in ActionAudit.__slots__)
@@ -293,6 +324,27 @@ class SqliteStore:
                 (limit,),
             ).fetchall()
         return [DeadLetterRow(*row) for row in rows]
+
+    async def record_audit(self, entries: Sequence[AuditEntry]) -> None:
+        rows = [_audit_row(e) for e in entries]
+        if rows:
+            await self._submit(lambda conn: conn.executemany(_AUDIT_SQL, rows))
+
+    async def audit_trail(
+        self, key: str | None = None, *, certificate: str | None = None, since: float | None = None,
+        until: float | None = None, limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """From the read connection (see base.Store)."""
+        reader = self._reader
+        if reader is None:
+            raise StoreError("store is not open")
+        query = AuditQuery(key, certificate, since, until, limit)
+
+        def read() -> list[AuditEntry]:
+            with self._reader_lock:
+                return read_audit(reader, query)
+
+        return await asyncio.to_thread(read)
 
     def pending(self, sink: str | None = None) -> list[OutboxItem]:
         """Every queued item in id order (for tests and operators)."""
@@ -444,6 +496,48 @@ class _SqliteIngest:
             " VALUES (?, ?, ?, ?, ?, ?)",
             [(o.sink, o.ordering_key, o.payload, o.created_at, o.created_at, o.receipt_id) for o in changes.outbox],
         )
+        conn.executemany(_AUDIT_SQL, [_audit_row(e) for e in changes.audit])
+
+
+def _audit_row(e: AuditEntry) -> tuple[Any, ...]:
+    return (e.at, e.key, e.side, e.actor, e.action, e.detail, e.certificate, e.environment, e.event_class, e.issuer)
+
+
+def read_audit(conn: sqlite3.Connection, query: AuditQuery) -> list[AuditEntry]:
+    """:meth:`SqliteStore.audit_trail` on any connection to the file."""
+    sql, args = query.sql(lambda _: "?")
+    return AuditQuery.entries(conn.execute(sql, args).fetchall())
+
+
+class SqliteAuditReader:
+    """The audit trail of a store file, read-only and without its lock: for ``certpager history`` and
+    ``certpager report`` beside a running bridge (WAL readers never wait for the writer)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    async def audit_trail(
+        self, key: str | None = None, *, certificate: str | None = None, since: float | None = None,
+        until: float | None = None, limit: int | None = None,
+    ) -> list[AuditEntry]:
+        query = AuditQuery(key, certificate, since, until, limit)
+        return await asyncio.to_thread(self._read, query)
+
+    def _read(self, query: AuditQuery) -> list[AuditEntry]:
+        if not self.path.is_file():
+            raise StoreError(f"cannot read store {self.path}: no such file")
+        try:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read store {self.path}: {exc}") from exc
+        try:
+            if schema_version(conn) < AUDIT_VERSION:
+                raise StoreError(f"store {self.path} has no audit trail yet: start this bridge version on it once")
+            return read_audit(conn, query)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read store {self.path}: {exc}") from exc
+        finally:
+            conn.close()
 
 
 def _write_groups(conn: sqlite3.Connection, rows: Sequence[GroupRow]) -> None:
@@ -503,15 +597,14 @@ def _claim(conn: sqlite3.Connection, sink: str, now: float, limit: int, lease: f
     return items
 
 
-def _prune(conn: sqlite3.Connection, before: float) -> int:
-    removed = 0
+def _prune(conn: sqlite3.Connection, before: float, audit_before: float) -> int:
+    removed = conn.execute("DELETE FROM audit WHERE at < ?", (audit_before,)).rowcount
     for sql in (
         "DELETE FROM receipts WHERE received_at < ?",
         "DELETE FROM occurrences WHERE status = 'resolved' AND updated_at < ?",
         "DELETE FROM dead_letters WHERE dead_at < ?",
         "DELETE FROM pd_webhooks WHERE received_at < ?",
         "DELETE FROM silences WHERE expired_at < ?",
-        "DELETE FROM audit WHERE at < ?",
         "DELETE FROM incidents WHERE open = 0 AND updated_at < ? AND key NOT IN"
         " (SELECT incident_key FROM occurrences WHERE status = 'firing')",
         "DELETE FROM groups WHERE open = 0 AND updated_at < ?",

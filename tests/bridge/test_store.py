@@ -150,7 +150,8 @@ async def test_prune_keeps_what_decisions_still_need(backend, any_store):
     await ingest(store, alert("resolved", certificate="old.example.com"), now=101.0)
     await ingest(store, alert(certificate="live.example.com"), now=102.0)
     removed = await store.prune(before=1000.0)
-    assert removed == 3 + 1 + 1  # receipts, the resolved occurrence, the closed incident
+    # receipts, the resolved occurrence, the closed incident, the audit lines (a received and a queued per webhook)
+    assert removed == 3 + 1 + 1 + 6
     assert await backend.count("occurrences") == 1
     assert await backend.count("incidents") == 1
 
@@ -223,7 +224,7 @@ async def test_sqlite_migrates_an_empty_file_in_wal_mode(tmp_path):
     await store.open()
     await store.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST == 6
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

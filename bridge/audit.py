@@ -1,0 +1,123 @@
+"""The audit trail: every decision the bridge made about an incident, in order, as stored lines.
+
+One table (``audit``) for every writer: the ingest script (webhook received, duplicate, stale snapshot,
+event queued), the outbox worker (each delivery attempt and its answer, rate-limit holds, dead letters)
+and acknowledgement sync (ack, resolve, snooze, from which side and by whom). A line is
+:class:`AuditEntry`; ``certpager history`` prints them in words, ``certpager report`` computes MTTA,
+MTTR and the on-call burden from them (docs/analytics.md lists the actions).
+
+The subject columns (certificate, environment, class, issuer) are filled where the writer knows them, so
+a certificate's history finds every incident key it ever had; lines written with the key alone (ack sync)
+join the history through that key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.alertmanager import Alert, Notification
+from bridge.decisions import Decision, State
+from bridge.events import IncidentEvent
+from bridge.keys import subject_of
+from bridge.sinks.base import OutboxItem
+
+# Actions (the ``action`` column). Sides: alertmanager, bridge, a sink's name, pagerduty, api.
+RECEIVED, DUPLICATE, STALE = "received", "duplicate", "stale"
+TRIGGER, RESOLVE, UPDATE = "trigger", "resolve", "update"  # queued by the bridge (side "bridge")
+DELIVERED, RETRY, HELD, DEAD_LETTER = "delivered", "retry", "held", "dead_letter"
+ACKNOWLEDGE = "acknowledge"
+# What ack sync may write for the same facts (PagerDuty Webhooks v3 event types).
+ACK_ACTIONS = frozenset({ACKNOWLEDGE, "incident.acknowledged"})
+RESOLVE_ACTIONS = frozenset({RESOLVE, "incident.resolved"})
+SINK_TITLES: Mapping[str, str] = {"pagerduty": "PagerDuty", "statuspage": "Statuspage"}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One line of the audit trail."""
+
+    at: float  # unix seconds
+    key: str  # incident key
+    side: str  # alertmanager | bridge | pagerduty | statuspage | api | ...
+    actor: str  # who: the Alertmanager's address, a person, "certpager"
+    action: str
+    detail: str = ""
+    certificate: str = ""
+    environment: str = ""
+    event_class: str = ""
+    issuer: str = ""
+
+
+def clock_time(at: float, reference: float | None = None) -> str:
+    """``03:12:04`` when on the same UTC day as ``reference``, else ``2026-03-29 03:12:04`` (UTC)."""
+    moment = datetime.fromtimestamp(at, UTC)
+    if reference is not None and datetime.fromtimestamp(reference, UTC).date() == moment.date():
+        return moment.strftime("%H:%M:%S")
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def sink_title(sink: str) -> str:
+    return SINK_TITLES.get(sink, sink)
+
+
+def ingest_entries(
+    receipt_id: int, peer: str, now: float, notification: Notification, state: State, decision: Decision,
+    sinks: Sequence[str],
+) -> list[AuditEntry]:
+    """The lines one webhook adds: each alert's verdict, then each event queued."""
+    source = notification.external_url or "an Alertmanager without externalURL"
+    via = f" via {peer}" if peer else ""
+    seen_starts: dict[str, set[str]] = {}
+    for fingerprint, starts_at in state.occurrences:
+        seen_starts.setdefault(fingerprint, set()).add(starts_at)
+    entries: list[AuditEntry] = []
+    for alert, verdict in zip(notification.alerts, decision.verdicts, strict=True):
+        subject = subject_of(alert.labels, alert.fingerprint)
+        detail = f"{alert.status} from {source}{via} (receipt {receipt_id})"
+        if verdict != "new":
+            detail += ": " + _why(alert, verdict, state, seen_starts.get(alert.fingerprint, set()), now)
+        entries.append(AuditEntry(
+            now, subject.key, "alertmanager", peer or source, RECEIVED if verdict == "new" else verdict, detail,
+            subject.certificate, subject.environment, subject.event_class, alert.labels.get("issuer", ""),
+        ))
+    targets = ", ".join(sink_title(s) for s in sinks) or "no sink"
+    for event in decision.events:
+        action = UPDATE if event.update else event.action.value
+        detail = f"queued for {targets}" + (f" ({event.note})" if event.note else "")
+        entries.append(AuditEntry(now, event.key, "bridge", "certpager", action, detail, *event_subject(event)))
+    return entries
+
+
+def _why(alert: Alert, verdict: str, state: State, starts: set[str], now: float) -> str:
+    seen = state.occurrences.get((alert.fingerprint, alert.starts_at))
+    if verdict == DUPLICATE:
+        if seen is None:
+            return f"duplicate: {alert.status} twice in this webhook"
+        return f"duplicate: {alert.status} already recorded at {clock_time(seen.updated_at, now)}"
+    if seen is not None and seen.status == "resolved":
+        return f"stale snapshot of an occurrence resolved at {clock_time(seen.updated_at, now)}"
+    newer = max((s for s in starts if s > alert.starts_at), default="")
+    return f"stale snapshot: a newer occurrence of this alert started at {newer or 'a later time'}"
+
+
+def event_subject(event: IncidentEvent | Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """(certificate, environment, class, issuer) of an incident event or its JSON."""
+    if isinstance(event, IncidentEvent):
+        data: Mapping[str, Any] = {"component": event.component, "group": event.group,
+                                   "event_class": event.event_class, "custom_details": event.custom_details}
+    else:
+        data = event
+    details = data.get("custom_details")
+    issuer = details.get("issuer", "") if isinstance(details, Mapping) else ""
+    return (str(data.get("component", "")), str(data.get("group", "")), str(data.get("event_class", "")),
+            str(issuer))
+
+
+def delivery_entry(item: OutboxItem, at: float, action: str, detail: str) -> AuditEntry:
+    """A line about one outbox item's delivery (side: the sink), saying which event it was."""
+    kind = UPDATE if item.payload.get("update") else str(item.payload.get("action", "event"))
+    return AuditEntry(at, item.ordering_key, item.sink, "certpager", action, f"{kind}: {detail}",
+                      *event_subject(item.payload))
