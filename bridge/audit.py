@@ -121,3 +121,10 @@ def delivery_entry(item: OutboxItem, at: float, action: str, detail: str) -> Aud
     kind = UPDATE if item.payload.get("update") else str(item.payload.get("action", "event"))
     return AuditEntry(at, item.ordering_key, item.sink, "certpager", action, f"{kind}: {detail}",
                       *event_subject(item.payload))
+
+
+def from_pipeline(entry: AuditEntry) -> bool:
+    """Whether the ingest or the outbox wrote ``entry`` (not ack sync: a person's or a poller's action)."""
+    if entry.action in (RECEIVED, DUPLICATE, STALE, DELIVERED, RETRY, HELD, DEAD_LETTER):
+        return True
+    return entry.side == "bridge" and entry.action in (TRIGGER, RESOLVE, UPDATE)
