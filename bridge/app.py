@@ -9,11 +9,12 @@ for as long as the server does (the app's lifespan) and is woken by every commit
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -22,10 +23,12 @@ from prometheus_client import CollectorRegistry
 
 from bridge import alertmanager
 from bridge.ack_api import AUDIT_ROUTE, SNOOZE_ROUTE, WEBHOOK_PATH, AckSyncApi, settings_of
+from bridge.audit import RESOLVE, AuditEntry
 from bridge.config import BridgeConfig, LoadedConfig
 from bridge.config import load as load_config
 from bridge.decisions import Policy
 from bridge.keys import CLASS_SHORT
+from bridge.lifecycle import episode_of, is_ack, is_resolve
 from bridge.metrics import BoundedLabel, BridgeMetrics, OutboxCollector
 from bridge.outbox import OutboxWorker
 from bridge.pagerduty_rest import PagerDutyRest
@@ -40,6 +43,7 @@ from certpager.auth import Credentials
 from certpager.tasks import TaskCollector, TaskSupervisor
 from certpager.web import add_lifecycle_routes, application, metrics_handler, payload, read_body, text
 
+EPISODE_LINES = 2000  # audit lines read back to find the page an ack or resolve answers
 log = logging.getLogger(__name__)
 ALERTMANAGER_PATH = "/api/v1/alerts/alertmanager"
 JSON = "application/json"
@@ -143,6 +147,7 @@ class Bridge:
     ) -> None:
         self.holder = config if isinstance(config, ConfigHolder) else ConfigHolder(config)
         self.store, self.sinks, self.clock = store, tuple(sinks), clock
+        self._observers: set[asyncio.Task[None]] = set()  # lifecycle observations in flight
         registry = registry if registry is not None else CollectorRegistry()
         self.metrics = BridgeMetrics(registry)
         self._classes = BoundedLabel(known_classes(self.holder.current.config))
@@ -187,6 +192,31 @@ class Bridge:
             return text("unauthorized\n", 401, accepted.challenges())
         return None
 
+    def lifecycle(self, lines: Sequence[AuditEntry]) -> None:
+        """Audit lines were written: observe the time to acknowledge or resolve of the acks and resolves among
+        them (in the background: the trail is read for the page they answer; a failure is logged)."""
+        marks = [(line.key, line.at) for line in lines if is_ack(line) or is_resolve(line)]
+        if marks:
+            task = asyncio.create_task(self._observe(marks))
+            self._observers.add(task)
+            task.add_done_callback(self._observers.discard)
+
+    async def _observe(self, marks: Sequence[tuple[str, float]]) -> None:
+        for key, at in marks:
+            try:
+                episode = episode_of(await self.store.audit_trail(key, limit=EPISODE_LINES), key)
+            except Exception as exc:  # a metric is lost, nothing else
+                log.warning("cannot read the audit trail for lifecycle metrics", extra={"kv": {"key": key,
+                                                                                               "err": str(exc)}})
+                continue
+            if episode is None:
+                continue
+            labels = (self._classes(episode.event_class), self._environments(episode.environment))
+            if episode.acknowledged_at == at and episode.time_to_acknowledge is not None:
+                self.metrics.acknowledged(*labels).observe(max(episode.time_to_acknowledge, 0.0))
+            if episode.resolved_at == at and episode.time_to_resolve is not None:
+                self.metrics.resolved(*labels).observe(max(episode.time_to_resolve, 0.0))
+
     def wake(self) -> None:
         """Something was queued: let the outbox worker look now."""
         self.worker.wake()
@@ -201,6 +231,7 @@ class Bridge:
         sinks: dict[str, Sink] = {
             "pagerduty_webhook": PagerDutyWebhookSink(
                 self.store, rest, settings=lambda: settings_of(current()), queued=self.wake, clock=self.clock,
+                recorded=self.lifecycle,
             ),
             "pagerduty_rest": PagerDutyRestSink(rest),
         }
@@ -213,7 +244,7 @@ class Bridge:
             self.poller = AlertmanagerPoller(
                 self.store, self.http, alertmanagers=urls, interval=ack_sync.poll_interval,
                 vanished_after=lambda: current().config.ack_sync.vanished_after, queued=self.wake,
-                clock=self.clock, counter=self.metrics.poll,
+                clock=self.clock, counter=self.metrics.poll, recorded=self.lifecycle,
             )
         return sinks
 
@@ -251,6 +282,8 @@ class Bridge:
                 self.poller.stop()
             await self.worker.stop()
             await self.tasks.stop(wait=True)
+            if self._observers:  # they read the store: done before it closes
+                await asyncio.wait(set(self._observers), timeout=5.0)
             await self.store.close()
             await self.http.aclose()
 
@@ -294,10 +327,17 @@ class Bridge:
         for verdict, count in (("new", result.new), ("duplicate", result.duplicates), ("stale", result.stale)):
             if count:
                 metrics.transition(verdict).inc(count)
+        resolves: list[tuple[str, float]] = []
         for event in result.events:
             if event.action == "trigger" and not event.update:
                 labels = (self._classes(event.event_class), self._environments(event.group), event.severity.value)
                 metrics.incident(*labels).inc()
+                off = self.holder.current.config.analytics.working().off_hours(receipt.received_at)
+                metrics.page(labels[1], "true" if off else "false").inc()
+            elif event.action == "resolve":
+                resolves.append((event.key, receipt.received_at))
+        if resolves:
+            self.lifecycle([AuditEntry(at, key, "bridge", "certpager", RESOLVE) for key, at in resolves])
         summary = {
             "receipt": result.receipt_id, "alerts": len(notification.alerts), "new": result.new,
             "duplicates": result.duplicates, "stale": result.stale, "events": len(result.events),

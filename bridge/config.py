@@ -14,15 +14,18 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from bridge.events import Severity
 from bridge.keys import CLASS_SHORT
 from bridge.templates import DEFAULT_TEMPLATES, template_problem
+from bridge.workhours import WEEKDAYS, WorkingHours
 from certpager.config import Duration, StrictModel, load_config, read_secret_file, shown_key
 from certpager.errors import ConfigError
 
@@ -485,6 +488,54 @@ class AckSync(Section):
         return self
 
 
+class Analytics(Section):
+    """Working hours for off-hours pages (certpager_bridge_pages_total, certpager report)."""
+
+    timezone: str = "UTC"  # an IANA zone name (zoneinfo): daylight saving is the zone's own
+    working_hours: str = "09:00-17:00"  # local start-end, end exclusive
+    working_days: list[str] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"])
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}: expected an IANA name such as Europe/Berlin") from None
+        return value
+
+    @field_validator("working_hours")
+    @classmethod
+    def _hours(cls, value: str) -> str:
+        parse_hours(value)
+        return value
+
+    @field_validator("working_days")
+    @classmethod
+    def _days(cls, value: list[str]) -> list[str]:
+        unknown = [d for d in value if d.lower() not in WEEKDAYS]
+        if unknown:
+            raise ValueError(f"unknown day {unknown[0]!r}: expected some of {', '.join(WEEKDAYS)}")
+        return [d.lower() for d in value]
+
+    def working(self) -> WorkingHours:
+        start, end = parse_hours(self.working_hours)
+        days = frozenset(WEEKDAYS.index(d) for d in self.working_days)
+        return WorkingHours(ZoneInfo(self.timezone), start, end, days)
+
+
+def parse_hours(value: str) -> tuple[dt_time, dt_time]:
+    """``09:00-17:00`` -> (09:00, 17:00); the start must come before the end."""
+    try:
+        first, second = value.split("-")
+        start, end = dt_time.fromisoformat(first.strip()), dt_time.fromisoformat(second.strip())
+    except ValueError:
+        raise ValueError(f"expected HH:MM-HH:MM such as 09:00-17:00, got {value!r}") from None
+    if not start < end:
+        raise ValueError(f"expected the start before the end, got {value!r}")
+    return start, end
+
+
 class BridgeConfig(Section):
     """The whole bridge config file."""
 
@@ -524,6 +575,7 @@ class BridgeConfig(Section):
     outbox: Outbox = Outbox()
     links: Links = Links()
     ack_sync: AckSync = AckSync()
+    analytics: Analytics = Analytics()
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ PAGERDUTY_WEBHOOK_RESULTS = (
 )
 POLL_RESULTS = ("ok", "follower", "unreachable", "error")
 DELIVERY_RESULTS = ("delivered", "retry", "throttled", "dead_letter")
+# Lifecycle: 1m, 5m, 10m, 30m, 1h, 2h, 4h, 8h, 1d, 3d, 7d.
+LIFECYCLE_BUCKETS = (60, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400, 259200, 604800)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
@@ -117,6 +119,21 @@ class BridgeMetrics:
             "Ack-sync polls of Alertmanager by result (ok, follower, unreachable, error).", ["result"],
             registry=registry,
         )
+        self.pages = Counter(
+            f"{NAMESPACE}_pages_total", "Pages (incident triggers queued, updates excluded), by environment and "
+            "whether they came outside the configured working hours.", ["environment", "off_hours"],
+            registry=registry,
+        )
+        self.time_to_acknowledge = Histogram(
+            f"{NAMESPACE}_time_to_acknowledge_seconds",
+            "Seconds from a page to its first acknowledgement (either side), by class and environment.",
+            ["class", "environment"], buckets=LIFECYCLE_BUCKETS, registry=registry,
+        )
+        self.time_to_resolve = Histogram(
+            f"{NAMESPACE}_time_to_resolve_seconds",
+            "Seconds from a page to its first resolve (either side), by class and environment.",
+            ["class", "environment"], buckets=LIFECYCLE_BUCKETS, registry=registry,
+        )
         self.reload_ok = Gauge(
             f"{NAMESPACE}_config_last_reload_successful", "1 if the last config reload succeeded.", registry=registry,
         )
@@ -135,6 +152,9 @@ class BridgeMetrics:
         self.incident = Children(self.incidents)
         self.delivery = Children(self.deliveries)
         self.late = Children(self.late_resolved)
+        self.page = Children(self.pages)
+        self.acknowledged = Children(self.time_to_acknowledge)
+        self.resolved = Children(self.time_to_resolve)
         self.latency = Children(self.delivery_latency)
         self.poll = Children(self.polls)
         self.reload_ok.set(1)

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from bridge import acksync
+from bridge.audit import AuditEntry
 from bridge.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class AlertmanagerPoller:
         self, store: Store, client: httpx.AsyncClient, *, alertmanagers: Callable[[], Sequence[str]],
         interval: float, vanished_after: Callable[[], float], queued: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time, counter: Callable[[str], Any] | None = None,
+        recorded: Callable[[Sequence[AuditEntry]], None] = lambda lines: None,
     ) -> None:
         self._store = store
         self._client = client
@@ -44,6 +46,7 @@ class AlertmanagerPoller:
         self._interval = interval
         self._vanished_after = vanished_after
         self._queued = queued
+        self._recorded = recorded  # the audit lines written (lifecycle metrics)
         self._clock = clock
         self._counter = counter
         self._stop = asyncio.Event()
@@ -77,6 +80,8 @@ class AlertmanagerPoller:
         )
         if isinstance(changes, acksync.Changes) and changes.outbox:
             self._queued()
+        if isinstance(changes, acksync.Changes) and changes.audit:
+            self._recorded(changes.audit)
         return "ok"
 
     async def snapshot(self) -> acksync.Snapshot | None:

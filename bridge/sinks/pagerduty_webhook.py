@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bridge import acksync
+from bridge.audit import AuditEntry
 from bridge.pagerduty_rest import PagerDutyRest
 from bridge.pagerduty_webhook import WebhookError, WebhookEvent, parse
 from bridge.sinks.base import DeadLetter, Delivered, DeliveryOutcome, OutboxItem, RetryLater
@@ -31,11 +32,13 @@ class PagerDutyWebhookSink:
     def __init__(
         self, store: Store, rest: PagerDutyRest, *, settings: Callable[[], acksync.Settings],
         queued: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.time,
+        recorded: Callable[[Sequence[AuditEntry]], None] = lambda lines: None,
     ) -> None:
         self._store = store
         self._rest = rest
         self._settings = settings
         self._queued = queued
+        self._recorded = recorded  # the audit lines written (lifecycle metrics)
         self._clock = clock
 
     async def deliver(self, item: OutboxItem) -> DeliveryOutcome:
@@ -54,6 +57,8 @@ class PagerDutyWebhookSink:
         )
         if isinstance(changes, acksync.Changes) and changes.outbox:
             self._queued()
+        if isinstance(changes, acksync.Changes) and changes.audit:
+            self._recorded(changes.audit)
         log.info("pagerduty webhook applied", extra={"kv": {
             "event": event.event_type, "incident": event.incident_id, "keys": ",".join(keys) or "-",
         }})

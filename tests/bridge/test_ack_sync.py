@@ -55,6 +55,12 @@ async def test_pagerduty_ack_silences_the_alert_and_unack_expires_it(tmp_path, p
         status, body = await h.send(ack, secrets=(OLD_SECRET, NEW_SECRET), webhook_id="wh-ack-1")
         assert (status, body["status"]) == (202, "accepted")
         [silence] = await eventually("the ack silence", lambda: bridge_silences(h, cert))
+
+        async def acked() -> bool:  # the lifecycle metric of the ack (certpager report's MTTA)
+            [family] = h.bridge.metrics.time_to_acknowledge.collect()
+            return any(s.name.endswith("_count") and s.value == 1 for s in family.samples)
+
+        await eventually("time to acknowledge observed", acked)
         assert silence["comment"].startswith("ACK! acknowledged in PagerDuty by Alice Oncall: "
                                              f"https://acme.pagerduty.com/incidents/{incident.id}")
         # Ends at the service's acknowledgement timeout (1800 s in the fake), under silence_max (24 h).
