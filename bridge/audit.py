@@ -32,7 +32,8 @@ ACKNOWLEDGE = "acknowledge"
 # What ack sync may write for the same facts (PagerDuty Webhooks v3 event types).
 ACK_ACTIONS = frozenset({ACKNOWLEDGE, "incident.acknowledged"})
 RESOLVE_ACTIONS = frozenset({RESOLVE, "incident.resolved"})
-SINK_TITLES: Mapping[str, str] = {"pagerduty": "PagerDuty", "statuspage": "Statuspage"}
+SINK_TITLES: Mapping[str, str] = {"pagerduty": "PagerDuty", "statuspage": "Statuspage", "actions": "the action"}
+ACTIONS_SIDE = "actions"  # runbook actions' deliveries (the outbox's actions sink): delivered = run
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,7 @@ def ingest_entries(
             now, subject.key, "alertmanager", peer or source, RECEIVED if verdict == "new" else verdict, detail,
             subject.certificate, subject.environment, subject.event_class, alert.labels.get("issuer", ""),
         ))
-    targets = ", ".join(sink_title(s) for s in sinks) or "no sink"
+    targets = ", ".join(sink_title(s) for s in sinks if s != ACTIONS_SIDE) or "no sink"
     for event in decision.events:
         action = UPDATE if event.update else event.action.value
         detail = f"queued for {targets}" + (f" ({event.note})" if event.note else "")
@@ -109,7 +110,8 @@ def event_subject(event: IncidentEvent | Mapping[str, Any]) -> tuple[str, str, s
         data: Mapping[str, Any] = {"component": event.component, "group": event.group,
                                    "event_class": event.event_class, "custom_details": event.custom_details}
     else:
-        data = event
+        nested = event.get("event")  # a runbook action's item carries the event it runs for
+        data = nested if isinstance(nested, Mapping) else event
     details = data.get("custom_details")
     issuer = details.get("issuer", "") if isinstance(details, Mapping) else ""
     return (str(data.get("component", "")), str(data.get("group", "")), str(data.get("event_class", "")),

@@ -34,7 +34,6 @@ from bridge.workhours import WEEKDAYS, WorkingHours
 from certpager.errors import CertpagerError
 
 NOISIEST = 10
-ACTION_RUN, ACTION_FAILED = "action_run", "action_failed"  # automation's lines (side "automation")
 DELIVERY_OUTCOMES = (audit.DELIVERED, audit.RETRY, audit.HELD, audit.DEAD_LETTER)
 
 
@@ -102,8 +101,9 @@ def build(entries: Sequence[AuditEntry], *, since: float, until: float, hours: W
     report.weeks = _weeks(paged, hours)
     window = [e for e in entries if since <= e.at < until]
     report.deliveries = {o: sum(e.action == o for e in window) for o in DELIVERY_OUTCOMES}
-    report.actions_run = sum(e.action == ACTION_RUN for e in window)
-    report.actions_failed = sum(e.action == ACTION_FAILED for e in window)
+    actions = [e for e in window if e.side == audit.ACTIONS_SIDE]  # runbook actions, through the outbox
+    report.actions_run = sum(e.action == audit.DELIVERED for e in actions)
+    report.actions_failed = sum(e.action == audit.DEAD_LETTER for e in actions)
     return report
 
 

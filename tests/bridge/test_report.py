@@ -8,17 +8,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import dataclasses
 import io
 import json
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from bridge import acksync, report
+from bridge import acksync, audit, report
 from bridge.alertmanager import parse
 from bridge.config import Analytics
 from bridge.decisions import Policy
 from bridge.keys import incident_key
 from bridge.pagerduty_webhook import parse as parse_webhook
+from bridge.sinks.base import OutboxItem
 from bridge.store.base import Receipt
 from bridge.store.sqlite import SqliteStore
 from tests.bridge.conftest import alert, body
@@ -91,6 +93,14 @@ async def scripted_week(store) -> None:
     await webhook(store, D, "firing", "2027-03-29T09:00:00", "2027-03-29T06:59:30Z")
     await pagerduty(store, D, "incident.acknowledged", "2027-03-29T09:00:01", "Sam")
     await webhook(store, C, "resolved", "2027-03-29T09:01:59", "2027-03-29T06:59:00Z")
+    # Runbook actions of A's page, as the outbox records their deliveries: one ran, one failed for good.
+    item = OutboxItem(9, "actions", key(A), {"action": "trigger_renewal", "phase": "open", "event": {
+        "component": "api.example.com", "group": "production", "event_class": "certificate_expired"}}, 0, 0.0)
+    await store.record_audit([
+        audit.delivery_entry(item, local("2027-03-24T10:00:01"), audit.DELIVERED, "the action accepted it"),
+        audit.delivery_entry(dataclasses.replace(item, payload={**item.payload, "action": "notify"}),
+                             local("2027-03-24T10:00:02"), audit.DEAD_LETTER, "the action said 400 no such team"),
+    ])
     # After the window: not counted.
     await webhook(store, C, "firing", "2027-03-31T10:00:00", "2027-03-31T07:59:00Z")
 
@@ -124,10 +134,10 @@ EXPECTED_CSV = [
     ["by_issuer", "Corp CA", "1"],
     ["by_environment", "production", "4"],
     ["by_environment", "staging", "1"],
-    ["deliveries", "delivered", "0"],
+    ["deliveries", "delivered", "1"],
     ["deliveries", "retry", "0"],
     ["deliveries", "held", "0"],
-    ["deliveries", "dead_letter", "0"],
+    ["deliveries", "dead_letter", "1"],
     ["noisiest", "api.example.com (production)", "2"],
     ["noisiest", "api.example.com (staging)", "1"],
     ["noisiest", "db.example.com (production)", "1"],
@@ -136,8 +146,8 @@ EXPECTED_CSV = [
     ["week_off_hours_pages", "2027-03-22", "2"],
     ["week_pages", "2027-03-29", "2"],
     ["week_off_hours_pages", "2027-03-29", "1"],
-    ["actions", "run", "0"],
-    ["actions", "failed", "0"],
+    ["actions", "run", "1"],
+    ["actions", "failed", "1"],
 ]
 
 EXPECTED_TABLE = """\
@@ -174,8 +184,8 @@ pages per on-call week (weeks from Monday, Europe/Berlin)
   2027-03-22   3 pages, 2 off hours
   2027-03-29   2 pages, 1 off hours
 
-deliveries           delivered 0, retry 0, held 0, dead letter 0
-actions              run 0, failed 0
+deliveries           delivered 1, retry 0, held 0, dead letter 1
+actions              run 1, failed 1
 """
 
 
