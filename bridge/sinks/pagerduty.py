@@ -48,7 +48,10 @@ BODY_MAX_BYTES = 512_000  # "512 KB"; Alertmanager reads it as 512,000 bytes, th
 FIELD_MAX = 1024  # characters kept of source/component/group/class/client when an event is over the size limit
 URL_MAX = 2048  # a link or client_url longer than this is dropped when an event is over the size limit
 RETRY_AFTER_DEFAULT = 30.0  # seconds; PagerDuty suggests retrying 429s 30 s apart
-RATE_WINDOW = 60.0  # seconds; PagerDuty's window looks back 60 s from now
+# seconds; PagerDuty's window looks back 60 s from when an event ARRIVES, the local one from when it is
+# sent: one second more keeps a send that arrives faster than the one it replaces in the window from
+# being PagerDuty's 121st (a burst drew 100-180 429s with 60.0). 2% fewer events per minute at most.
+RATE_WINDOW = 61.0
 SEVERITIES = frozenset(s.value for s in Severity)
 ACTIONS = frozenset(a.value for a in Action)
 EXCERPT = 300  # characters of an unexpected answer kept in the dead letter

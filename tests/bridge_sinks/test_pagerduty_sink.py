@@ -168,10 +168,11 @@ async def test_121st_event_within_60_s_is_held_back_locally(http):
             assert isinstance(await sink.deliver(item(trigger(key=f"cert-{i}"))), Delivered)
             clock.advance(0.25)
         held = await sink.deliver(item(trigger(key="cert-120")))
-        assert held == RetryLater(after=30.0, error="rate limit (local)", local=True)
+        # 61 s after the first send, not 60: a second of margin for arrival jitter (RATE_WINDOW).
+        assert held == RetryLater(after=31.0, error="rate limit (local)", local=True)
         assert fake.requests == 120
         assert isinstance(await sink.deliver(item(trigger(key="s", route="staging"))), Delivered)  # per key
-        clock.advance(29.9)
+        clock.advance(30.9)
         again = await sink.deliver(item(trigger(key="cert-120")))
         assert isinstance(again, RetryLater) and again.local and again.after == pytest.approx(0.1)
         clock.advance(0.1)
@@ -194,7 +195,7 @@ async def test_only_accepted_events_use_the_local_limit(http):
         for i in range(2):
             assert isinstance(await sink.deliver(item(trigger(key=f"cert-{i}"))), Delivered)
         third = await sink.deliver(item(trigger(key="cert-2")))
-        assert third == RetryLater(after=60.0, error="rate limit (local)", local=True)  # two accepted: full
+        assert third == RetryLater(after=61.0, error="rate limit (local)", local=True)  # two accepted: full
         assert fake.requests == 6
 
 
@@ -206,8 +207,8 @@ async def test_held_back_item_is_answered_before_its_payload_is_read(http):
         sink = make_sink(http, fake.url, clock=clock, rate_limit_per_minute=1)
         assert isinstance(await sink.deliver(item(trigger(key="first"))), Delivered)
         broken = item({**trigger(key="broken").to_json(), "severity": "high"})
-        assert await sink.deliver(broken) == RetryLater(after=60.0, error="rate limit (local)", local=True)
-        clock.advance(60.0)
+        assert await sink.deliver(broken) == RetryLater(after=61.0, error="rate limit (local)", local=True)
+        clock.advance(61.0)
         outcome = await sink.deliver(broken)
         assert isinstance(outcome, DeadLetter) and "not a valid IncidentEvent" in outcome.error
         assert isinstance(await sink.deliver(item(trigger(key="second"))), Delivered)  # no slot was taken
