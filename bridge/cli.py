@@ -255,8 +255,8 @@ def _auth_header(config_file: str | None) -> tuple[dict[str, str], LoadedConfig 
         return {}, None
     loaded = load(config_file)
     secrets, basic = loaded.secrets, loaded.config.server.auth.basic_auth
-    if secrets.bearer_token:
-        return {"Authorization": f"Bearer {secrets.bearer_token}"}, loaded
+    if secrets.bearer_token:  # the first line: the token in force (a second one is a rotation's new token)
+        return {"Authorization": f"Bearer {secrets.bearer_token.splitlines()[0].strip()}"}, loaded
     if basic is not None and secrets.basic_password is not None:
         token = base64.b64encode(f"{basic.username}:{secrets.basic_password}".encode()).decode()
         return {"Authorization": f"Basic {token}"}, loaded

@@ -20,7 +20,10 @@ from certpager.config import StrictModel, read_secret_file
 
 @dataclass(frozen=True)
 class Credentials:
-    """Accepted credentials; ``repr`` never shows the secrets."""
+    """Accepted credentials; ``repr`` never shows the secrets.
+
+    ``bearer_token`` may hold several tokens, one per line: each is accepted (a rotation's overlap).
+    """
 
     bearer_token: str | None = field(default=None, repr=False)
     basic_username: str | None = None
@@ -37,7 +40,12 @@ class Credentials:
             return True
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and self.bearer_token is not None:
-            return hmac.compare_digest(value.strip().encode(), self.bearer_token.encode())
+            # Every line of the secret is a token in force, so a rotation can overlap (old and new at once).
+            # Every token is compared, none skipped, so the time taken says nothing about which matched.
+            sent = value.strip().encode()
+            matches = [hmac.compare_digest(sent, token.strip().encode())
+                       for token in self.bearer_token.splitlines() if token.strip()]
+            return any(matches)
         if scheme.lower() == "basic" and self.basic_password is not None and self.basic_username is not None:
             try:
                 user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")

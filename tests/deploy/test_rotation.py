@@ -66,7 +66,7 @@ class Stack:
         request = urllib.request.Request(f"{self.bridge_url}/-/reload", method="POST", headers=headers)
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200, response.read()
-        self.token_in_force = self.bridge_token.read_text().strip()
+        self.token_in_force = self.bridge_token.read_text().split()[0]  # any line is in force: the first
 
     def post_webhook(self, token: str) -> int:
         """POST an (empty-bodied, so invalid) webhook: 401 when the token is refused, 400 once it is accepted."""
@@ -238,6 +238,31 @@ def test_rotate_bridge_bearer_token_mid_burst(stack):
     paged_once_each(stack, certificates)
     assert statuses == {"old": 401, "new": 400}, "after the reload only the new token is accepted"
     assert stack.refused_notifications() >= 1, "the window was exercised: Alertmanager saw 401s, and resent"
+
+
+def test_rotate_bridge_bearer_token_with_an_overlap_refuses_nothing(stack):
+    """The overlap procedure: the bridge accepts both tokens (two lines) while Alertmanager switches."""
+    statuses: dict[str, int] = {}
+    old, new = NEW_TOKEN, NEW_TOKEN + "-next"  # the test above left NEW_TOKEN in force on both sides
+    stack.am_token.write_text(old + "\n")
+    stack.bridge_token.write_text(old + "\n")
+    stack.reload_bridge()
+    refused_before = stack.refused_notifications()
+
+    def rotate() -> None:
+        stack.bridge_token.write_text(f"{old}\n{new}\n")  # 1. the bridge accepts both
+        stack.reload_bridge()
+        stack.am_token.write_text(new + "\n")  # 2. Alertmanager sends the new one
+        time.sleep(1.0)
+        stack.bridge_token.write_text(new + "\n")  # 3. the old one is dropped
+        stack.reload_bridge()
+        statuses["old"] = stack.post_webhook(old)
+        statuses["new"] = stack.post_webhook(new)
+
+    certificates = burst(stack, "overlap", rotate)
+    paged_once_each(stack, certificates)
+    assert statuses == {"old": 401, "new": 400}, "after the overlap only the new token is accepted"
+    assert stack.refused_notifications() == refused_before, "no notification was refused during the rotation"
 
 
 # --- PagerDuty Webhooks v3 signing secret ------------------------------------------------------------------
