@@ -14,6 +14,11 @@ that records their result, so a crash leaves either all of it or none. Three inp
   notification for silenced or inhibited alerts). The bridge's own silences are never a person's.
 - a **snooze** (:func:`on_snooze`): PagerDuty REST snooze and a silence until then.
 
+A **group** (``certgroup-`` key, :mod:`bridge.decisions`) is one PagerDuty incident made of its members'
+alerts (:meth:`SyncState.group_view`): its silences are one per firing member, all under the group's key;
+the poller acknowledges it only when people's silences cover every firing member; a person's resolve or
+its vanished alerts close every member and the group. A member's own key is never paged by ack sync.
+
 Sinks: ``alertmanager`` (silence writes), ``pagerduty`` (Events v2, via :class:`IncidentEvent`),
 ``pagerduty_rest`` (priority, snooze). Each has its own outbox order, retries and dead letters.
 """
@@ -21,12 +26,13 @@ Sinks: ``alertmanager`` (silence writes), ``pagerduty`` (Events v2, via :class:`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from bridge.audit import AuditEntry
+from bridge.decisions import Group, group_trigger
 from bridge.events import Action, IncidentEvent, Severity
 from bridge.keys import CERTIFICATE_LABELS, CLASS_LABELS
 from bridge.pagerduty_webhook import WebhookEvent, agent_of
@@ -75,6 +81,17 @@ class SyncState:
     incidents: Mapping[str, IncidentView] = field(default_factory=dict)
     acks: Mapping[str, Ack] = field(default_factory=dict)
     own_silences: frozenset[str] = frozenset()  # every silence id the bridge created
+    groups: Mapping[str, Group] = field(default_factory=dict)  # the groups of these incidents, or these keys
+
+    def group_view(self, group: Group) -> tuple[IncidentView, list[IncidentView]]:
+        """The group's PagerDuty incident seen as one incident (its trigger, every member's firing alerts),
+        and its member incidents that are open and firing."""
+        members = [self.incidents[k] for k in sorted(group.members) if k in self.incidents]
+        firing = [m for m in members if m.open and m.firing]
+        trigger = group_trigger(group).to_json() if group.members else {}
+        view = IncidentView(group.key, group.route, group.open, trigger,
+                            tuple(fp for m in firing for fp in m.firing), group.key)
+        return view, firing
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +106,7 @@ class Changes:
     acks: list[Ack] = field(default_factory=list)
     audit: list[AuditEntry] = field(default_factory=list)
     close: list[str] = field(default_factory=list)  # keys: firing occurrences resolved, incident closed
+    groups: list[Group] = field(default_factory=list)  # groups closed (their members' ``grp`` cleared)
     outbox: list[OutboxRow] = field(default_factory=list)
 
 
@@ -157,13 +175,20 @@ def _eq(name: str, value: str) -> dict[str, Any]:
     return {"name": name, "value": value, "isRegex": False, "isEqual": True}
 
 
-def _silence(incident: IncidentView, ack: Ack, *, now: float, until: float, comment: str, out: Changes) -> Ack:
-    if ack.silenced:  # one bridge silence per incident: the new one replaces it
-        out.outbox.append(OutboxRow(SILENCE_SINK, incident.key, {"op": "expire", "key": incident.key}))
-    out.outbox.append(OutboxRow(SILENCE_SINK, incident.key, {
-        "op": "create", "key": incident.key, "matchers": matchers_for(incident), "startsAt": iso(now),
-        "endsAt": iso(until), "createdBy": CREATED_BY, "comment": comment,
-    }))
+def _silence(
+    key: str, subjects: Iterable[IncidentView], ack: Ack, *, now: float, until: float, comment: str, out: Changes
+) -> Ack:
+    """The silences of ``key``: one per subject (an incident is its own subject; a group's are its firing
+    members). Alertmanager ANDs the matchers of one silence and has no OR across label sets, so a silence per
+    member is the only way each matches just that member's alerts. All are recorded under ``key``, and one
+    expire of ``key`` ends them all."""
+    if ack.silenced:  # one bridge silence set per incident: the new one replaces it
+        out.outbox.append(OutboxRow(SILENCE_SINK, key, {"op": "expire", "key": key}))
+    for subject in subjects:
+        out.outbox.append(OutboxRow(SILENCE_SINK, key, {
+            "op": "create", "key": key, "matchers": matchers_for(subject), "startsAt": iso(now),
+            "endsAt": iso(until), "createdBy": CREATED_BY, "comment": comment,
+        }))
     return dataclasses.replace(ack, silenced=True)
 
 
@@ -198,17 +223,33 @@ def on_pagerduty_event(
             ack, pd_incident_id=event.incident_id or ack.pd_incident_id, html_url=html_url or ack.html_url,
             last_event_at=event.occurred_at or ack.last_event_at, updated_at=now,
         )
+        group = state.groups.get(key) if incident is None else None
+        if group is not None:  # a group's incident: its silences cover its firing members
+            view, members = state.group_view(group)
+            ack = _apply(event, view, members, ack, actor, person, data, settings, now, ack_timeout, out)
+            if key in out.close:
+                out.close.remove(key)
+                out.close.extend(m.key for m in members)
+                out.groups.append(closed_group(group, now))
+            out.acks.append(ack)
+            continue
         if incident is None:
             out.audit.append(AuditEntry(now, key, "pagerduty", actor, event.event_type, "not a certpager incident"))
             continue
-        ack = _apply(event, incident, ack, actor, person, data, settings, now, ack_timeout, out)
+        ack = _apply(event, incident, [incident], ack, actor, person, data, settings, now, ack_timeout, out)
         out.acks.append(ack)
     return out
 
 
+def closed_group(group: Group, now: float) -> Group:
+    """The group closed with every member out of it: a member's next occurrence opens or joins a new group
+    (a new PagerDuty incident), never the resolved one."""
+    return dataclasses.replace(group, open=False, members={}, updated_at=now, version=group.version + 1)
+
+
 def _apply(
-    event: WebhookEvent, incident: IncidentView, ack: Ack, actor: str, person: bool, data: Mapping[str, Any],
-    settings: Settings, now: float, ack_timeout: float | None, out: Changes,
+    event: WebhookEvent, incident: IncidentView, subjects: Sequence[IncidentView], ack: Ack, actor: str,
+    person: bool, data: Mapping[str, Any], settings: Settings, now: float, ack_timeout: float | None, out: Changes,
 ) -> Ack:
     kind, key = event.event_type, incident.key
 
@@ -225,8 +266,9 @@ def _apply(
         limit = settings.silence_max if ack_timeout is None else min(ack_timeout, settings.silence_max)
         link = ack.html_url or settings.link
         comment = f"{ACK_PREFIX} acknowledged in PagerDuty by {actor}" + (f": {link}" if link else "")
-        ack = _silence(incident, ack, now=now, until=now + limit, comment=comment, out=out)
-        audit(f"silence until {iso(now + limit)}")
+        ack = _silence(key, subjects, ack, now=now, until=now + limit, comment=comment, out=out)
+        audit(f"silence until {iso(now + limit)}" if len(subjects) == 1 and subjects[0] is incident else
+              f"{len(subjects)} silences (one per firing member) until {iso(now + limit)}")
         return dataclasses.replace(ack, status="acknowledged", side="pagerduty", actor=actor)
     if kind == "incident.unacknowledged":
         audit("silence expired" if ack.silenced else "no silence to expire")
@@ -301,7 +343,7 @@ def on_snooze(
     comment = f"{ACK_PREFIX} snoozed by {actor} for {int(duration)}s via certpager"
     if ack.html_url:
         comment += f": {ack.html_url}"
-    ack = _silence(incident, ack, now=now, until=now + duration, comment=comment, out=out)
+    ack = _silence(key, [incident], ack, now=now, until=now + duration, comment=comment, out=out)
     out.acks.append(dataclasses.replace(ack, status="acknowledged", side="api", actor=actor, updated_at=now))
     out.audit.append(AuditEntry(now, key, "api", actor, "snooze", f"until {iso(now + duration)}"))
     return out
@@ -311,19 +353,28 @@ def on_snooze(
 
 
 def on_poll(state: SyncState, snapshot: Snapshot, *, now: float, vanished_after: float) -> Changes:
-    """Compare open incidents with what Alertmanager shows now (see module docstring)."""
+    """Compare open incidents and groups with what Alertmanager shows now (see module docstring).
+
+    A member of a group is paged under the group's key, so it is judged with its group, never alone (acting
+    on its own key would open a second PagerDuty incident for an alert already paged).
+    """
     out = Changes()
     for key in sorted(state.incidents):
         incident = state.incidents[key]
-        # A member of a group is paged under the group's key: acting on its own key would open a
-        # second PagerDuty incident for an alert already paged. Groups are not synced yet.
         if not incident.open or not incident.firing or incident.group:
             continue
-        ack = state.acks.get(key) or Ack(key)
         present = [snapshot.alerts[fp] for fp in incident.firing if fp in snapshot.alerts]
-        changed = _poll_one(state, snapshot, incident, ack, present, now, vanished_after, out)
-        if changed != ack:
-            out.acks.append(dataclasses.replace(changed, updated_at=now))
+        _poll_one(state, snapshot, incident, [present], now, vanished_after, out)
+    for key in sorted(state.groups):
+        group = state.groups[key]
+        view, members = state.group_view(group)
+        if not group.open or not members:
+            continue
+        per_member = [[snapshot.alerts[fp] for fp in m.firing if fp in snapshot.alerts] for m in members]
+        if _poll_one(state, snapshot, view, per_member, now, vanished_after, out):
+            out.close.remove(key)
+            out.close.extend(m.key for m in members)
+            out.groups.append(closed_group(group, now))
     return out
 
 
@@ -340,10 +391,23 @@ def _person_silences(state: SyncState, snapshot: Snapshot, present: Iterable[Ale
 
 
 def _poll_one(
-    state: SyncState, snapshot: Snapshot, incident: IncidentView, ack: Ack, present: list[AlertView],
+    state: SyncState, snapshot: Snapshot, incident: IncidentView, per_subject: list[list[AlertView]],
+    now: float, vanished_after: float, out: Changes,
+) -> bool:
+    """Judge one incident (a group: one list of present alerts per firing member); True when it is closed."""
+    before = state.acks.get(incident.key) or Ack(incident.key)
+    ack = _poll_ack(state, snapshot, incident, before, per_subject, now, vanished_after, out)
+    if ack != before:
+        out.acks.append(dataclasses.replace(ack, updated_at=now))
+    return incident.key in out.close
+
+
+def _poll_ack(
+    state: SyncState, snapshot: Snapshot, incident: IncidentView, ack: Ack, per_subject: list[list[AlertView]],
     now: float, vanished_after: float, out: Changes,
 ) -> Ack:
     key = incident.key
+    present = [a for alerts in per_subject for a in alerts]
     if not present:
         if not ack.suppressed:
             return ack  # it was not suppressed: its resolved notification comes from Alertmanager
@@ -358,13 +422,17 @@ def _poll_one(
                                    suppressed=False, vanished_since=None)
     ack = dataclasses.replace(ack, suppressed=any(a.state == "suppressed" for a in present), vanished_since=None)
     people = _person_silences(state, snapshot, present)
-    if people and ack.status != "acknowledged":
+    # A group is acknowledged only when people's silences cover every firing member seen in Alertmanager:
+    # one member silenced is that member's business, not an acknowledgement of the whole group.
+    covered = bool(people) and all(_person_silences(state, snapshot, alerts) for alerts in per_subject if alerts)
+    if covered and ack.status != "acknowledged":
         who = people[0].created_by or "unknown"
         out.outbox.append(OutboxRow(EVENTS_SINK, key, _ack_event(incident)))
         out.audit.append(AuditEntry(now, key, "alertmanager", who, "acknowledge",
-                                    f"silence {people[0].id}: {people[0].comment}"))
+                                    f"silence {people[0].id}: {people[0].comment}"
+                                    + (f" (+{len(people) - 1} more)" if len(people) > 1 else "")))
         return dataclasses.replace(ack, status="acknowledged", side="alertmanager", actor=who)
-    if not people and ack.status == "acknowledged" and ack.side == "alertmanager" and any(
+    if not covered and ack.status == "acknowledged" and ack.side == "alertmanager" and any(
         a.state == "active" for a in present
     ):
         out.outbox.append(OutboxRow(EVENTS_SINK, key, dict(incident.trigger)))

@@ -576,9 +576,9 @@ def _settle_groups(
         if was_open and before is not None and _shown(before) == _shown(group):
             sent[key] = None
         elif was_open and before is not None:
-            sent[key] = dataclasses.replace(_group_trigger(group), update=True, note=_change_note(before, group))
+            sent[key] = dataclasses.replace(group_trigger(group), update=True, note=_change_note(before, group))
         else:
-            sent[key] = _group_trigger(group)
+            sent[key] = group_trigger(group)
     return sent
 
 
@@ -613,7 +613,7 @@ def _class_words(event_class: str) -> str:
     return (title[len("Certificate "):] if title.startswith("Certificate ") else title).lower()
 
 
-def _group_trigger(group: Group) -> IncidentEvent:
+def group_trigger(group: Group) -> IncidentEvent:
     members = list(group.members.values())
     severity = max((_SEVERITIES.get(str(m.get("severity")), Severity.ERROR) for m in members),
                    key=_SEVERITY_RANK.__getitem__)
@@ -652,7 +652,7 @@ def _group_trigger(group: Group) -> IncidentEvent:
 
 
 def _group_resolve(group: Group, before: Group) -> IncidentEvent:
-    last = _group_trigger(before)
+    last = group_trigger(before)
     return IncidentEvent(
         action=Action.RESOLVE,
         key=group.key,

@@ -13,9 +13,11 @@ import json
 from typing import Any
 
 from bridge.acksync import Ack, IncidentView, SyncState
+from bridge.decisions import Group
 from bridge.pagerduty_webhook import WebhookEvent
 from bridge.store.acksync_script import ClaimWebhook, LoadSync, WriteSync
 from bridge.store.base import Receipt
+from bridge.store.ingest import GROUP_COLS, GroupRow, decode_group
 
 WEBHOOK_SINK = "pagerduty_webhook"
 ACK_LOCK = (0x43505247 + 2, 1)  # (class, key) of the two-key advisory lock serialising ack syncs
@@ -69,6 +71,15 @@ class PostgresAckSql:
             rows = await conn.fetch(f"SELECT {cols} FROM incidents WHERE open")
         else:
             rows = await conn.fetch(f"SELECT {cols} FROM incidents WHERE key = ANY($1::text[])", list(step.keys))
+        rows = list(rows)
+        found = {r[0] for r in rows}
+        groups: dict[str, Group] = {}
+        wanted_groups = sorted({r[5] for r in rows if r[5]} | {k for k in step.keys or () if k not in found})
+        for row in await conn.fetch(f"SELECT {GROUP_COLS} FROM groups WHERE key = ANY($1::text[])", wanted_groups):
+            groups[row[0]] = decode_group(*row)
+        members = sorted({m for g in groups.values() for m in g.members} - found)
+        if members:  # a group's members, when it was asked for by its key
+            rows.extend(await conn.fetch(f"SELECT {cols} FROM incidents WHERE key = ANY($1::text[])", members))
         keys = [r[0] for r in rows]
         firing: dict[str, list[str]] = {}
         for row in await conn.fetch(
@@ -81,11 +92,11 @@ class PostgresAckSql:
             r[0]: IncidentView(r[0], r[1], bool(r[2]), json.loads(r[3]), tuple(sorted(firing.get(r[0], ()))), r[5])
             for r in rows
         }
-        wanted = keys if step.keys is None else list(step.keys)
+        wanted = sorted(set(keys) | set(groups) | set(step.keys or ()))
         acks = {r[0]: _ack(r[1]) for r in await conn.fetch(
             "SELECT key, state FROM ack_state WHERE key = ANY($1::text[])", wanted)}
         own = frozenset(r[0] for r in await conn.fetch("SELECT id FROM silences"))
-        return SyncState(incidents=incidents, acks=acks, own_silences=own)
+        return SyncState(incidents=incidents, acks=acks, own_silences=own, groups=groups)
 
     async def write_sync(self, step: WriteSync) -> None:
         changes, now, conn = step.changes, step.now, self.conn
@@ -106,6 +117,13 @@ class PostgresAckSql:
                 " AND status = 'firing'", now, key,
             )
             await conn.execute("UPDATE incidents SET open = false, updated_at = $1 WHERE key = $2", now, key)
+        for group in changes.groups:  # closed with its members out of it (bridge.acksync.closed_group)
+            row = GroupRow.of(group)
+            await conn.execute(
+                "UPDATE groups SET open = $1, detail = $2, updated_at = $3, version = $4 WHERE key = $5",
+                row.open, row.detail, row.updated_at, row.version, row.key,
+            )
+            await conn.execute("UPDATE incidents SET grp = '' WHERE grp = $1", group.key)
         if changes.outbox:
             await conn.executemany(
                 "INSERT INTO outbox (sink, ordering_key, payload, created_at, next_attempt_at)"
@@ -150,6 +168,7 @@ async def ack_of(conn: Any, key: str) -> Ack | None:
 PRUNE_SQL = (
     "DELETE FROM pd_webhooks WHERE received_at < $1",
     "DELETE FROM silences WHERE expired_at < $1",
-    "DELETE FROM ack_state WHERE updated_at < $1 AND key NOT IN (SELECT key FROM incidents)",
+    "DELETE FROM ack_state WHERE updated_at < $1 AND key NOT IN (SELECT key FROM incidents)"
+    " AND key NOT IN (SELECT key FROM groups)",
 )
 

@@ -12,9 +12,11 @@ import sqlite3
 from collections.abc import Sequence
 
 from bridge.acksync import Ack, Changes, IncidentView, SyncState
+from bridge.decisions import Group
 from bridge.pagerduty_webhook import WebhookEvent
 from bridge.store.acksync_script import ClaimWebhook, LoadSync, WriteSync
 from bridge.store.base import Receipt
+from bridge.store.ingest import GROUP_COLS, GroupRow, decode_group
 
 WEBHOOK_SINK = "pagerduty_webhook"
 _ACK_FIELDS = {f.name for f in dataclasses.fields(Ack)}
@@ -44,7 +46,8 @@ def record_webhook(conn: sqlite3.Connection, receipt: Receipt, event: WebhookEve
 
 
 def load(conn: sqlite3.Connection, keys: Sequence[str] | None) -> SyncState:
-    """The incidents ``keys`` (None: every open incident), their firing fingerprints and ack rows."""
+    """The incidents ``keys`` (None: every open incident), their firing fingerprints and ack rows, and the
+    groups involved: those the incidents are members of, and a key that is a group's (with its members)."""
     cols = "key, route, open, trigger, scope, grp"
     if keys is None:
         rows = conn.execute(f"SELECT {cols} FROM incidents WHERE open = 1").fetchall()
@@ -52,8 +55,17 @@ def load(conn: sqlite3.Connection, keys: Sequence[str] | None) -> SyncState:
         rows = []
         for key in keys:
             rows.extend(conn.execute(f"SELECT {cols} FROM incidents WHERE key = ?", (key,)))
+    found = {r[0] for r in rows}
+    groups: dict[str, Group] = {}
+    for key in sorted({r[5] for r in rows if r[5]} | {k for k in keys or () if k not in found}):
+        row = conn.execute(f"SELECT {GROUP_COLS} FROM groups WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            groups[key] = decode_group(*row)
+    for group in groups.values():  # a group's members, when it was asked for by its key
+        for member in sorted(set(group.members) - found):
+            rows.extend(conn.execute(f"SELECT {cols} FROM incidents WHERE key = ?", (member,)))
+            found.add(member)
     firing: dict[str, list[str]] = {}
-    wanted = [r[0] for r in rows]
     for row in rows:  # the partial index on firing occurrences by scope
         for (fp,) in conn.execute(
             "SELECT fingerprint FROM occurrences WHERE scope = ? AND status = 'firing' AND incident_key = ?",
@@ -65,13 +77,13 @@ def load(conn: sqlite3.Connection, keys: Sequence[str] | None) -> SyncState:
         for r in rows
     }
     acks: dict[str, Ack] = {}
-    for key in wanted if keys is None else keys:
+    for key in sorted(found | set(groups) | set(keys or ())):
         row = conn.execute("SELECT state FROM ack_state WHERE key = ?", (key,)).fetchone()
         if row is not None:
             data = {k: v for k, v in json.loads(row[0]).items() if k in _ACK_FIELDS}
             acks[key] = Ack(**data)
     own = frozenset(r[0] for r in conn.execute("SELECT id FROM silences"))
-    return SyncState(incidents=incidents, acks=acks, own_silences=own)
+    return SyncState(incidents=incidents, acks=acks, own_silences=own, groups=groups)
 
 
 def write(conn: sqlite3.Connection, changes: Changes, now: float) -> None:
@@ -93,6 +105,13 @@ def write(conn: sqlite3.Connection, changes: Changes, now: float) -> None:
             (now, key),
         )
         conn.execute("UPDATE incidents SET open = 0, updated_at = ? WHERE key = ?", (now, key))
+    for group in changes.groups:  # closed with its members out of it (bridge.acksync.closed_group)
+        row = GroupRow.of(group)
+        conn.execute(
+            "UPDATE groups SET open = ?, detail = ?, updated_at = ?, version = ? WHERE key = ?",
+            (int(row.open), row.detail, row.updated_at, row.version, row.key),
+        )
+        conn.execute("UPDATE incidents SET grp = '' WHERE grp = ?", (group.key,))
     conn.executemany(
         "INSERT INTO outbox (sink, ordering_key, payload, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)",
         [(row.sink, row.ordering_key, json.dumps(row.payload), now, now) for row in changes.outbox],

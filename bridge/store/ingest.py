@@ -60,6 +60,9 @@ class IncidentRow:
     group: str = ""
 
 
+GROUP_COLS = "key, slot, route, opened_at, open, detail, updated_at, version"  # a groups row, in GroupRow order
+
+
 @dataclass(frozen=True, slots=True)
 class GroupRow:
     """A group as stored: ``detail`` JSON-encoded ({values, members}); ``version`` 1 is a new row (INSERT),

@@ -62,6 +62,7 @@ from bridge.store.base import (
     StoreError,
 )
 from bridge.store.ingest import (
+    GROUP_COLS,
     Changes,
     Conflict,
     GroupRow,
@@ -95,7 +96,6 @@ _RETRYABLE = (
 )
 _OCCURRENCE_COLS = "fingerprint, starts_at, status, incident_key, scope, updated_at"
 _INCIDENT_COLS = "key, scope, event_class, route, open, trigger, updated_at, grp"
-_GROUP_COLS = "key, slot, route, opened_at, open, detail, updated_at, version"
 _CLAIM_SQL = """
 UPDATE outbox SET lease_until = $4 WHERE id IN (
     SELECT id FROM outbox AS o
@@ -610,7 +610,7 @@ class _PostgresIngest:
         groups: dict[str, Group] = {}
         if wanted.slots or any(i.group for i in incidents.values()):
             for row in await self.conn.fetch(
-                f"SELECT {_GROUP_COLS} FROM groups WHERE (open AND slot = ANY($1::text[])) OR key = ANY($2::text[])",
+                f"SELECT {GROUP_COLS} FROM groups WHERE (open AND slot = ANY($1::text[])) OR key = ANY($2::text[])",
                 sorted(wanted.slots), sorted({i.group for i in incidents.values() if i.group}),
             ):
                 groups[row[0]] = decode_group(*row)
@@ -675,7 +675,7 @@ async def _write_groups(conn: Conn, rows: Sequence[GroupRow]) -> None:
     new = [g for g in rows if g.version == 1]
     if new:  # the primary key refuses a group opened concurrently under the same key (retried)
         await conn.execute(
-            f"INSERT INTO groups ({_GROUP_COLS}) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
+            f"INSERT INTO groups ({GROUP_COLS}) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
             " $4::float8[], $5::bool[], $6::text[], $7::float8[], $8::int[])",
             [g.key for g in new], [g.slot for g in new], [g.route for g in new], [g.opened_at for g in new],
             [g.open for g in new], [g.detail for g in new], [g.updated_at for g in new], [g.version for g in new],

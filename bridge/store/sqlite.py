@@ -44,7 +44,7 @@ from bridge.store.base import (
     Receipt,
     StoreError,
 )
-from bridge.store.ingest import Conflict, GroupRow, LoadState, RecordReceipt, Write, decode_group
+from bridge.store.ingest import GROUP_COLS, Conflict, GroupRow, LoadState, RecordReceipt, Write, decode_group
 from bridge.store.migrations import AUDIT_VERSION, migrate, schema_version
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,6 @@ _RETRY_SQL = (
     "UPDATE outbox SET attempts = attempts + ?, next_attempt_at = ?, lease_until = 0, last_error = ? WHERE id = ?"
 )
 _INCIDENT_COLS = "key, scope, event_class, route, open, trigger, updated_at, grp"
-_GROUP_COLS = "key, slot, route, opened_at, open, detail, updated_at, version"
 _AUDIT_SQL = (
     "INSERT INTO audit (at, incident_key, side, actor, action, detail, certificate, environment, event_class,"
     " issuer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -458,11 +457,11 @@ class _SqliteIngest:
         groups: dict[str, Group] = {}
         keys = sorted({i.group for i in incidents.values() if i.group})
         for part in _chunks(sorted(wanted.slots)):
-            sql = f"SELECT {_GROUP_COLS} FROM groups WHERE open = 1 AND slot IN ({_marks(part)})"
+            sql = f"SELECT {GROUP_COLS} FROM groups WHERE open = 1 AND slot IN ({_marks(part)})"
             for row in self.conn.execute(sql, part):
                 groups[row[0]] = decode_group(*row)
         for part in _chunks(keys):
-            for row in self.conn.execute(f"SELECT {_GROUP_COLS} FROM groups WHERE key IN ({_marks(part)})", part):
+            for row in self.conn.execute(f"SELECT {GROUP_COLS} FROM groups WHERE key IN ({_marks(part)})", part):
                 groups[row[0]] = decode_group(*row)
         return groups
 
@@ -543,7 +542,7 @@ class SqliteAuditReader:
 def _write_groups(conn: sqlite3.Connection, rows: Sequence[GroupRow]) -> None:
     new = [g for g in rows if g.version == 1]
     conn.executemany(  # the primary key refuses a group opened concurrently under the same key
-        f"INSERT INTO groups ({_GROUP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO groups ({GROUP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [(g.key, g.slot, g.route, g.opened_at, int(g.open), g.detail, g.updated_at, g.version) for g in new],
     )
     changed = [g for g in rows if g.version != 1]
@@ -608,7 +607,8 @@ def _prune(conn: sqlite3.Connection, before: float, audit_before: float) -> int:
         "DELETE FROM incidents WHERE open = 0 AND updated_at < ? AND key NOT IN"
         " (SELECT incident_key FROM occurrences WHERE status = 'firing')",
         "DELETE FROM groups WHERE open = 0 AND updated_at < ?",
-        "DELETE FROM ack_state WHERE updated_at < ? AND key NOT IN (SELECT key FROM incidents)",
+        "DELETE FROM ack_state WHERE updated_at < ? AND key NOT IN (SELECT key FROM incidents)"
+        " AND key NOT IN (SELECT key FROM groups)",
         "DELETE FROM action_runs WHERE at < ?",
     ):
         removed += conn.execute(sql, (before,)).rowcount

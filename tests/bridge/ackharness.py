@@ -181,7 +181,10 @@ class Harness:
             return list((await resp.json())["audit"])
 
 
-def config(fake_url: str, am: list[str], db: Path, statuspage: str | None = None, **ack_sync: Any) -> dict[str, Any]:
+def config(
+    fake_url: str, am: list[str], db: Path, statuspage: str | None = None, grouping: dict[str, Any] | None = None,
+    **ack_sync: Any,
+) -> dict[str, Any]:
     sp = {"statuspage": {
         "api_token": "sp-token", "page_id": "page01", "api_url": statuspage, "min_severity": "error",
         "component_map": {"Gateway API": "cmp1"}, "requests_per_second": 100,
@@ -195,18 +198,20 @@ def config(fake_url: str, am: list[str], db: Path, statuspage: str | None = None
         "store": {"path": str(db)},
         "outbox": {"retry_initial": "50ms", "retry_max": "300ms", "sweep_interval": "100ms"},
         "ack_sync": {"alertmanagers": am, "poll_interval": "200ms", "vanished_after": "600ms", **ack_sync},
+        **({"grouping": grouping} if grouping else {}),
     }
 
 
 @contextlib.asynccontextmanager
 async def harness(
-    tmp_path: Path, pair: Pair, statuspage: str | None = None, **ack_sync: Any
+    tmp_path: Path, pair: Pair, statuspage: str | None = None, grouping: dict[str, Any] | None = None,
+    **ack_sync: Any,
 ) -> AsyncIterator[Harness]:
     """The bridge with a dead Alertmanager first in its list (every write fails over), then the pair."""
     dead = f"http://127.0.0.1:{free_port()}"
     async with run_fake_pagerduty() as fake, aiohttp.ClientSession() as http:
         holder = ConfigHolder(loaded_config(
-            config(fake.url, [dead, *pair.urls], tmp_path / "bridge.db", statuspage, **ack_sync)))
+            config(fake.url, [dead, *pair.urls], tmp_path / "bridge.db", statuspage, grouping, **ack_sync)))
         registry = CollectorRegistry()
         sinks: dict[str, Sink] = {"pagerduty": PagerDutySink(
             httpx.AsyncClient(timeout=5), url=fake.url, routing_key_for=lambda route: ROUTING_KEY)}
