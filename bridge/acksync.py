@@ -6,7 +6,8 @@ that records their result, so a crash leaves either all of it or none. Three inp
 - a **PagerDuty Webhooks v3 event**, already mapped to the bridge's incident keys
   (:func:`on_pagerduty_event`): acknowledged -> a silence; unacknowledged -> silence expired; resolved by a
   person while firing -> the incident closed until a new occurrence, silence expired; escalated -> the
-  PagerDuty priority raised (REST); priority_updated -> recorded. An event older than the last one applied
+  PagerDuty priority raised (REST) and Statuspage one status worse; priority_updated above the priority last
+  known -> Statuspage one status worse, no REST raise. An event older than the last one applied
   to the incident (``occurred_at``) is out of order and changes nothing.
 - an **Alertmanager snapshot** (:func:`on_poll`): a person's silence over a firing alert -> PagerDuty
   acknowledge; that silence gone while the alert fires -> trigger again on the same dedup key; a suppressed
@@ -56,7 +57,9 @@ class Ack:
     actor: str = ""
     pd_incident_id: str = ""
     html_url: str = ""
-    priority: str = ""
+    priority: str = ""  # name of the PagerDuty priority last known
+    priority_id: str = ""  # its id
+    raise_pending: bool = False  # the bridge queued a one-step raise (escalation): the next raise is its own
     silenced: bool = False  # the bridge holds (or has queued) a silence for this key
     last_event_at: str = ""  # occurred_at of the last PagerDuty event applied
     suppressed: bool = False  # the last poll saw its alerts suppressed (silenced or inhibited)
@@ -201,11 +204,21 @@ def _unsilence(ack: Ack, out: Changes) -> Ack:
 # --- PagerDuty -> Alertmanager -------------------------------------------------------------------------
 
 
+def one_step_up(priorities: Sequence[str], current: str) -> str | None:
+    """The priority one step more severe than ``current`` in ``priorities`` (ids, most severe first, as
+    ``GET /priorities`` lists them); none yet is one step below the least severe. None: already the top."""
+    index = priorities.index(current) if current in priorities else len(priorities)
+    return priorities[index - 1] if index > 0 else None
+
+
 def on_pagerduty_event(
     state: SyncState, event: WebhookEvent, keys: Iterable[str], settings: Settings, *, now: float,
-    ack_timeout: float | None = None,
+    ack_timeout: float | None = None, priorities: Sequence[str] = (),
 ) -> Changes:
-    """Apply one PagerDuty incident event to each bridge incident it maps to (see module docstring)."""
+    """Apply one PagerDuty incident event to each bridge incident it maps to (see module docstring).
+
+    ``priorities``: the account's priority ids, most severe first (read for ``incident.priority_updated``
+    when a REST API token is configured), to tell a raise from a lowering."""
     out = Changes()
     actor, person = agent_of(event.raw)
     data = event.raw.get("data") if isinstance(event.raw.get("data"), dict) else {}
@@ -226,7 +239,7 @@ def on_pagerduty_event(
         group = state.groups.get(key) if incident is None else None
         if group is not None:  # a group's incident: its silences cover its firing members
             view, members = state.group_view(group)
-            ack = _apply(event, view, members, ack, actor, person, data, settings, now, ack_timeout, out)
+            ack = _apply(event, view, members, ack, actor, person, data, settings, now, ack_timeout, priorities, out)
             if key in out.close:
                 out.close.remove(key)
                 out.close.extend(m.key for m in members)
@@ -236,7 +249,9 @@ def on_pagerduty_event(
         if incident is None:
             out.audit.append(AuditEntry(now, key, "pagerduty", actor, event.event_type, "not a certpager incident"))
             continue
-        ack = _apply(event, incident, [incident], ack, actor, person, data, settings, now, ack_timeout, out)
+        ack = _apply(
+            event, incident, [incident], ack, actor, person, data, settings, now, ack_timeout, priorities, out
+        )
         out.acks.append(ack)
     return out
 
@@ -249,7 +264,8 @@ def closed_group(group: Group, now: float) -> Group:
 
 def _apply(
     event: WebhookEvent, incident: IncidentView, subjects: Sequence[IncidentView], ack: Ack, actor: str,
-    person: bool, data: Mapping[str, Any], settings: Settings, now: float, ack_timeout: float | None, out: Changes,
+    person: bool, data: Mapping[str, Any], settings: Settings, now: float, ack_timeout: float | None,
+    priorities: Sequence[str], out: Changes,
 ) -> Ack:
     kind, key = event.event_type, incident.key
 
@@ -284,29 +300,48 @@ def _apply(
     if kind in ("incident.triggered", "incident.reopened"):
         audit("recorded")
         return dataclasses.replace(ack, status="triggered", side="pagerduty", actor=actor)
+    priority = data.get("priority") if isinstance(data.get("priority"), dict) else None
+    priority_id = str(priority.get("id", "")) if priority else ""
+    name = str(priority.get("summary", "")) if priority else ""
     if kind == "incident.escalated":
-        if settings.rest and ack.pd_incident_id:
-            priority = data.get("priority") if isinstance(data.get("priority"), dict) else None
+        raising = settings.rest and bool(ack.pd_incident_id)
+        if raising:
             out.outbox.append(OutboxRow(REST_SINK, key, {
-                "op": "raise_priority", "key": key, "incident_id": ack.pd_incident_id,
-                "priority_id": str(priority.get("id", "")) if priority else "",
+                "op": "raise_priority", "key": key, "incident_id": ack.pd_incident_id, "priority_id": priority_id,
             }))
             audit("priority to be raised one step (PagerDuty REST)")
         else:
             audit("no REST API token: priority left as it is")
         _statuspage_worse(incident, settings, out, audit)
-        return ack
+        return dataclasses.replace(ack, priority=name, priority_id=priority_id, raise_pending=raising)
     if kind == "incident.priority_updated":
-        priority = data.get("priority")
-        name = str(priority.get("summary", "")) if isinstance(priority, dict) else ""
-        audit(f"priority {name or 'none'}")
-        return dataclasses.replace(ack, priority=name)
+        return _priority_updated(incident, ack, priority_id, name, priorities, settings, out, audit)
     audit("recorded")
     return ack
 
 
+def _priority_updated(
+    incident: IncidentView, ack: Ack, priority_id: str, name: str, priorities: Sequence[str], settings: Settings,
+    out: Changes, audit: Callable[[str], None],
+) -> Ack:
+    """A priority set in PagerDuty. Raised above the one last known: Statuspage one status worse, as an
+    escalation does, but no REST raise (a person just chose this priority). The bridge's own raise (after
+    an escalation that already made Statuspage worse) and a lowering are recorded only."""
+    after = dataclasses.replace(ack, priority=name, priority_id=priority_id, raise_pending=False)
+    known = ack.priority_id in priorities and priority_id in priorities
+    if ack.raise_pending and priority_id and priority_id == one_step_up(priorities, ack.priority_id):
+        audit(f"priority {name}: the bridge's own raise after the escalation")
+    elif known and priorities.index(priority_id) < priorities.index(ack.priority_id):
+        audit(f"priority {name}, raised from {ack.priority or ack.priority_id}")
+        _statuspage_worse(incident, settings, out, audit, note="priority raised in PagerDuty")
+    else:
+        audit(f"priority {name or 'none'}")
+    return after
+
+
 def _statuspage_worse(
-    incident: IncidentView, settings: Settings, out: Changes, audit: Callable[[str], None]
+    incident: IncidentView, settings: Settings, out: Changes, audit: Callable[[str], None],
+    note: str = "escalated in PagerDuty",
 ) -> None:
     """Re-send the incident's trigger to Statuspage one severity worse: its components one status worse.
 
@@ -321,7 +356,7 @@ def _statuspage_worse(
         return
     worse = SEVERITY_ORDER[rank + 1]
     out.outbox.append(OutboxRow(STATUSPAGE_SINK, incident.key, {
-        **incident.trigger, "severity": worse.value, "note": "escalated in PagerDuty",
+        **incident.trigger, "severity": worse.value, "note": note,
     }))
     audit(f"Statuspage components one status worse (as {worse.value})")
 

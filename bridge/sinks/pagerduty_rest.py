@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bridge.acksync import one_step_up
 from bridge.pagerduty_rest import PagerDutyRest
 from bridge.sinks.base import DeadLetter, Delivered, DeliveryOutcome, OutboxItem, RetryLater
 
@@ -40,12 +41,9 @@ class PagerDutyRestSink:
         ids = [str(p.get("id")) for p in priorities]
         if not ids:
             return Delivered(info="the account has no priorities")
-        current = str(payload.get("priority_id") or "")
-        # Most severe first: one step up is the previous entry; no priority yet is one step below the last.
-        index = ids.index(current) if current in ids else len(ids)
-        if index == 0:
+        target = one_step_up(ids, str(payload.get("priority_id") or ""))
+        if target is None:
             return Delivered(info="already the most severe priority")
-        target = ids[index - 1]
         answer = await self._rest.update_incident(
             str(payload["incident_id"]), {"priority": {"id": target, "type": "priority_reference"}}
         )

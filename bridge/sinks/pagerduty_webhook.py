@@ -49,10 +49,14 @@ class PagerDutyWebhookSink:
         if isinstance(keys, RetryLater | DeadLetter):
             return keys
         timeout = await self._ack_timeout(event)
+        priorities = await self._priorities(event)
+        if isinstance(priorities, RetryLater | DeadLetter):
+            return priorities
         settings = self._settings()
         now = self._clock()
         changes = await self._store.sync(
-            keys, lambda state: acksync.on_pagerduty_event(state, event, keys, settings, now=now, ack_timeout=timeout),
+            keys, lambda state: acksync.on_pagerduty_event(
+                state, event, keys, settings, now=now, ack_timeout=timeout, priorities=priorities),
             now=now, webhook_id=event.webhook_id,
         )
         if isinstance(changes, acksync.Changes) and changes.outbox:
@@ -82,6 +86,16 @@ class PagerDutyWebhookSink:
         service: Any = data.get("service") if isinstance(data, dict) else None
         service_id = service.get("id") if isinstance(service, dict) else None
         return await self._rest.ack_timeout(str(service_id)) if service_id else None
+
+    async def _priorities(self, event: WebhookEvent) -> list[str] | RetryLater | DeadLetter:
+        """The account's priority ids, most severe first: only a priority change needs them (without a token
+        a change cannot be told a raise and is recorded only)."""
+        if event.event_type != "incident.priority_updated" or not self._rest.configured:
+            return []
+        found = await self._rest.priorities()
+        if isinstance(found, RetryLater | DeadLetter):
+            return found
+        return [str(p.get("id")) for p in found]
 
     async def aclose(self) -> None:
         """Nothing of its own to close."""

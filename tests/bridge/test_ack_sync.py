@@ -257,3 +257,23 @@ async def test_snooze_endpoint(tmp_path, pair: Pair):
         [silence] = await eventually("the snooze silence", lambda: bridge_silences(h, cert))
         assert silence["comment"].startswith("ACK! snoozed by dave for 3600s")
         assert abs(parse_time(silence["endsAt"]) - time.time() - 3600) < 10
+
+
+async def test_a_priority_raised_by_a_person_makes_statuspage_worse_without_a_rest_write(tmp_path, pair: Pair):
+    async with contextlib.AsyncExitStack() as stack:
+        sp = await stack.enter_async_context(
+            run_fake_statuspage(token="sp-token", components={"cmp1": "Gateway API"}, rate_limit=10_000))
+        h = await stack.enter_async_context(harness(tmp_path, pair, statuspage=sp.url))
+        cert = f"prio-{time.monotonic_ns()}.example.com"
+        await h.fire(cert, service="Gateway API")
+        await eventually("on the status page", lambda: sp.statuses().get("cmp1") == "partial_outage")
+        incident = h.incident(cert)
+        incident.priority_id = "PP3"
+        await h.send(h.fake.webhook("incident.priority_updated", incident, occurred_at="2026-11-20T10:06:00Z"))
+        await eventually("P3 recorded", lambda: _has(h, cert, "priority P3"))
+        incident.priority_id = "PP2"  # a person raises it in PagerDuty
+        await h.send(h.fake.webhook("incident.priority_updated", incident, occurred_at="2026-11-20T10:07:00Z"))
+        await eventually("one status worse", lambda: sp.statuses().get("cmp1") == "major_outage")
+        assert await _has(h, cert, "priority P2, raised from P3")
+        assert [r for r in h.fake.rest_requests if r[0] == "PUT"] == []  # the person's priority stands
+        assert len(sp.own_incidents()) == 1

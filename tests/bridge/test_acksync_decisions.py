@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 
 import pytest
@@ -13,6 +14,7 @@ from bridge import acksync
 from bridge.acksync import Ack, AlertView, IncidentView, SilenceView, Snapshot, SyncState
 from bridge.app import ConfigHolder
 from bridge.config import load
+from bridge.events import Severity
 from bridge.pagerduty_webhook import WebhookError, parse, signature_matches, verify
 from bridge.poller import AlertmanagerPoller
 from certpager.errors import ConfigError
@@ -161,3 +163,49 @@ def test_the_poller_survives_a_failing_poll():
                      vanished_after=lambda: 0.0, counter=Counter)
     asyncio.run(poller.run())
     assert results == ["error", "error", "error"]
+
+
+def pd_event(event_type: str, priority: str | None, minute: int):
+    raw = json.dumps({"event": {
+        "id": f"e{minute}", "event_type": event_type, "occurred_at": f"2026-11-20T10:{minute:02d}:00Z",
+        "agent": {"type": "user_reference", "summary": "Alice"},
+        "data": {"type": "incident", "id": "PINC", "incident_key": "k",
+                 "priority": None if priority is None else {"id": priority, "summary": priority.replace("PP", "P")}},
+    }}).encode()
+    return parse(raw, {"x-webhook-id": f"w{minute}"})
+
+
+def test_a_priority_raised_by_a_person_makes_statuspage_worse_without_raising_it_again():
+    order = ["PP1", "PP2", "PP3"]
+    settings = acksync.Settings(silence_max=3600.0, rest=True, statuspage_min=Severity.WARNING)
+    trigger = {"custom_details": {"labels": {"certificate": "c"}}, "key": "k", "severity": "error"}
+    state = SyncState({"k": IncidentView("k", "default", True, trigger, ("fp1",))},
+                      {"k": Ack("k", pd_incident_id="PINC", priority="P3", priority_id="PP3")})
+
+    def apply(state: SyncState, event_type: str, priority: str | None, minute: int,
+              priorities: list[str] = order) -> tuple[SyncState, acksync.Changes]:
+        changes = acksync.on_pagerduty_event(state, pd_event(event_type, priority, minute), ["k"], settings,
+                                             now=float(minute), priorities=priorities)
+        return SyncState(state.incidents, {a.key: a for a in changes.acks}), changes
+
+    def sinks(changes: acksync.Changes) -> list[tuple[str, str]]:
+        return [(r.sink, str(r.payload.get("severity") or r.payload.get("op"))) for r in changes.outbox]
+
+    state, raised = apply(state, "incident.priority_updated", "PP2", 1)  # a person: P3 -> P2
+    assert sinks(raised) == [("statuspage", "critical")]  # one status worse, and no REST raise
+    assert raised.outbox[0].payload["note"] == "priority raised in PagerDuty"
+    assert raised.audit[0].detail.startswith("priority P2, raised from P3")
+    state, lowered = apply(state, "incident.priority_updated", "PP3", 2)
+    assert sinks(lowered) == [] and lowered.acks[0].priority_id == "PP3"
+    # The bridge's own raise after an escalation: Statuspage was made worse by the escalation already.
+    state, escalated = apply(state, "incident.escalated", "PP3", 3)
+    assert sinks(escalated) == [("pagerduty_rest", "raise_priority"), ("statuspage", "critical")]
+    state, own = apply(state, "incident.priority_updated", "PP2", 4)
+    assert sinks(own) == [] and "the bridge's own raise" in own.audit[0].detail
+    # Without the account's priorities (no REST token) a change cannot be told a raise: recorded only.
+    state, unknown = apply(state, "incident.priority_updated", "PP1", 5, priorities=[])
+    assert sinks(unknown) == [] and unknown.acks[0].priority == "P1"
+    # From no priority to one: not comparable with what the bridge knew, recorded only.
+    state, cleared = apply(state, "incident.priority_updated", None, 6)
+    _, first = apply(state, "incident.priority_updated", "PP3", 7)
+    assert sinks(cleared) == sinks(first) == []
