@@ -4,6 +4,7 @@ Alertmanager HA pair and the fake PagerDuty."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -217,3 +218,18 @@ async def test_a_group_incident_syncs_with_alertmanager_both_ways(tmp_path, pair
 
 async def _not(value) -> bool:
     return not await value
+
+
+async def test_a_group_escalated_or_raised_in_pagerduty_is_made_worse_on_statuspage(any_store):
+    store, policy = any_store, dataclasses.replace(POLICY, severity_mapping={EXP: Severity.ERROR})
+    raw = body(*(member(c) for c in CERTS))
+    [opened] = (await store.ingest(Receipt("alertmanager", raw, 100.0), parse(raw), policy, sinks=["pagerduty"])).events
+    settings = dataclasses.replace(SETTINGS, statuspage_min=Severity.WARNING)
+    raw_event, event = webhook("incident.escalated", "2026-11-20T10:05:00Z", "w-esc", opened.key)
+    await store.record_pagerduty_webhook(Receipt("pagerduty", raw_event, 101.0), event)
+    changes = await store.sync([opened.key], lambda s: acksync.on_pagerduty_event(
+        s, event, [opened.key], settings, now=101.0), now=101.0, webhook_id="w-esc")
+    assert isinstance(changes, acksync.Changes)
+    [row] = changes.outbox  # no REST token here: Statuspage only, on the group's own incident
+    assert (row.sink, row.ordering_key, row.payload["severity"]) == ("statuspage", opened.key, "critical")
+    assert row.payload["custom_details"]["group_key"] == opened.key
