@@ -283,6 +283,17 @@ async def test_a_group_survives_a_sigkill_of_the_bridge_process(tmp_path):
             async with bridge_process(config, port, log) as proc:
                 assert await post(session, port, body(rf("a.example.com")))
                 await until(lambda: len(pd.incidents) == 1, "the group's page")
+                # Killed once the bridge has recorded the delivery: a kill between PagerDuty's 202 and that
+                # record resends the trigger after the restart (at least once; PagerDuty deduplicates it),
+                # which is test_crash's subject, not this test's.
+                async def recorded() -> bool:
+                    async with session.get(f"http://127.0.0.1:{port}/metrics") as answer:
+                        return 'certpager_bridge_outbox_depth{sink="pagerduty"} 0.0' in await answer.text()
+
+                deadline = asyncio.get_running_loop().time() + 15
+                while not await recorded():
+                    assert asyncio.get_running_loop().time() < deadline, "the delivery was never recorded"
+                    await asyncio.sleep(0.05)
                 proc.kill()  # SIGKILL mid-group
             async with bridge_process(config, port, log):
                 for cert in ("b.example.com", "c.example.com"):
