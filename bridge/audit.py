@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge.alertmanager import Alert, Notification
-from bridge.decisions import Decision, State
+from bridge.decisions import Decision, Group, State
 from bridge.events import IncidentEvent
 from bridge.keys import subject_of
 from bridge.sinks.base import OutboxItem
@@ -29,6 +29,9 @@ RECEIVED, DUPLICATE, STALE = "received", "duplicate", "stale"
 TRIGGER, RESOLVE, UPDATE = "trigger", "resolve", "update"  # queued by the bridge (side "bridge")
 DELIVERED, RETRY, HELD, DEAD_LETTER = "delivered", "retry", "held", "dead_letter"
 ACKNOWLEDGE = "acknowledge"
+# Grouping (issue 19): one line per member certificate (side "bridge"), keyed by the member's incident key.
+GROUP_OPENED, GROUP_JOINED, GROUP_LEFT, GROUP_RESOLVED = "group_opened", "group_joined", "group_left", "group_resolved"
+GROUP_ACTIONS = frozenset({GROUP_OPENED, GROUP_JOINED, GROUP_LEFT, GROUP_RESOLVED})
 # What ack sync may write for the same facts (PagerDuty Webhooks v3 event types).
 ACK_ACTIONS = frozenset({ACKNOWLEDGE, "incident.acknowledged"})
 RESOLVE_ACTIONS = frozenset({RESOLVE, "incident.resolved"})
@@ -90,6 +93,44 @@ def ingest_entries(
         detail = f"queued for {targets}" + (f" ({event.note})" if event.note else "")
         entries.append(AuditEntry(now, event.key, "bridge", "certpager", action, detail, *event_subject(event)))
     return entries
+
+
+def group_entries(state: State, decision: Decision, now: float) -> list[AuditEntry]:
+    """The grouping lines one decision adds: each member certificate that opened or joined a group, left it
+    (resolved, others remain), or resolved it as its last member."""
+    entries: list[AuditEntry] = []
+    for after in decision.groups:
+        before = state.groups.get(after.key)
+        had = before.members if before is not None and before.open else {}
+        count = _certificates(after)
+        for key, member in after.members.items():
+            if key in had:
+                continue
+            action, words = (GROUP_JOINED, "joined") if had else (GROUP_OPENED, "opened")
+            entries.append(_member_entry(now, key, member, after, action, f"{words} group {after.key} ({count})"))
+        for key, member in had.items():
+            if key in after.members:
+                continue
+            if after.members:
+                detail = f"left group {after.key} (resolved; {count} remain)"
+                entries.append(_member_entry(now, key, member, after, GROUP_LEFT, detail))
+            else:
+                detail = f"group {after.key} resolved (last member)"
+                entries.append(_member_entry(now, key, member, after, GROUP_RESOLVED, detail))
+    return entries
+
+
+def _certificates(group: Group) -> str:
+    count = len({(m.get("certificate"), m.get("environment")) for m in group.members.values()})
+    return f"{count} certificate{'s' if count != 1 else ''}"
+
+
+def _member_entry(
+    now: float, key: str, member: Mapping[str, Any], group: Group, action: str, detail: str
+) -> AuditEntry:
+    return AuditEntry(now, key, "bridge", "certpager", action, detail, str(member.get("certificate", "")),
+                      str(member.get("environment", "")), str(member.get("class", "")),
+                      group.values.get("issuer", ""))
 
 
 def _why(alert: Alert, verdict: str, state: State, starts: set[str], now: float) -> str:

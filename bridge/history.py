@@ -79,7 +79,7 @@ def sentence(entry: AuditEntry) -> str:
         return f"webhook received: {detail}"
     if entry.side == "bridge" and action in _QUEUED:
         return f"{_QUEUED[action]} {detail}"
-    if action in (audit.DELIVERED, audit.RETRY, audit.HELD, audit.DEAD_LETTER):
+    if action in (audit.DELIVERED, audit.RETRY, audit.HELD, audit.DEAD_LETTER) or action in audit.GROUP_ACTIONS:
         return detail
     who = f" by {entry.actor}" if entry.actor else ""
     return f"{action} from {entry.side}{who}" + (f": {detail}" if detail else "")

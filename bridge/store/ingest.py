@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from bridge.alertmanager import Notification
-from bridge.audit import AuditEntry, ingest_entries
+from bridge.audit import AuditEntry, group_entries, ingest_entries
 from bridge.decisions import Group, Lookup, Occurrence, Policy, State, action_runs, decide, event_json, lookup
 from bridge.store.base import IngestResult, Receipt, StoreError
 
@@ -199,6 +199,7 @@ def script(receipt: Receipt, notification: Notification, policy: Policy, sinks: 
     if ACTIONS_SINK in sinks:  # runbook actions: their own sink, ordered per incident, never before the page
         outbox.extend(OutboxRow(ACTIONS_SINK, run.event.key, json.dumps(run.to_json()), receipt.received_at,
                                 receipt_id) for run in action_runs(decision.events, policy))
+    audit.extend(group_entries(state, decision, receipt.received_at))
     yield Write(Changes(created, updated, incidents, outbox, [GroupRow.of(g) for g in decision.groups], audit))
     return IngestResult(receipt_id, decision.new, decision.duplicates, decision.stale, tuple(decision.events))
 

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 import tests.bridge.test_statuspage_e2e as e2e
+from bridge import history
 from bridge.alertmanager import parse
 from bridge.app import ALERTMANAGER_PATH
 from bridge.decisions import Decision, Policy, State, decide
@@ -332,3 +333,31 @@ async def test_two_replicas_deciding_one_slot_at_once_open_one_group(backend):
     assert len(opened) == 1
     last = (await backend.pending("pagerduty"))[-1].payload
     assert last["custom_details"]["certificates"] == 9
+
+
+async def test_each_member_certificate_has_its_grouping_lines_in_the_audit_trail(any_store):
+    first = await ingest(any_store, rf("a.example.com"), now=1000.0)
+    await ingest(any_store, rf("b.example.com"), rf("c.example.com"), now=1100.0)
+    await ingest(any_store, rf("a.example.com", "resolved"), now=1200.0)
+    await ingest(any_store, rf("b.example.com", "resolved"), rf("c.example.com", "resolved"), now=1300.0)
+    [opened] = first.events
+    g = opened.key
+    lines = [(e.at, e.certificate, e.action, history.sentence(e)) for e in await any_store.audit_trail()
+             if e.action.startswith("group_")]
+    assert lines == [
+        (1000.0, "a.example.com", "group_opened", f"opened group {g} (1 certificate)"),
+        (1100.0, "b.example.com", "group_joined", f"joined group {g} (3 certificates)"),
+        (1100.0, "c.example.com", "group_joined", f"joined group {g} (3 certificates)"),
+        (1200.0, "a.example.com", "group_left", f"left group {g} (resolved; 2 certificates remain)"),
+        (1300.0, "b.example.com", "group_resolved", f"group {g} resolved (last member)"),
+        (1300.0, "c.example.com", "group_resolved", f"group {g} resolved (last member)"),
+    ]
+    mine = history.render(await any_store.audit_trail(certificate="b.example.com"))
+    assert [line.split("  ", 2)[2] for line in mine] == [
+        "webhook received: firing from http://alertmanager.example:9093 (receipt 2)",
+        f"joined group {g} (3 certificates)",
+        "webhook received: resolved from http://alertmanager.example:9093 (receipt 4)",
+        f"group {g} resolved (last member)",
+    ]
+    (line,) = [e for e in await any_store.audit_trail(certificate="b.example.com") if e.action == "group_joined"]
+    assert (line.environment, line.event_class, line.issuer, line.side) == ("production", RF, LE, "bridge")
