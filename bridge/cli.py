@@ -140,7 +140,7 @@ def make_sinks(holder: ConfigHolder, registry: CollectorRegistry, store: Store |
     if holder.current.config.actions and store is not None:
         sinks[ACTIONS_SINK] = ActionsSink(
             httpx.AsyncClient(), actions=lambda: holder.current.config.actions,
-            secrets=lambda: holder.current.secrets.actions, audit=store.audit_action,
+            secrets=lambda: holder.current.secrets.actions,
             metrics=ActionMetrics(registry),
         )
     return sinks

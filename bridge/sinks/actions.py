@@ -15,8 +15,9 @@ outcomes (delivered, retry later, dead letter) and never raises for an upstream 
 
 Outcomes: 2xx delivered; 408, 429 (honouring Retry-After), 5xx, timeouts and network errors retry; any
 other 4xx is a dead letter with the receiver's answer. The sink is separate from PagerDuty's and
-Statuspage's, so a failing action never blocks or delays a page. Every attempt is audited in the store
-(:meth:`bridge.store.base.Store.audit_action`) and counted in ``certpager_bridge_actions_total``.
+Statuspage's, so a failing action never blocks or delays a page. Every attempt's outcome is a line of
+the audit trail, written by the outbox like any sink's (side ``actions``), and counted in
+``certpager_bridge_actions_total``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ from bridge.keys import slug
 from bridge.metrics import NAMESPACE, Children
 from bridge.sinks.base import DeadLetter, Delivered, DeliveryOutcome, OutboxItem, RetryLater
 from bridge.sinks.pagerduty import parse_retry_after
-from bridge.store.base import ActionAudit
 from bridge.templates import render
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,6 @@ DEFAULT_POSTMORTEM = """# Postmortem: {{ summary }}
 
 ## Action items
 """
-Audit = Callable[[ActionAudit], Awaitable[None]]
 
 
 class ActionMetrics:
@@ -150,12 +148,10 @@ class ActionsSink:
         *,
         actions: Callable[[], Mapping[str, ActionConfig]],
         secrets: Callable[[], Mapping[str, ActionSecrets]],
-        audit: Audit,
         metrics: ActionMetrics,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
-        self._actions, self._secrets, self._audit, self._metrics, self._clock = actions, secrets, audit, metrics, clock
+        self._actions, self._secrets, self._metrics = actions, secrets, metrics
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -174,21 +170,15 @@ class ActionsSink:
         else:
             kind = action.type
             outcome = await self._run(action, secrets, name, phase, event)
-        await self._record(name, kind, event.key, phase, outcome, item.attempts + 1)
+        self._record(name, kind, event.key, outcome)
         return outcome
 
-    async def _record(self, name: str, kind: str, key: str, phase: str, outcome: DeliveryOutcome,
-                      attempt: int) -> None:
+    def _record(self, name: str, kind: str, key: str, outcome: DeliveryOutcome) -> None:
         result = {Delivered: "delivered", RetryLater: "retry", DeadLetter: "dead_letter"}[type(outcome)]
         detail = outcome.info if isinstance(outcome, Delivered) else outcome.error
         self._metrics.runs(name, kind, result).inc()
         log.info("runbook action", extra={"kv": {"action": name, "type": kind, "key": key, "result": result,
                                                  "status": outcome.status, "detail": detail}})
-        try:
-            await self._audit(ActionAudit(name, kind, key, phase, result, outcome.status, detail[:ERROR_TEXT_MAX],
-                                          attempt, self._clock()))
-        except Exception:  # the audit is a record of the outcome, not a reason to run the action again
-            log.exception("runbook action audit failed", extra={"kv": {"action": name, "key": key}})
 
     async def _run(self, action: ActionConfig, secrets: ActionSecrets, name: str, phase: str,
                    event: IncidentEvent) -> DeliveryOutcome:

@@ -80,24 +80,6 @@ class DeadLetterRow:
     dead_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class ActionAudit:
-    """One attempt of one runbook action, as audited."""
-
-    action: str  # its name in ``actions:``
-    type: str  # http | notify | postmortem | pagerduty
-    incident_key: str
-    phase: str  # open | resolve
-    result: str  # delivered | retry | dead_letter
-    status: int  # HTTP status (0: none, e.g. a timeout or a file written)
-    detail: str  # what happened, in words (never a secret)
-    attempt: int  # 1 for the first attempt
-    at: float
-
-
-AUDIT_COLS = "action, type, incident_key, phase, result, status, detail, attempt, at"
-
-
 class Store(Protocol):
     """The durable store."""
 
@@ -162,14 +144,6 @@ class Store(Protocol):
         role campaigns for it on each call, so when the holder dies another one takes over at its next
         round. SQLite: always True (one process owns the file). PostgreSQL: a session advisory lock.
         """
-        ...
-
-    async def audit_action(self, audit: ActionAudit) -> None:
-        """Record one runbook action attempt's outcome (kept ``store.retention``, like receipts)."""
-        ...
-
-    async def action_audits(self, *, limit: int = 100) -> list[ActionAudit]:
-        """The newest action audits first (for operators and tests)."""
         ...
 
     def outbox_stats(self) -> OutboxStats:

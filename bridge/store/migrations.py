@@ -146,6 +146,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX audit_certificate ON audit(certificate) WHERE certificate != '';
     CREATE INDEX audit_at ON audit(at)
     """,
+    # 7: runbook actions' outcomes are audit trail lines (side "actions", written by the outbox): one record.
+    "DROP TABLE action_runs",
 )
 
 # The same schema in PostgreSQL's dialect. Ids are identity columns: an outbox id is taken when the row is
@@ -282,6 +284,8 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX audit_certificate ON audit(certificate) WHERE certificate != '';
     CREATE INDEX audit_at ON audit(at)
     """,
+    # 7: runbook actions' outcomes are audit trail lines (side "actions", written by the outbox): one record.
+    "DROP TABLE action_runs",
 )
 
 LATEST = len(MIGRATIONS)

@@ -52,8 +52,6 @@ from bridge.pagerduty_webhook import WebhookEvent
 from bridge.sinks.base import OutboxItem
 from bridge.store import acks_postgres, acksync_script, ingest
 from bridge.store.base import (
-    AUDIT_COLS,
-    ActionAudit,
     AuditQuery,
     DeadLetterRow,
     IngestResult,
@@ -137,7 +135,6 @@ _PRUNE_SQL = (
     " (SELECT incident_key FROM occurrences WHERE status = 'firing')",
     "DELETE FROM groups WHERE open = false AND updated_at < $1",
     *acks_postgres.PRUNE_SQL,
-    "DELETE FROM action_runs WHERE at < $1",
 )
 
 
@@ -382,24 +379,6 @@ class PostgresStore:
 
         value = await self._run(op, transaction=False)
         return None if value is None else float(value)
-
-    async def audit_action(self, audit: ActionAudit) -> None:
-        row = [getattr(audit, name) for name in ActionAudit.__slots__]
-
-        async def op(conn: Conn) -> None:
-            await conn.execute(
-                f"INSERT INTO action_runs ({AUDIT_COLS}) VALUES ({', '.join(f'${n + 1}' for n in range(len(row)))})",
-                *row,
-            )
-
-        await self._run(op, transaction=False)
-
-    async def action_audits(self, *, limit: int = 100) -> list[ActionAudit]:
-        async def op(conn: Conn) -> list[ActionAudit]:
-            rows = await conn.fetch(f"SELECT {AUDIT_COLS} FROM action_runs ORDER BY at DESC, id DESC LIMIT $1", limit)
-            return [ActionAudit(*row) for row in rows]
-
-        return await self._run(op, transaction=False)
 
     async def mark_delivered(self, item_id: int, *, audit: Sequence[AuditEntry] = ()) -> None:
         async def op(conn: Conn) -> None:

@@ -35,8 +35,6 @@ from bridge.pagerduty_webhook import WebhookEvent
 from bridge.sinks.base import OutboxItem
 from bridge.store import acks_sqlite, acksync_script, ingest
 from bridge.store.base import (
-    AUDIT_COLS,
-    ActionAudit,
     AuditQuery,
     DeadLetterRow,
     IngestResult,
@@ -283,15 +281,6 @@ class SqliteStore:
     async def prune(self, *, before: float, audit_before: float | None = None) -> int:
         cutoff = before if audit_before is None else audit_before
         return await self._submit(lambda conn: _prune(conn, before, cutoff))
-
-    async def audit_action(self, audit: ActionAudit) -> None:
-        row = tuple(getattr(audit, name) for name in ActionAudit.__slots__)
-        sql = f"INSERT INTO action_runs ({AUDIT_COLS}) VALUES ({_marks(row)})"
-        await self._submit(lambda conn: conn.execute(sql, row))
-
-    async def action_audits(self, *, limit: int = 100) -> list[ActionAudit]:
-        sql = f"SELECT {AUDIT_COLS} FROM action_runs ORDER BY at DESC, id DESC LIMIT ?"
-        return await self._submit(lambda conn: [ActionAudit(*row) for row in conn.execute(sql, (limit,))])
 
     async def lead(self, role: str) -> bool:
         """Always True while open: this process holds the file's lock, so it is the only replica."""
@@ -609,7 +598,6 @@ def _prune(conn: sqlite3.Connection, before: float, audit_before: float) -> int:
         "DELETE FROM groups WHERE open = 0 AND updated_at < ?",
         "DELETE FROM ack_state WHERE updated_at < ? AND key NOT IN (SELECT key FROM incidents)"
         " AND key NOT IN (SELECT key FROM groups)",
-        "DELETE FROM action_runs WHERE at < ?",
     ):
         removed += conn.execute(sql, (before,)).rowcount
     return removed

@@ -1,5 +1,5 @@
 """Runbook automation: each action type against a local HTTP receiver (2xx, 4xx, 5xx, timeouts), the Slack and
-Teams bodies against their documented shapes, audits on both store backends, and the page never waiting."""
+Teams bodies against their documented shapes, outcomes in the audit trail, and the page never waiting."""
 
 from __future__ import annotations
 
@@ -79,20 +79,16 @@ def trigger_event():
     return decision.events[0]
 
 
-class Audits:
-    def __init__(self) -> None:
-        self.rows: list[Any] = []
-
-    async def __call__(self, audit) -> None:
-        self.rows.append(audit)
-
-
-def make_sink(actions: dict[str, ActionConfig], secrets: dict[str, ActionSecrets], audit=None):
-    audits = Audits()
+def make_sink(actions: dict[str, ActionConfig], secrets: dict[str, ActionSecrets]):
     registry = CollectorRegistry()
     sink = ActionsSink(httpx.AsyncClient(), actions=lambda: actions, secrets=lambda: secrets,
-                       audit=audit or audits, metrics=ActionMetrics(registry))
-    return sink, audits, registry
+                       metrics=ActionMetrics(registry))
+    return sink, registry
+
+
+def runs(registry: CollectorRegistry, action: str, kind: str, result: str) -> float | None:
+    return registry.get_sample_value("certpager_bridge_actions_total",
+                                     {"action": action, "type": kind, "result": result})
 
 
 def item(run: ActionRun, attempts: int = 0) -> OutboxItem:
@@ -120,7 +116,7 @@ async def test_http_action_renders_its_body_and_sends_secret_headers(tmp_path):
             " services: ['{{ services }}'], dry_run: false}\n"
         )
         loaded = load(path, env={})
-        sink, audits, registry = make_sink(dict(loaded.config.actions), dict(loaded.secrets.actions))
+        sink, registry = make_sink(dict(loaded.config.actions), dict(loaded.secrets.actions))
         outcome = await sink.deliver(item(ActionRun("renew", "open", trigger_event())))
         await sink.aclose()
     assert isinstance(outcome, Delivered)
@@ -129,11 +125,8 @@ async def test_http_action_renders_its_body_and_sends_secret_headers(tmp_path):
     sent = rx.json()
     assert sent["certificate"] == "api.example.com" and sent["issuer"] == "R3" and sent["dry_run"] is False
     assert sent["services"] == ["Gateway API"] and sent["key"].startswith("cert-api-example-com-production-expired")
-    [audit] = audits.rows
-    assert (audit.action, audit.type, audit.result, audit.status, audit.phase) == ("renew", "http", "delivered",
-                                                                                  200, "open")
-    assert registry.get_sample_value("certpager_bridge_actions_total",
-                                     {"action": "renew", "type": "http", "result": "delivered"}) == 1
+    assert outcome.status == 200
+    assert runs(registry, "renew", "http", "delivered") == 1
 
 
 @pytest.mark.parametrize(("answer", "expected", "retry_after"), [
@@ -144,7 +137,7 @@ async def test_http_action_outcomes(answer, expected, retry_after):
     async with receiver() as rx:
         rx.answers.append(answer)
         action = ActionConfig(type="http", url=rx.url, timeout=0.3)
-        sink, audits, _ = make_sink({"renew": action}, {"renew": ActionSecrets(url=rx.url + "/renew")})
+        sink, registry = make_sink({"renew": action}, {"renew": ActionSecrets(url=rx.url + "/renew")})
         outcome = await sink.deliver(item(ActionRun("renew", "open", trigger_event()), attempts=2))
         await sink.aclose()
     assert isinstance(outcome, expected)
@@ -154,16 +147,15 @@ async def test_http_action_outcomes(answer, expected, retry_after):
         assert outcome.after == retry_after
     if answer[1]:
         assert outcome.error == "timeout after 0.3 s"
-    [audit] = audits.rows
-    assert audit.attempt == 3 and audit.result == {DeadLetter: "dead_letter", RetryLater: "retry"}[expected]
-    assert rx.url not in audit.detail
+    assert runs(registry, "renew", "http", {DeadLetter: "dead_letter", RetryLater: "retry"}[expected]) == 1
+    assert rx.url not in outcome.error  # what the audit trail and the dead letter keep: never the secret URL
 
 
 async def test_notify_slack_body_has_the_documented_shape():
     async with receiver() as rx:
         action = ActionConfig(type="notify", url=rx.url, format="slack",
                               text="<!channel> {{ summary }} & {{ services }}: {{ runbook_url }}")
-        sink, _, _ = make_sink({"tell": action}, {"tell": ActionSecrets(url=rx.url + "/slack")})
+        sink, _ = make_sink({"tell": action}, {"tell": ActionSecrets(url=rx.url + "/slack")})
         assert isinstance(await sink.deliver(item(ActionRun("tell", "open", trigger_event()))), Delivered)
         await sink.aclose()
     sent = rx.json()
@@ -179,7 +171,7 @@ async def test_notify_slack_body_has_the_documented_shape():
 async def test_notify_teams_body_is_a_message_with_one_adaptive_card():
     async with receiver() as rx:
         action = ActionConfig(type="notify", url=rx.url, format="teams", text="{{ certificate }} expired")
-        sink, _, _ = make_sink({"tell": action}, {"tell": ActionSecrets(url=rx.url + "/teams")})
+        sink, _ = make_sink({"tell": action}, {"tell": ActionSecrets(url=rx.url + "/teams")})
         assert isinstance(await sink.deliver(item(ActionRun("tell", "open", trigger_event()))), Delivered)
         await sink.aclose()
     sent = rx.json()
@@ -196,7 +188,7 @@ async def test_notify_teams_body_is_a_message_with_one_adaptive_card():
 async def test_postmortem_written_to_a_directory_and_posted(tmp_path):
     event = trigger_event()
     action = ActionConfig(type="postmortem", directory=tmp_path / "pm")
-    sink, _, _ = make_sink({"pm": action}, {"pm": ActionSecrets()})
+    sink, _ = make_sink({"pm": action}, {"pm": ActionSecrets()})
     assert isinstance(await sink.deliver(item(ActionRun("pm", "open", event))), Delivered)
     assert isinstance(await sink.deliver(item(ActionRun("pm", "open", event))), Delivered)  # a retry replaces it
     [written] = list((tmp_path / "pm").iterdir())
@@ -205,11 +197,11 @@ async def test_postmortem_written_to_a_directory_and_posted(tmp_path):
     assert "- Issuer: R3" in text and "- Runbook: https://runbooks.example/expired" in text
     (tmp_path / "blocked").write_text("a file where the directory should be")
     blocked = ActionConfig(type="postmortem", directory=tmp_path / "blocked")
-    sink2, _, _ = make_sink({"pm": blocked}, {"pm": ActionSecrets()})
+    sink2, _ = make_sink({"pm": blocked}, {"pm": ActionSecrets()})
     assert isinstance(await sink2.deliver(item(ActionRun("pm", "open", event))), RetryLater)
     async with receiver() as rx:
         posted = ActionConfig(type="postmortem", url=rx.url, template="# {{ certificate }}\n\n{{ labels.issuer }}\n")
-        sink3, _, _ = make_sink({"pm": posted}, {"pm": ActionSecrets(url=rx.url + "/docs")})
+        sink3, _ = make_sink({"pm": posted}, {"pm": ActionSecrets(url=rx.url + "/docs")})
         assert isinstance(await sink3.deliver(item(ActionRun("pm", "open", event))), Delivered)
         await sink3.aclose()
     assert rx.seen[0]["body"] == b"# api.example.com\n\nR3\n"
@@ -223,12 +215,12 @@ async def test_pagerduty_action_escalates_to_another_routing_key_at_its_severity
     event = trigger_event()
     async with run_fake_pagerduty() as pd:
         action = ActionConfig(type="pagerduty", routing_key=security, severity=Severity.WARNING, events_url=pd.url)
-        sink, _, _ = make_sink({"escalate": action}, {"escalate": ActionSecrets(routing_key=security)})
+        sink, _ = make_sink({"escalate": action}, {"escalate": ActionSecrets(routing_key=security)})
         assert isinstance(await sink.deliver(item(ActionRun("escalate", "open", event))), Delivered)
         assert isinstance(await sink.deliver(item(ActionRun("escalate", "open", event))), Delivered)  # retried
         assert isinstance(await sink.deliver(item(ActionRun("escalate", "resolve", event))), Delivered)
         bad = ActionConfig(type="pagerduty", routing_key="B" * 32, events_url=pd.url)
-        sink2, _, _ = make_sink({"escalate": bad}, {"escalate": ActionSecrets(routing_key="short")})
+        sink2, _ = make_sink({"escalate": bad}, {"escalate": ActionSecrets(routing_key="short")})
         refused = await sink2.deliver(item(ActionRun("escalate", "open", event)))
         for s in (sink, sink2):
             await s.aclose()
@@ -240,13 +232,13 @@ async def test_pagerduty_action_escalates_to_another_routing_key_at_its_severity
 
 
 async def test_an_action_no_longer_configured_is_a_dead_letter():
-    sink, audits, _ = make_sink({}, {})
+    sink, registry = make_sink({}, {})
     outcome = await sink.deliver(item(ActionRun("gone", "open", trigger_event())))
     assert isinstance(outcome, DeadLetter) and "no longer configured" in outcome.error
-    assert audits.rows[0].type == "unknown"
+    assert runs(registry, "gone", "unknown", "dead_letter") == 1
 
 
-async def test_ingest_queues_actions_on_their_own_sink_and_audits_on_every_backend(backend):
+async def test_ingest_queues_actions_on_their_own_sink_on_every_backend(backend):
     store = backend.new()
     await store.open()
     try:
@@ -257,13 +249,6 @@ async def test_ingest_queues_actions_on_their_own_sink_and_audits_on_every_backe
         assert [r.payload["action"] for r in rows] == ["renew", "tell"]
         assert {r.ordering_key for r in rows} == {result.events[0].key}
         assert [r.sink for r in await backend.pending()][:1] == ["pagerduty"]  # the page is queued first
-        sink, _, _ = make_sink({}, {}, audit=store.audit_action)
-        await sink.deliver(rows[0])
-        [audit] = await store.action_audits()
-        assert (audit.action, audit.result, audit.incident_key) == ("renew", "dead_letter", result.events[0].key)
-        assert await store.prune(before=audit.at + 1) >= 1
-        assert await store.action_audits() == []
-        await sink.aclose()
     finally:
         await store.close()
 
@@ -301,7 +286,8 @@ async def test_a_hanging_action_never_delays_the_page(serve_app, tmp_path):
             await sink.aclose()
 
 
-async def test_through_the_outbox_a_5xx_is_retried_and_a_4xx_is_a_dead_letter_both_audited(serve_app, tmp_path):
+async def test_through_the_outbox_a_5xx_is_retried_and_a_4xx_is_a_dead_letter_in_the_audit_trail(serve_app,
+                                                                                                 tmp_path):
     async with run_fake_pagerduty() as pd, receiver() as rx:
         rx.answers.extend([(503, 0.0), (200, 0.0), (400, 0.0)])  # renew: 503, then 200; then tell: 400
         path = tmp_path / "bridge.yml"
@@ -322,13 +308,16 @@ async def test_through_the_outbox_a_5xx_is_retried_and_a_4xx_is_a_dead_letter_bo
         client = await serve_app(bridge.app)
         assert (await client.post(ALERTMANAGER_PATH, data=body(alert(cls=EXP)))).status == 200
         deadline = asyncio.get_running_loop().time() + 10
-        while len(await store.action_audits()) < 3:
+        while len(await action_lines(store)) < 3:
             assert asyncio.get_running_loop().time() < deadline, "the actions did not finish"
             await asyncio.sleep(0.05)
-        audits = sorted(await store.action_audits(), key=lambda a: a.at)
+        lines = await action_lines(store)
         # In order per incident: renew fails (503), is retried and succeeds, and only then does tell run (400).
-        assert [(a.action, a.result, a.status, a.attempt) for a in audits] == [
-            ("renew", "retry", 503, 1), ("renew", "delivered", 200, 2), ("tell", "dead_letter", 400, 1)]
+        assert [(e.action, e.detail.split(" said ")[0].split(" (HTTP")[0]) for e in lines] == [
+            ("retry", "renew: attempt 1: the action"), ("delivered", "renew: the action accepted it"),
+            ("dead_letter", "tell: dead letter after attempt 1: the action")]
+        assert "503" in lines[0].detail and "(HTTP 200)" in lines[1].detail and "400" in lines[2].detail
+        assert {e.certificate for e in lines} == {"api.example.com"} and rx.url not in str(lines)
         assert [s["path"] for s in rx.seen] == ["/renew", "/renew", "/tell"]
         [dead] = store.dead_letters()
         assert dead.sink == "actions" and dead.status == 400 and "nope: bad renewal request" in dead.error
@@ -337,3 +326,8 @@ async def test_through_the_outbox_a_5xx_is_retried_and_a_4xx_is_a_dead_letter_bo
         assert len(pd.incidents) == 1
         for sink in sinks.values():
             await sink.aclose()
+
+
+async def action_lines(store):
+    """The runbook actions' outcomes, as the audit trail records them (side ``actions``), oldest first."""
+    return [e for e in await store.audit_trail() if e.side == "actions"]

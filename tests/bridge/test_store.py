@@ -224,8 +224,10 @@ async def test_sqlite_migrates_an_empty_file_in_wal_mode(tmp_path):
     await store.open()
     await store.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST == 6
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST == 7
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "audit" in tables and "action_runs" not in tables  # 7: action outcomes are audit lines
 
 
 async def test_sqlite_refuses_a_newer_schema_and_a_second_process(tmp_path):
