@@ -156,6 +156,7 @@ class Bridge:
         self.poller: AlertmanagerPoller | None = None
         all_sinks = {**sinks, **self._ack_sync_sinks()}
         self.metrics.start_at_zero(all_sinks)
+        self.metrics.start_pages_at_zero(self._environments.known)
         registry.register(OutboxCollector(store, sinks=all_sinks.keys(), clock=clock))
         settings = self.holder.current.config.outbox
         self.worker = OutboxWorker(
@@ -266,6 +267,7 @@ class Bridge:
         self.metrics.reload_time.set(time.time())
         self._classes.known = frozenset(known_classes(self.holder.current.config))
         self._environments.known = frozenset(known_environments(self.holder.current.config))
+        self.metrics.start_pages_at_zero(self._environments.known)
         log.info("config reloaded", extra={"kv": {"file": str(self.holder.current.path)}})
 
     @contextlib.asynccontextmanager

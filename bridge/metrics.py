@@ -177,6 +177,14 @@ class BridgeMetrics:
             for result in DELIVERY_RESULTS:
                 self.delivery(sink, result)
 
+    def start_pages_at_zero(self, environments: Iterable[str]) -> None:
+        """Create ``pages_total`` of each configured environment, in and off hours, at 0 (at start and on a
+        reload that names new ones), so ``increase()`` sees the first page of each (the label stays bounded:
+        only what the config names)."""
+        for environment in environments:
+            for off_hours in ("true", "false"):
+                self.page(environment, off_hours)
+
 
 class StatuspageMetrics:
     """The Statuspage sink's own counters (its deliveries are counted by the outbox like every sink's)."""

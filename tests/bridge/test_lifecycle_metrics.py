@@ -65,3 +65,22 @@ async def test_pages_time_to_acknowledge_and_time_to_resolve(serve_app, tmp_path
     bridge.lifecycle([AuditEntry(clock(), KEY, "alertmanager", "bob", "acknowledge")])
     await asyncio.sleep(0.1)
     assert value("certpager_bridge_time_to_acknowledge_seconds_count", **labels) == 1
+
+
+async def test_pages_of_every_configured_environment_start_at_zero(serve_app, tmp_path):
+    """A page counter that appears at 1 has no increase(): the first page after a start would be invisible."""
+    registry = CollectorRegistry()
+    keys = {"production": "P" * 32, "staging": "S" * 32}
+    config = loaded_config({"integrations": {"pagerduty": {"routing_keys": keys}}})
+    bridge = Bridge(config, store=SqliteStore(tmp_path / "b.db"), sinks={"pagerduty": RecordingSink()},
+                    clock=Clock(local("2027-03-29T03:00:00")), registry=registry)
+    client = await serve_app(bridge.app)
+    for environment in ("production", "staging", ""):
+        for off in ("true", "false"):
+            labels = {"environment": environment, "off_hours": off}
+            assert registry.get_sample_value("certpager_bridge_pages_total", labels) == 0.0, labels
+    assert registry.get_sample_value("certpager_bridge_pages_total", {"environment": "other", "off_hours": "true"}) \
+        is None  # only what the config names: bounded
+    assert (await client.post(ALERTMANAGER_PATH, data=body(alert()))).status == 200
+    assert registry.get_sample_value("certpager_bridge_pages_total",
+                                     {"environment": "production", "off_hours": "true"}) == 1.0
