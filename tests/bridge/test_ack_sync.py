@@ -202,10 +202,15 @@ async def test_escalation_makes_the_statuspage_components_one_status_worse(tmp_p
 async def test_silence_by_a_person_acknowledges_and_its_expiry_triggers_again(tmp_path, pair: Pair):
     cert = f"person-{time.monotonic_ns()}.example.com"
     async with harness(tmp_path, pair) as h:
+        before_page = time.time()
         await opened(h, cert)
         silence = await h.person_silence(cert, who="carol")
         await eventually("PagerDuty acknowledged", lambda: h.incident(cert).status == "acknowledged")
         assert h.fake.actions().count(("acknowledge", h.key(cert))) == 1
+        # The poller's ack line feeds the lifecycle metrics: one time to acknowledge, from the page to the poll.
+        await eventually("time to acknowledge observed", lambda: time_to_acknowledge(h)[0] == 1)
+        _, seconds = time_to_acknowledge(h)
+        assert 0 < seconds <= time.time() - before_page
         # PagerDuty's own webhook for that ack comes back: no silence of ours on top of carol's.
         await h.send(h.fake.webhook("incident.acknowledged", h.incident(cert), agent=None))
         await eventually("echo audited", lambda: _has(h, cert, "already acknowledged from alertmanager"))
@@ -215,6 +220,15 @@ async def test_silence_by_a_person_acknowledges_and_its_expiry_triggers_again(tm
         audit = [(a["side"], a["actor"], a["action"]) for a in await h.audit(cert)]
         assert ("alertmanager", "carol", "acknowledge") in audit
         assert ("alertmanager", "carol", "trigger") in audit
+
+
+def time_to_acknowledge(h: Harness) -> tuple[float, float]:
+    """(count, sum) of certpager_bridge_time_to_acknowledge_seconds for the harness's certificates."""
+    labels = {"class": "certificate_expired", "environment": "production"}
+    samples = {s.name: s.value for m in h.bridge.metrics.time_to_acknowledge.collect() for s in m.samples
+               if s.labels == labels}
+    return (samples.get("certpager_bridge_time_to_acknowledge_seconds_count", 0.0),
+            samples.get("certpager_bridge_time_to_acknowledge_seconds_sum", 0.0))
 
 
 async def test_suppressed_alert_gone_without_resolved_notification_resolves(tmp_path, pair: Pair):
