@@ -152,3 +152,15 @@ async def any_store(backend):
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+@pytest.fixture
+async def pg(postgres_server):
+    """A fresh database on the session's private PostgreSQL (tests/postgres.py); skipped where none is installed."""
+    if postgres_server is None:
+        pytest.skip("PostgreSQL is not installed (scripts/install-system-deps installs it)")
+    handle = await PostgresBackend.create(postgres_server)
+    try:
+        yield handle
+    finally:
+        await handle.close()

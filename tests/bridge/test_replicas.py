@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from tests.bridge.conftest import T0, T1, alert, body
 from tests.bridge.stores import PostgresBackend
@@ -30,17 +29,6 @@ ROUTING_KEY = "M" * 32
 CERTS = 24  # certificates; 4 transitions each
 EXPECTED = ["opened", "resolved", "opened", "resolved"]
 URL = "http://127.0.0.1:{port}/api/v1/alerts/alertmanager"
-
-
-@pytest.fixture
-async def pg(postgres_server):
-    if postgres_server is None:
-        pytest.skip("PostgreSQL is not installed (scripts/install-system-deps installs it)")
-    handle = await PostgresBackend.create(postgres_server)
-    try:
-        yield handle
-    finally:
-        await handle.close()
 
 
 def stages() -> list[list[bytes]]:

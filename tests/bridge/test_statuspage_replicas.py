@@ -14,7 +14,6 @@ import pytest
 import uvloop
 
 from tests.bridge.conftest import alert, body
-from tests.bridge.stores import PostgresBackend
 from tests.bridge.test_crash import bridge_process, free_port, post
 from tests.fakes.statuspage import run_fake_statuspage
 from tests.postgres import PASSWORD
@@ -25,16 +24,10 @@ CERTS = 6
 
 
 @pytest.fixture
-async def pg(postgres_server):
+async def pg(pg):
     if not isinstance(asyncio.get_running_loop(), uvloop.Loop):
         pytest.skip("replica tests run on uvloop only, the bridge CLI's loop (keeps the suite lean)")
-    if postgres_server is None:
-        pytest.skip("PostgreSQL is not installed (scripts/install-system-deps installs it)")
-    handle = await PostgresBackend.create(postgres_server)
-    try:
-        yield handle
-    finally:
-        await handle.close()
+    return pg
 
 
 def config(tmp_path: Path, port: int, url: str, sp_url: str) -> Path:

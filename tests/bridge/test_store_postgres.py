@@ -20,21 +20,9 @@ from bridge.store.base import Receipt, StoreError
 from bridge.store.migrations import MIGRATIONS, POSTGRES_MIGRATIONS
 from bridge.store.postgres import PostgresStore, _PostgresIngest, redacted, role_key
 from tests.bridge.conftest import alert, body
-from tests.bridge.stores import PostgresBackend
 from tests.postgres import PASSWORD
 
 SEVEN_DAYS = "certificate_expiring_7_days"
-
-
-@pytest.fixture
-async def pg(postgres_server):
-    if postgres_server is None:
-        pytest.skip("PostgreSQL is not installed (scripts/install-system-deps installs it)")
-    handle = await PostgresBackend.create(postgres_server)
-    try:
-        yield handle
-    finally:
-        await handle.close()
 
 
 @pytest.fixture
