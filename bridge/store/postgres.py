@@ -4,12 +4,14 @@
   Concurrent webhooks are group-committed: a committer takes what is queued (up to ``MAX_BATCH``) into ONE
   transaction (:class:`_Batch`: one statement for the receipts, one load, the scripts answered in turn,
   one merged write), and a failing batch is run again one webhook per transaction so only the failing one
-  gets its 503. Before reading any state a transaction takes a transaction-scoped advisory lock per
-  scope it touches, in sorted order (replicas never deadlock on them), so two replicas given the same
-  transition (an HA Alertmanager pair sends to both) decide one after the other and the second sees a
-  duplicate. Should two ever overlap anyway, the occurrences' primary key and the status guard refuse the
-  second: its transaction rolls back and runs again. A failure that is not a conflict is a
-  :class:`StoreError`: the webhook is answered 503 and Alertmanager retries.
+  gets its 503. One committer runs; another starts beside it only when ``MIN_BATCH_FOR_ANOTHER`` webhooks
+  are queued, so batches stay large (each transaction costs its round trips). Before reading any state a
+  transaction takes a transaction-scoped advisory lock per scope it touches, in sorted order (replicas
+  never deadlock on them), so two replicas given the same transition (an HA Alertmanager pair sends to
+  both) decide one after the other and the second sees a duplicate. Should two ever overlap anyway, the
+  occurrences' primary key and the status guard refuse the second: its transaction rolls back and runs
+  again. A failure that is not a conflict is a :class:`StoreError`: the webhook is answered 503 and
+  Alertmanager retries.
 - **Outbox**: claims are ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)`` of the head item
   of each ordering key, setting a lease. Any replica delivers; a replica that dies leaves leased items
   that any other claims once the lease ends; a key's next item waits while its head is leased, so per-key
@@ -82,13 +84,21 @@ MIGRATION_LOCK = (LOCK_CLASS, 0)
 ELECTION_CLASS = LOCK_CLASS + 1  # (ELECTION_CLASS, crc32(role)); scope locks use the one-bigint key space
 MAX_ATTEMPTS = 5  # an ingest that keeps conflicting gives up (503) rather than spin
 MAX_BATCH = 64  # ingests per group commit; bounds one transaction's locks and latency
+MIN_BATCH_FOR_ANOTHER = 8  # queued ingests that start another committer beside the running ones
 _CONNECTION_ERRORS = (
     OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
 )
-# Ask the server to notice a vanished client (host gone, not just the process) within ~30 s, so a
-# partitioned leader's advisory locks are released.
-SESSION_SETTINGS = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
+SESSION_SETTINGS = {
+    # Ask the server to notice a vanished client (host gone, not just the process) within ~30 s, so a
+    # partitioned leader's advisory locks are released.
+    "tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3",
+    # Plan each run of a prepared statement for its arguments and the tables as they are. The default
+    # keeps a generic plan after five runs: made while a new database's tables were empty, the ingest's
+    # lookups stayed sequential scans as the tables grew (until autovacuum analysed them), which cost the
+    # server ~3 times the CPU per webhook in bench/bridge_ingest.py (docs/performance-bridge.md).
+    "plan_cache_mode": "force_custom_plan",
+}
 _RETRYABLE = (
     Conflict, asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
 )
@@ -223,7 +233,7 @@ class PostgresStore:
         try:
             pool = await asyncpg.create_pool(
                 self.url, password=self._password, min_size=1, max_size=self._pool_size, timeout=self._timeout,
-                command_timeout=self._timeout, server_settings=SESSION_SETTINGS,
+                command_timeout=self._timeout, server_settings=SESSION_SETTINGS, reset=_keep_session,
             )
         except Exception as exc:
             raise StoreError(f"cannot open store {redacted(self.url)}: {exc}") from exc
@@ -284,7 +294,9 @@ class PostgresStore:
             raise StoreError("store is not open")
         job = _Job(receipt, notification, policy, tuple(sinks), asyncio.get_running_loop().create_future())
         self._queue.append(job)
-        if len(self._committers) < self._max_committers:
+        if not self._committers or (
+            len(self._committers) < self._max_committers and len(self._queue) >= MIN_BATCH_FOR_ANOTHER
+        ):
             task = asyncio.create_task(self._commit_queued(), name="certpager-store-ingest")
             self._committers.add(task)
             task.add_done_callback(self._committers.discard)
@@ -809,6 +821,16 @@ class _Overlay:
             for key, row in self.group_rows.items()
         ]
         return Changes(created, updated, list(self.incident_rows.values()), self.outbox, groups, self.audit)
+
+
+async def _keep_session(_: Conn) -> None:
+    """The pool's reset on release, after asyncpg's own rollback of an unfinished transaction.
+
+    asyncpg's default also sends ``RESET ALL``, ``UNLISTEN *``, ``CLOSE ALL`` and
+    ``pg_advisory_unlock_all()``: one more round trip per operation, for session state this store
+    never leaves on a pooled connection (its locks are transaction-scoped; the migration lock is
+    released in a ``finally``; elections hold their own connection).
+    """
 
 
 def _rowcount(status: str) -> int:

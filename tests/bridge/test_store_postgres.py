@@ -13,12 +13,12 @@ import asyncpg
 import pytest
 
 from bridge.alertmanager import parse
-from bridge.decisions import Policy
+from bridge.decisions import Lookup, Policy
 from bridge.outbox import OutboxWorker
 from bridge.store import ingest as script
 from bridge.store.base import Receipt, StoreError
 from bridge.store.migrations import MIGRATIONS, POSTGRES_MIGRATIONS
-from bridge.store.postgres import PostgresStore, _PostgresIngest, redacted, role_key
+from bridge.store.postgres import SESSION_SETTINGS, PostgresStore, _PostgresIngest, redacted, role_key
 from tests.bridge.conftest import alert, body
 from tests.postgres import PASSWORD
 
@@ -229,5 +229,82 @@ async def test_a_committer_bug_answers_its_webhooks_and_the_next_ones_commit(pg,
         with pytest.raises(StoreError, match="committer bug"):
             await asyncio.wait_for(ingest(store, alert()), 5)
         assert (await asyncio.wait_for(ingest(store, alert()), 5)).new == 1
+    finally:
+        await store.close()
+
+
+async def test_a_lookup_first_planned_on_an_empty_table_is_planned_again_as_the_table_grows(pg):
+    # PostgreSQL keeps a generic plan for a prepared statement after its fifth run. Planned while the
+    # occurrences table was empty, the ingest's lookup became a sequential scan and stayed one as the
+    # table grew (until autovacuum analysed it): every ingest then read every occurrence. The store's
+    # sessions (SESSION_SETTINGS) plan each run for its arguments and the table as it is.
+    store = pg.new()
+    await store.open()  # migrated
+    await store.close()
+    conn = await asyncpg.connect(pg.url, password=PASSWORD, server_settings=SESSION_SETTINGS)
+    try:
+        sql = _PostgresIngest(conn)
+        wanted = Lookup(fingerprints=frozenset({"f1"}), scopes=frozenset({"production\x1fa.example.com"}),
+                        slots=frozenset())
+        for _ in range(8):
+            async with conn.transaction():
+                await sql.load_state(script.LoadState(wanted))
+        await conn.execute(
+            "INSERT INTO occurrences SELECT md5(i::text), '2026-01-01T00:00:00Z', 'firing', 'k' || i,"
+            " 'production' || chr(31) || i || '.example.com', 0 FROM generate_series(1, 20000) AS i"
+        )
+        async with conn.transaction():
+            await sql.load_state(script.LoadState(wanted))
+        plans = await conn.fetch(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE '%FROM occurrences WHERE fingerprint = ANY%'"
+            " AND statement NOT LIKE '%pg_prepared_statements%'"
+        )
+        plan = await conn.fetchval(
+            "EXPLAIN SELECT fingerprint FROM occurrences WHERE fingerprint = ANY($1::text[])", ["f1"]
+        )
+    finally:
+        await conn.close()
+    assert [(p["generic_plans"], p["custom_plans"]) for p in plans] == [(0, 9)]
+    assert "Seq Scan" not in plan
+
+
+async def test_another_committer_starts_only_for_a_batch_worth_of_queued_webhooks(pg, monkeypatch):
+    # A committer takes what is queued into one transaction. Another one beside it pays only when a batch
+    # worth is queued: small batches cost a transaction (and its round trips) each.
+    store = pg.new(pool_size=8)
+    await store.open()
+    batches: list[int] = []
+    gate = asyncio.Event()
+    commit_batch = store._commit_batch
+
+    async def held_first(batch):
+        batches.append(len(batch))
+        if len(batches) == 1 or len(batches) == 3:
+            await gate.wait()  # the first committer of each round is busy
+        await commit_batch(batch)
+
+    monkeypatch.setattr(store, "_commit_batch", held_first)
+
+    async def round_of(count: int, prefix: str) -> list[asyncio.Task]:
+        tasks = []
+        for i in range(count):
+            fingerprint = f"{prefix}{i:015x}"
+            tasks.append(asyncio.create_task(ingest(store, alert(certificate=f"{fingerprint}.example.com",
+                                                                 fingerprint=fingerprint))))
+            await asyncio.sleep(0.02)  # each webhook arrives on its own
+        return tasks
+
+    try:
+        tasks = await round_of(8, "a")  # one held, 7 queued behind it
+        assert batches == [1]  # 7 queued start no second committer
+        gate.set()
+        assert [r.new for r in await asyncio.gather(*tasks)] == [1] * 8
+        assert batches == [1, 7]
+        gate.clear()
+        tasks = await round_of(9, "b")  # one held, then 8 queued
+        assert batches == [1, 7, 1, 8]  # the 8th queued started a second committer, which took all 8
+        gate.set()
+        assert [r.new for r in await asyncio.gather(*tasks)] == [1] * 9
     finally:
         await store.close()
