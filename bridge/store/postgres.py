@@ -120,23 +120,38 @@ _RETRY_SQL = """
 UPDATE outbox AS o SET attempts = o.attempts + $1, next_attempt_at = r.at, lease_until = 0, last_error = r.error
 FROM unnest($2::bigint[], $3::float8[], $4::text[]) AS r(id, at, error) WHERE o.id = r.id
 """
-_DEAD_LETTER_SQL = """
-WITH moved AS (DELETE FROM outbox WHERE id = $1 RETURNING *)
-INSERT INTO dead_letters (id, sink, ordering_key, payload, attempts, created_at, dead_at, status, error)
-SELECT id, sink, ordering_key, payload, attempts + $5, created_at, $2, $3, $4 FROM moved
-ON CONFLICT (id) DO NOTHING
-"""
+_DEAD_LETTER_MOVE = """
+moved AS (DELETE FROM outbox WHERE id = $1 RETURNING *),
+dead AS (INSERT INTO dead_letters (id, sink, ordering_key, payload, attempts, created_at, dead_at, status, error)
+    SELECT id, sink, ordering_key, payload, attempts + $5, created_at, $2, $3, $4 FROM moved
+    ON CONFLICT (id) DO NOTHING)"""
+_DEAD_LETTER_SQL = f"WITH {_DEAD_LETTER_MOVE} SELECT 1"
 # Heads of keys only: an item behind an in-flight head is not claimable, however due it is.
 _NEXT_DUE_SQL = """
 SELECT next_attempt_at FROM outbox AS o WHERE sink = $1 AND lease_until <= $2
   AND NOT EXISTS (SELECT 1 FROM outbox AS p WHERE p.sink = o.sink AND p.ordering_key = o.ordering_key AND p.id < o.id)
 ORDER BY next_attempt_at LIMIT 1
 """
-_AUDIT_SQL = (
+
+
+def _numbered(template: str, first: int) -> str:
+    """``template`` with its ``{}`` placeholders as parameters ``$first``, ``$first + 1``, ..."""
+    return template.format(*(f"${first + i}" for i in range(template.count("{}"))))
+
+
+_AUDIT_TEMPLATE = (
     "INSERT INTO audit (at, incident_key, side, actor, action, detail, certificate, environment, event_class,"
-    " issuer) SELECT * FROM unnest($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
-    " $7::text[], $8::text[], $9::text[], $10::text[])"
+    " issuer) SELECT * FROM unnest({}::float8[], {}::text[], {}::text[], {}::text[], {}::text[], {}::text[],"
+    " {}::text[], {}::text[], {}::text[], {}::text[])"
 )
+
+
+_AUDIT_SQL = _numbered(_AUDIT_TEMPLATE, 1)
+# An outbox change and the audit lines that say so, in ONE statement: one round trip, atomic without a
+# transaction (a data-modifying WITH runs to completion whatever the rest of the statement reads).
+_DELIVERED_AUDIT_SQL = f"WITH changed AS (DELETE FROM outbox WHERE id = $1) {_numbered(_AUDIT_TEMPLATE, 2)}"
+_RETRY_AUDIT_SQL = f"WITH changed AS ({_RETRY_SQL}) {_numbered(_AUDIT_TEMPLATE, 5)}"
+_DEAD_LETTER_AUDIT_SQL = f"WITH {_DEAD_LETTER_MOVE} {_numbered(_AUDIT_TEMPLATE, 6)}"
 _PRUNE_SQL = (
     "DELETE FROM receipts WHERE received_at < $1",
     "DELETE FROM occurrences WHERE status = 'resolved' AND updated_at < $1",
@@ -369,6 +384,9 @@ class PostgresStore:
     async def claim(self, sink: str, *, now: float, limit: int, lease: float) -> list[OutboxItem]:
         """Due head-of-key items, leased, skipping rows another replica is claiming (see base.Store)."""
 
+        # One statement, no transaction around it (BEGIN and COMMIT would double its round trips): the
+        # claim is atomic by itself, and each dead letter below is one statement too. Should the process
+        # stop in between, an unreadable row's lease runs out and the next claim moves it aside.
         async def op(conn: Conn) -> list[OutboxItem]:
             rows = sorted(await conn.fetch(_CLAIM_SQL, sink, now, limit, now + lease),
                           key=lambda r: (r["next_attempt_at"], r["id"]))
@@ -383,7 +401,7 @@ class PostgresStore:
                     await conn.execute(_DEAD_LETTER_SQL, row["id"], now, 0, error, 0)
             return items
 
-        return await self._run(op)
+        return await self._run(op, transaction=False)
 
     async def next_due(self, sink: str, *, now: float) -> float | None:
         async def op(conn: Conn) -> Any:
@@ -393,12 +411,8 @@ class PostgresStore:
         return None if value is None else float(value)
 
     async def mark_delivered(self, item_id: int, *, audit: Sequence[AuditEntry] = ()) -> None:
-        async def op(conn: Conn) -> None:
-            await conn.execute("DELETE FROM outbox WHERE id = $1", item_id)
-            if audit:
-                await insert_audit(conn, audit)
-
-        await self._run(op, transaction=bool(audit))
+        await self._run(lambda conn: _with_audit(
+            conn, "DELETE FROM outbox WHERE id = $1", _DELIVERED_AUDIT_SQL, [item_id], audit), transaction=False)
 
     async def retry_at(
         self, item_id: int, *, at: float, error: str, attempted: bool = True, audit: Sequence[AuditEntry] = ()
@@ -410,22 +424,14 @@ class PostgresStore:
     ) -> None:
         ids, ats, errors = [r[0] for r in retries], [r[1] for r in retries], [r[2] for r in retries]
 
-        async def op(conn: Conn) -> None:
-            await conn.execute(_RETRY_SQL, int(attempted), ids, ats, errors)
-            if audit:
-                await insert_audit(conn, audit)
-
-        await self._run(op, transaction=bool(audit))
+        await self._run(lambda conn: _with_audit(
+            conn, _RETRY_SQL, _RETRY_AUDIT_SQL, [int(attempted), ids, ats, errors], audit), transaction=False)
 
     async def dead_letter(
         self, item_id: int, *, error: str, status: int, now: float, audit: Sequence[AuditEntry] = ()
     ) -> None:
-        async def op(conn: Conn) -> None:
-            await conn.execute(_DEAD_LETTER_SQL, item_id, now, status, error, 1)
-            if audit:
-                await insert_audit(conn, audit)
-
-        await self._run(op, transaction=bool(audit))
+        await self._run(lambda conn: _with_audit(
+            conn, _DEAD_LETTER_SQL, _DEAD_LETTER_AUDIT_SQL, [item_id, now, status, error, 1], audit), transaction=False)
 
     async def prune(self, *, before: float, audit_before: float | None = None) -> int:
         cutoff = before if audit_before is None else audit_before
@@ -608,80 +614,126 @@ class _PostgresIngest:
         return State(occurrences=occurrences, incidents=incidents, groups=groups)
 
     async def write(self, step: Write) -> None:
-        changes, conn = step.changes, self.conn
-        if changes.created:
-            c = changes.created
-            await conn.execute(
-                f"INSERT INTO occurrences ({_OCCURRENCE_COLS})"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[])",
-                [o.fingerprint for o in c], [o.starts_at for o in c], [o.status for o in c],
-                [o.incident_key for o in c], [o.scope for o in c], [o.updated_at for o in c],
+        """Every change in ONE statement (one round trip instead of up to seven): each INSERT or UPDATE
+        is a data-modifying WITH, all of which run to completion; the guarded UPDATEs count their rows."""
+        c, statement = step.changes, _Statement()
+        if c.created:
+            statement.change(
+                f"INSERT INTO occurrences ({_OCCURRENCE_COLS}) SELECT * FROM unnest("
+                "{}::text[], {}::text[], {}::text[], {}::text[], {}::text[], {}::float8[])",
+                [o.fingerprint for o in c.created], [o.starts_at for o in c.created], [o.status for o in c.created],
+                [o.incident_key for o in c.created], [o.scope for o in c.created],
+                [o.updated_at for o in c.created],
             )
-        if changes.updated:
-            u = [o for o, _ in changes.updated]
-            status = await conn.execute(
+        if c.updated:
+            u = [o for o, _ in c.updated]
+            statement.guarded(
+                len(u), "an occurrence changed since this transaction read it",
                 "UPDATE occurrences AS o SET status = u.status, incident_key = u.key, scope = u.scope,"
-                " updated_at = u.at FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
-                " $6::float8[], $7::text[]) AS u(fp, starts, status, key, scope, at, old)"
+                " updated_at = u.at FROM unnest({}::text[], {}::text[], {}::text[], {}::text[], {}::text[],"
+                " {}::float8[], {}::text[]) AS u(fp, starts, status, key, scope, at, old)"
                 " WHERE o.fingerprint = u.fp AND o.starts_at = u.starts AND o.status = u.old",
                 [o.fingerprint for o in u], [o.starts_at for o in u], [o.status for o in u],
                 [o.incident_key for o in u], [o.scope for o in u], [o.updated_at for o in u],
-                [old for _, old in changes.updated],
+                [old for _, old in c.updated],
             )
-            if _rowcount(status) != len(u):
-                raise Conflict("an occurrence changed since this transaction read it")
-        if changes.incidents:
-            i = changes.incidents
-            await conn.execute(
-                f"INSERT INTO incidents ({_INCIDENT_COLS}) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
-                " $4::text[], $5::bool[], $6::text[], $7::float8[], $8::text[]) ON CONFLICT (key) DO UPDATE SET"
-                " scope = excluded.scope, event_class = excluded.event_class, route = excluded.route,"
+        if c.incidents:
+            i = c.incidents
+            statement.change(
+                f"INSERT INTO incidents ({_INCIDENT_COLS}) SELECT * FROM unnest({{}}::text[], {{}}::text[],"
+                " {}::text[], {}::text[], {}::bool[], {}::text[], {}::float8[], {}::text[]) ON CONFLICT (key) DO UPDATE"
+                " SET scope = excluded.scope, event_class = excluded.event_class, route = excluded.route,"
                 " open = excluded.open, trigger = excluded.trigger, updated_at = excluded.updated_at,"
                 " grp = excluded.grp",
                 [r.key for r in i], [r.scope for r in i], [r.event_class for r in i], [r.route for r in i],
                 [r.open for r in i], [r.trigger for r in i], [r.updated_at for r in i], [r.group for r in i],
             )
-        await _write_groups(conn, changes.groups)
-        if changes.outbox:
-            b = changes.outbox
-            await conn.execute(
+        _write_groups(statement, c.groups)
+        if c.outbox:
+            b = c.outbox
+            statement.change(
                 "INSERT INTO outbox (sink, ordering_key, payload, created_at, next_attempt_at, receipt_id)"
-                " SELECT s, k, p, c, c, r FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[],"
-                " $5::bigint[]) AS b(s, k, p, c, r)",
+                " SELECT s, k, p, c, c, r FROM unnest({}::text[], {}::text[], {}::text[], {}::float8[],"
+                " {}::bigint[]) AS b(s, k, p, c, r)",
                 [o.sink for o in b], [o.ordering_key for o in b], [o.payload for o in b],
                 [o.created_at for o in b], [o.receipt_id for o in b],
             )
-        if changes.audit:
-            await insert_audit(conn, changes.audit)
+        if c.audit:
+            statement.change(_AUDIT_TEMPLATE, *_audit_columns(c.audit))
+        await statement.run(self.conn)
+
+
+_AUDIT_FIELDS = ("at", "key", "side", "actor", "action", "detail", "certificate", "environment", "event_class",
+                 "issuer")
+
+
+def _audit_columns(entries: Sequence[AuditEntry]) -> list[list[Any]]:
+    return [[getattr(e, name) for e in entries] for name in _AUDIT_FIELDS]
 
 
 async def insert_audit(conn: Conn, entries: Sequence[AuditEntry]) -> None:
     """Audit lines in one statement."""
-    columns = [[getattr(e, name) for e in entries] for name in (
-        "at", "key", "side", "actor", "action", "detail", "certificate", "environment", "event_class", "issuer")]
-    await conn.execute(_AUDIT_SQL, *columns)
+    await conn.execute(_AUDIT_SQL, *_audit_columns(entries))
 
 
-async def _write_groups(conn: Conn, rows: Sequence[GroupRow]) -> None:
+async def _with_audit(conn: Conn, sql: str, audited_sql: str, args: Sequence[Any], audit: Sequence[AuditEntry]) -> None:
+    """``sql`` alone, or ``audited_sql``: the same change and the ``audit`` lines in one statement."""
+    if audit:
+        await conn.execute(audited_sql, *args, *_audit_columns(audit))
+    else:
+        await conn.execute(sql, *args)
+
+
+def _write_groups(statement: _Statement, rows: Sequence[GroupRow]) -> None:
     new = [g for g in rows if g.version == 1]
     if new:  # the primary key refuses a group opened concurrently under the same key (retried)
-        await conn.execute(
-            f"INSERT INTO groups ({GROUP_COLS}) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
-            " $4::float8[], $5::bool[], $6::text[], $7::float8[], $8::int[])",
+        statement.change(
+            f"INSERT INTO groups ({GROUP_COLS}) SELECT * FROM unnest({{}}::text[], {{}}::text[], {{}}::text[],"
+            " {}::float8[], {}::bool[], {}::text[], {}::float8[], {}::int[])",
             [g.key for g in new], [g.slot for g in new], [g.route for g in new], [g.opened_at for g in new],
             [g.open for g in new], [g.detail for g in new], [g.updated_at for g in new], [g.version for g in new],
         )
     changed = [g for g in rows if g.version != 1]
     if changed:
-        status = await conn.execute(
+        statement.guarded(
+            len(changed), "a group changed since this transaction read it",
             "UPDATE groups AS g SET open = u.open, detail = u.detail, updated_at = u.at, version = u.version"
-            " FROM unnest($1::text[], $2::bool[], $3::text[], $4::float8[], $5::int[])"
+            " FROM unnest({}::text[], {}::bool[], {}::text[], {}::float8[], {}::int[])"
             " AS u(key, open, detail, at, version) WHERE g.key = u.key AND g.version = u.version - 1",
             [g.key for g in changed], [g.open for g in changed], [g.detail for g in changed],
             [g.updated_at for g in changed], [g.version for g in changed],
         )
-        if _rowcount(status) != len(changed):
-            raise Conflict("a group changed since this transaction read it")
+
+
+class _Statement:
+    """Several changes as ONE statement: each a data-modifying WITH (they all run to completion, on one
+    snapshot, none seeing another's rows: the ingest's changes touch different rows). A guarded change
+    counts the rows it changed; fewer than expected is a :class:`Conflict`."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._args: list[Any] = []
+        self._guards: list[tuple[str, int, str]] = []  # (part, rows expected, the conflict's message)
+
+    def change(self, template: str, *args: Any) -> None:
+        """A change; ``template``'s ``{}`` placeholders take ``args`` in order."""
+        self._parts.append(f"c{len(self._parts)} AS ({_numbered(template, len(self._args) + 1)})")
+        self._args.extend(args)
+
+    def guarded(self, expected: int, conflict: str, template: str, *args: Any) -> None:
+        """A change that must change ``expected`` rows (an UPDATE guarded by what was read)."""
+        self._guards.append((f"c{len(self._parts)}", expected, conflict))
+        self.change(template + " RETURNING 1", *args)
+
+    async def run(self, conn: Conn) -> None:
+        if not self._parts:
+            return
+        counts = ", ".join(f"(SELECT COUNT(*) FROM {part})" for part, _, _ in self._guards) or "1"
+        row = await conn.fetchrow(f"WITH {', '.join(self._parts)} SELECT {counts}", *self._args)
+        assert row is not None
+        for (_, expected, conflict), count in zip(self._guards, row, strict=False):
+            if count != expected:
+                raise Conflict(conflict)
 
 
 @dataclass(slots=True)

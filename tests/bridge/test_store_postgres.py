@@ -124,6 +124,31 @@ async def test_without_the_locks_the_primary_key_still_refuses_the_second_transi
     assert (await ingest(replicas[0], alert())).duplicates == 1
 
 
+async def test_without_the_locks_the_status_guard_refuses_the_second_resolve(pg, replicas):
+    # The resolve UPDATEs a stored occurrence only where it still has the status this transaction read
+    # (one statement with the ingest's other writes): the second of two overlapping resolves changes no
+    # row, which is a Conflict, and the store runs it again to find a duplicate.
+    assert (await ingest(replicas[0], alert())).new == 1
+    raw = body(alert("resolved"))
+    barrier = asyncio.Barrier(2)
+    conns = [await pg.server.connect(pg.database) for _ in range(2)]
+
+    async def overlap(conn):
+        async with conn.transaction():
+            steps = script.script(Receipt("alertmanager", raw, 2.0), parse(raw), Policy(), ["pagerduty"])
+            return await script.run_async(steps, Unlocked(conn, barrier))
+
+    try:
+        results = await asyncio.gather(*(overlap(c) for c in conns), return_exceptions=True)
+    finally:
+        for conn in conns:
+            await conn.close()
+    assert sorted(type(r).__name__ for r in results) == ["Conflict", "IngestResult"]
+    assert [r[0] for r in await pg.fetch("SELECT status FROM occurrences")] == ["resolved"]
+    assert await pg.count("outbox") == 2  # the trigger and one resolve
+    assert (await ingest(replicas[0], alert("resolved"))).duplicates == 1
+
+
 async def test_replicas_never_claim_one_item_twice_and_take_over_a_dead_replicas_leases(pg, replicas):
     for i in range(60):
         await ingest(replicas[i % 3], alert(certificate=f"c{i}.example.com"))
