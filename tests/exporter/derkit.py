@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from exporter import der
@@ -107,3 +107,47 @@ def with_duplicate_extension(fields: list[bytes]) -> list[bytes]:
     first = raw(extensions, items[0])
     body = b"".join(raw(extensions, i) for i in items) + first
     return [*fields[:-1], tlv(0xA3, tlv(0x30, body))]
+
+
+# --- names with chosen string types -------------------------------------------------------------------
+
+# A name attribute as the tests model it: (attribute type, value, string type). cryptography's public API
+# picks the string type itself (UTF8String, or PrintableString for a few types), so names with other
+# types are encoded here and put into a certificate's TBSCertificate.
+Attribute = tuple[x509.ObjectIdentifier, str, str]
+STRING_TAGS = {"utf8": 0x0C, "printable": 0x13, "t61": 0x14, "ia5": 0x16, "universal": 0x1C, "bmp": 0x1E}
+_CODECS = {"utf8": "utf-8", "printable": "ascii", "t61": "latin-1", "ia5": "ascii", "universal": "utf-32-be",
+           "bmp": "utf-16-be"}
+
+
+def encode_oid(oid: x509.ObjectIdentifier) -> bytes:
+    first, second, *rest = (int(arc) for arc in oid.dotted_string.split("."))
+    body = b""
+    for arc in (40 * first + second, *rest):
+        chunk = [arc & 0x7F]
+        while arc > 0x7F:
+            arc >>= 7
+            chunk.append(0x80 | (arc & 0x7F))
+        body += bytes(reversed(chunk))
+    return tlv(0x06, body)
+
+
+def encode_name(rdns: list[list[Attribute]]) -> bytes:
+    """A Name: each RDN a SET OF AttributeTypeAndValue, sorted by encoding as DER wants."""
+    def attribute(oid: x509.ObjectIdentifier, value: str, kind: str) -> bytes:
+        return tlv(0x30, encode_oid(oid) + tlv(STRING_TAGS[kind], value.encode(_CODECS[kind])))
+
+    return tlv(0x30, b"".join(tlv(0x31, b"".join(sorted(attribute(*a) for a in rdn))) for rdn in rdns))
+
+
+def with_names(cert: x509.Certificate, subject: bytes, issuer: bytes) -> x509.Certificate:
+    """``cert`` with these encoded names. The signature is kept, so it no longer matches: only for
+    readers that do not verify (exporter/der.py, cryptography's parser)."""
+    fields = tbs_fields(cert)
+    index = 3 if fields[0][0] == 0xA0 else 2  # issuer, after [version], serial and signature
+    fields[index], fields[index + 2] = issuer, subject
+    whole = cert.public_bytes(serialization.Encoding.DER)
+    _, start, end = der.element(whole, 0, len(whole))
+    _, algorithm, signature = der.elements(whole, start, end)
+    tbs = tlv(0x30, b"".join(fields))
+    return x509.load_der_x509_certificate(tlv(0x30, tbs + raw(whole, algorithm) + raw(whole, signature)))

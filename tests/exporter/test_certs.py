@@ -10,7 +10,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
 from certpager import pki
@@ -181,14 +180,15 @@ def test_a_certificate_cryptography_refuses_is_reported_and_not_trusted(test_pki
     # exporter/der.py does not check a PrintableString's alphabet; cryptography refuses '*' in one.
     # The chain is still reported (dates, names), and the verdict says why it cannot be trusted.
     leaf = test_pki.chains["valid"].leaf
-    organization = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Q", _type=_ASN1Type.PrintableString)
+    country = x509.NameAttribute(NameOID.COUNTRY_NAME, "QQ")  # a PrintableString, as cryptography encodes it
     builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost"), organization]))
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost"), country]))
                .issuer_name(leaf.cert.issuer).public_key(leaf.cert.public_key()).serial_number(7)
                .not_valid_before(leaf.cert.not_valid_before_utc).not_valid_after(leaf.cert.not_valid_after_utc)
                .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False))
     good = builder.sign(test_pki.intermediate.key, hashes.SHA256()).public_bytes(Encoding.DER)
-    bad = good.replace(b"\x13\x01Q", b"\x13\x01*")
+    assert good.count(b"\x13\x02QQ") == 1
+    bad = good.replace(b"\x13\x02QQ", b"\x13\x02Q*")
     (info,) = _infos([bad])
     assert (info.subject_cn, info.sans) == ("localhost", ("localhost",))
     verdict = _verify(certs.ChainVerifier(), [bad, test_pki.intermediate.der], test_pki.ca_file, "webpki")

@@ -21,13 +21,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from certpager import pki
 from exporter import certs, der
+from tests.exporter import derkit
 
 KEYS = ("rsa1024", "rsa1536", "ec256", "ec384", "ec521", "secp256k1", "brainpool256", "ed25519", "ed448", "dsa2048")
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -102,21 +102,18 @@ ATTRIBUTE_TYPES = (NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME, NameOID.ORGAN
 
 
 @st.composite
-def attributes(draw: st.DrawFn) -> x509.NameAttribute[str]:
+def attributes(draw: st.DrawFn) -> derkit.Attribute:
     oid = draw(st.sampled_from(ATTRIBUTE_TYPES))
-    kind = draw(st.sampled_from(("utf8", "bmp", "universal", "printable", "ia5", "t61")))
-    if kind == "printable":
-        return x509.NameAttribute(oid, draw(PRINTABLE), _type=_ASN1Type.PrintableString)
-    if kind in ("ia5", "t61"):
-        string_type = _ASN1Type.IA5String if kind == "ia5" else _ASN1Type.T61String
-        return x509.NameAttribute(oid, draw(ASCII), _type=string_type)
-    string_type = {"utf8": _ASN1Type.UTF8String, "bmp": _ASN1Type.BMPString,
-                   "universal": _ASN1Type.UniversalString}[kind]
-    return x509.NameAttribute(oid, draw(TEXT), _type=string_type)
+    kind = draw(st.sampled_from(tuple(derkit.STRING_TAGS)))
+    values = PRINTABLE if kind == "printable" else ASCII if kind in ("ia5", "t61") else TEXT
+    return oid, draw(values), kind
 
 
-NAMES = st.lists(st.lists(attributes(), min_size=1, max_size=2, unique=True).map(x509.RelativeDistinguishedName),
-                 min_size=0, max_size=4).map(x509.Name)
+NameModel = list[list[derkit.Attribute]]
+NAMES: st.SearchStrategy[NameModel] = st.lists(st.lists(attributes(), min_size=1, max_size=2, unique=True),
+                                               min_size=0, max_size=4)
+
+
 LABEL = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=10)
 GENERAL_NAMES = st.one_of(
     st.builds(lambda labels: x509.DNSName(".".join(labels)), st.lists(LABEL, min_size=1, max_size=4)),
@@ -125,15 +122,13 @@ GENERAL_NAMES = st.one_of(
     st.sampled_from([ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32")]).map(x509.IPAddress),
     st.builds(lambda user: x509.RFC822Name(f"{user}@example.test"), LABEL),
     st.builds(lambda host: x509.UniformResourceIdentifier(f"https://{host}.test/"), LABEL),
-    NAMES.map(x509.DirectoryName),
+    TEXT.map(lambda cn: x509.DirectoryName(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))),
 )
 
 
-def restring(name: x509.Name) -> x509.Name:
+def restring(model: NameModel) -> NameModel:
     """The same name, every attribute as a UTF8String: equal as x509.Name, different bytes."""
-    return x509.Name([
-        x509.RelativeDistinguishedName([x509.NameAttribute(a.oid, a.value, _type=_ASN1Type.UTF8String) for a in rdn])
-        for rdn in name.rdns])
+    return [[(oid, value, "utf8") for oid, value, _ in rdn] for rdn in model]
 
 
 @st.composite
@@ -142,7 +137,8 @@ def certificates(draw: st.DrawFn) -> x509.Certificate:
     subject = draw(NAMES)
     issuer = draw(st.sampled_from(["same", "restrung", "other"]))
     issuer_name = subject if issuer == "same" else restring(subject) if issuer == "restrung" else draw(NAMES)
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
+    placeholder = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "placeholder")])
+    builder = (x509.CertificateBuilder().subject_name(placeholder).issuer_name(placeholder)
                .public_key(key(draw(st.sampled_from(KEYS))).public_key())
                .serial_number(draw(st.integers(1, 2**159 - 1)))
                # UTCTime for 1950-2049, GeneralizedTime after (a builder refuses years before 1950)
@@ -158,7 +154,8 @@ def certificates(draw: st.DrawFn) -> x509.Certificate:
     if draw(st.booleans()):
         builder = builder.add_extension(x509.SubjectKeyIdentifier(b"\x01" * 20), critical=False)
     hash_alg = None if isinstance(signer, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey) else hashes.SHA256()
-    return builder.sign(signer, hash_alg)
+    return derkit.with_names(builder.sign(signer, hash_alg), derkit.encode_name(subject),
+                             derkit.encode_name(issuer_name))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -170,13 +167,13 @@ def test_reads_what_cryptography_reads(cert: x509.Certificate) -> None:
 def test_a_multi_valued_rdn_is_compared_as_a_set() -> None:
     # DER sorts a SET OF by encoding: as UTF8Strings the two CNs come out in the other order, and the
     # name is still the same one for x509.Name (hence self-issued). Found by the property test above.
-    printable = x509.Name([x509.RelativeDistinguishedName([
-        x509.NameAttribute(NameOID.COMMON_NAME, "00", _type=_ASN1Type.PrintableString),
-        x509.NameAttribute(NameOID.COMMON_NAME, "0", _type=_ASN1Type.BMPString)])])
+    printable: NameModel = [[(NameOID.COMMON_NAME, "00", "printable"), (NameOID.COMMON_NAME, "0", "bmp")]]
     now = pki.utcnow()
-    cert = (x509.CertificateBuilder().subject_name(printable).issuer_name(restring(printable))
+    placeholder = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "placeholder")])
+    cert = (x509.CertificateBuilder().subject_name(placeholder).issuer_name(placeholder)
             .public_key(key("ec256").public_key()).serial_number(1).not_valid_before(now)
             .not_valid_after(now + dt.timedelta(days=1)).sign(key("ec256"), hashes.SHA256()))
+    cert = derkit.with_names(cert, derkit.encode_name(printable), derkit.encode_name(restring(printable)))
     fields = der.certificate_fields(cert.public_bytes(Encoding.DER))
     assert fields == oracle(cert)
     assert fields.self_issued
