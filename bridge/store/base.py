@@ -98,8 +98,8 @@ class Store(Protocol):
 
     async def claim(self, sink: str, *, now: float, limit: int, lease: float) -> list[OutboxItem]:
         """Due head-of-key items of ``sink``, leased until ``now + lease``, oldest due first, each saying
-        whether it is ``superseded``: held up (its due time moved: a failed attempt, a hold) while a later
-        item of its key was queued."""
+        whether it is ``superseded``: held up (its due time moved: a failed attempt, a hold; or handed out
+        before and never reported back: its process died) while a later item of its key was queued."""
         ...
 
     async def next_due(self, sink: str, *, now: float) -> float | None:

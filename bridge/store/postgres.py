@@ -105,15 +105,16 @@ _RETRYABLE = (
 _OCCURRENCE_COLS = "fingerprint, starts_at, status, incident_key, scope, updated_at"
 _INCIDENT_COLS = "key, scope, event_class, route, open, trigger, updated_at, grp"
 _CLAIM_SQL = """
-UPDATE outbox SET lease_until = $4 WHERE id IN (
-    SELECT id FROM outbox AS o
+UPDATE outbox SET lease_until = $4 FROM (
+    SELECT id, lease_until > 0 AS abandoned FROM outbox AS o
     WHERE sink = $1 AND next_attempt_at <= $2 AND lease_until <= $2
       AND NOT EXISTS (SELECT 1 FROM outbox AS p
                       WHERE p.sink = o.sink AND p.ordering_key = o.ordering_key AND p.id < o.id)
     ORDER BY next_attempt_at, id LIMIT $3
-    FOR UPDATE SKIP LOCKED)
-RETURNING id, sink, ordering_key, payload, attempts, created_at, next_attempt_at,
-    next_attempt_at > created_at AND EXISTS (SELECT 1 FROM outbox AS n
+    FOR UPDATE SKIP LOCKED) AS claimed
+WHERE outbox.id = claimed.id
+RETURNING outbox.id, sink, ordering_key, payload, attempts, created_at, next_attempt_at,
+    (next_attempt_at > created_at OR claimed.abandoned) AND EXISTS (SELECT 1 FROM outbox AS n
         WHERE n.sink = outbox.sink AND n.ordering_key = outbox.ordering_key AND n.id > outbox.id) AS superseded
 """
 _RETRY_SQL = """

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_BATCH = 512  # operations per group commit; bounds one transaction's latency
 _CHUNK = 400  # parameters per IN (...) list (two lists share a statement: under SQLite's old 999)
+ABANDONED = 1.0  # the lease of an item a crashed process had claimed: over, and not 0 (never handed out)
 _RETRY_SQL = (
     "UPDATE outbox SET attempts = attempts + ?, next_attempt_at = ?, lease_until = 0, last_error = ? WHERE id = ?"
 )
@@ -122,8 +123,9 @@ class SqliteStore:
         self._lock_fd = fd
         self._writer = _connect(self.path)
         migrate(self._writer)
-        # This process owns the file: leases from a previous (crashed) process are void.
-        self._writer.execute("UPDATE outbox SET lease_until = 0 WHERE lease_until != 0")
+        # This process owns the file: leases from a previous (crashed) process are void. They end now but
+        # stay non-zero (ABANDONED): an item handed out and never reported back was held up, as a retry is.
+        self._writer.execute("UPDATE outbox SET lease_until = ? WHERE lease_until != 0", (ABANDONED,))
         self._reader = _connect(self.path)
 
     async def close(self) -> None:
@@ -564,7 +566,8 @@ def _item(row: Sequence[Any]) -> OutboxItem:
 def _claim(conn: sqlite3.Connection, sink: str, now: float, limit: int, lease: float) -> list[OutboxItem]:
     # Head of key = no earlier item of the same key is still queued; a leased head blocks its successors.
     rows = conn.execute(
-        "SELECT id, sink, ordering_key, payload, attempts, created_at, next_attempt_at > created_at AND EXISTS"
+        "SELECT id, sink, ordering_key, payload, attempts, created_at,"
+        " (next_attempt_at > created_at OR lease_until > 0) AND EXISTS"
         " (SELECT 1 FROM outbox AS n WHERE n.sink = o.sink AND n.ordering_key = o.ordering_key AND n.id > o.id)"
         " FROM outbox AS o"
         " WHERE sink = ? AND next_attempt_at <= ? AND lease_until <= ?"

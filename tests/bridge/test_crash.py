@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import sys
@@ -140,9 +141,13 @@ async def test_sigkill_mid_burst_loses_nothing_and_sends_nothing_twice(tmp_path)
         assert len(per_key) == CERTS
         for key, actions in per_key.items():
             collapsed = [a for n, a in enumerate(actions) if n == 0 or actions[n - 1] != a]
-            assert collapsed == ["trigger", "resolve"], (key, actions)
-        effective = [a.outcome for a in fake.accepted if a.outcome not in ("deduplicated", "dropped")]
-        assert sorted(effective) == ["opened"] * CERTS + ["resolved"] * CERTS
+            assert collapsed in (["trigger", "resolve"], ["resolve"]), (key, actions)
+        # Each certificate paged once and was closed (O R). A trigger in flight at the kill, handed out
+        # again after its resolve was queued, is late: a change event, not a second page (O C R, or C D
+        # when the killed process had not sent it: nobody paged for something already fixed). A resolve
+        # resent after the restart finds nothing open (D).
+        stories = fake.stories()
+        assert len(stories) == CERTS and all(re.fullmatch(r"OC?RD*|CD+", s) for s in stories.values()), stories
         resent = len(fake.actions()) - 2 * CERTS
         assert resent <= 16  # at most the deliveries in flight at the kill (outbox.max_in_flight)
         assert all(fake.open_incident(ROUTING_KEY, key) is None for key in per_key)

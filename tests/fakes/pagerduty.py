@@ -259,6 +259,17 @@ class FakePagerDuty:
         """The body of every accepted change event, in order (they never touch an incident)."""
         return [a.body for a in self.accepted if a.path == "/v2/change/enqueue"]
 
+    def stories(self) -> dict[str, str]:
+        """Per dedup_key, what each accepted event did, in order, one letter each: O opened, R resolved,
+        D dropped (a resolve with nothing open), C a change event naming the key in its custom_details (a
+        late trigger, late_resolved); resends absorbed by the dedup_key and acknowledgements left out."""
+        letters = {"opened": "O", "resolved": "R", "dropped": "D", "change": "C"}
+        per_key: dict[str, str] = {}
+        for a in self.accepted:
+            key = a.body["payload"]["custom_details"].get("dedup_key", "") if a.outcome == "change" else a.dedup_key
+            per_key[key] = per_key.get(key, "") + letters.get(a.outcome, "")
+        return per_key
+
     def actions(self) -> list[tuple[str, str]]:
         """(event_action, dedup_key) of every accepted alert event, in order: the usual assertion."""
         return [(a.body["event_action"], a.dedup_key) for a in self.accepted if a.path == "/v2/enqueue"]
