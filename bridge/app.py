@@ -180,7 +180,7 @@ class Bridge:
         self.app.router.add_post(WEBHOOK_PATH, self.ack_api.pagerduty_webhook)
         self.app.router.add_post(SNOOZE_ROUTE, self.ack_api.snooze)
         self.app.router.add_get(AUDIT_ROUTE, self.ack_api.audit)
-        add_lifecycle_routes(self.app, ready=self.ready, reload=self.reload, reload_guard=self._reload_guard)
+        add_lifecycle_routes(self.app, unready=self.unready, reload=self.reload, reload_guard=self._reload_guard)
 
     def _reload_guard(self, request: web.Request) -> web.Response | None:
         """``server.reload``: the webhook's credentials (default), anyone, or nobody (SIGHUP only)."""
@@ -249,9 +249,13 @@ class Bridge:
             )
         return sinks
 
-    def ready(self) -> bool:
-        """Whether the store is open and the outbox worker (restarted when it fails) runs."""
-        return self.store.is_open and self.worker.running and self.tasks.ready()
+    def unready(self) -> list[str]:
+        """Why the bridge is not ready, in words for ``/-/ready`` (empty when it is: the store is open and
+        the outbox worker, restarted when it fails, runs)."""
+        reasons = ([] if self.store.is_open else ["the store is not open"]) + self.tasks.unready()
+        if not reasons and not self.worker.running:
+            reasons.append("the outbox worker is not running")
+        return reasons
 
     async def reload(self) -> None:
         """Load the config again (``POST /-/reload`` and SIGHUP); on error keep the old one and raise."""

@@ -69,6 +69,7 @@ class TaskSupervisor:
         self._on_failure: list[Callable[[str], None]] = []
         self._closing = False
         self.failed: str | None = None  # why the supervisor gave up, once it did
+        self._given_up: str | None = None  # the task it gave up on
 
     def on_failure(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(reason)`` once when a task is given up on (the CLI stops the server with it)."""
@@ -86,6 +87,13 @@ class TaskSupervisor:
     def ready(self) -> bool:
         """True while every task runs (and none was given up on)."""
         return self.failed is None and all(entry.up for entry in self._entries.values())
+
+    def unready(self) -> list[str]:
+        """Why the process is not ready, in words for ``/-/ready`` (empty when it is): the tasks that are
+        down, by name (their errors stay in the logs: /-/ready needs no credentials)."""
+        if self._given_up is not None:
+            return [f"background task {self._given_up} was given up on: the process is stopping"]
+        return [f"background task {e.name} is restarting" for e in self._entries.values() if not e.up]
 
     def problems(self) -> list[str]:
         """One line per task that is down, for the readiness answer and logs."""
@@ -155,6 +163,7 @@ class TaskSupervisor:
             entry.restarts += 1
 
     def _give_up(self, entry: _Entry) -> None:
+        self._given_up = entry.name
         self.failed = (f"background task {entry.name} failed {entry.failures} times in a row "
                        f"(last: {entry.last_error})")
         log.critical("giving up: stopping the process so its supervisor restarts it",

@@ -43,7 +43,7 @@ from certpager.config import format_duration, parse_duration
 log = logging.getLogger(__name__)
 
 ReloadFn = Callable[[], Awaitable[None]]
-ReadyFn = Callable[[], bool]
+UnreadyFn = Callable[[], Sequence[str]]  # why the service is not ready (empty: it is)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Headers = Sequence[tuple[str, str]]  # a name may repeat (one WWW-Authenticate per scheme)
 
@@ -156,7 +156,7 @@ async def read_body(request: web.Request, limit: int) -> bytes | None:
 
 
 def add_lifecycle_routes(
-    app: web.Application, *, ready: ReadyFn, reload: ReloadFn,
+    app: web.Application, *, unready: UnreadyFn, reload: ReloadFn,
     reload_guard: Callable[[web.Request], web.Response | None] | None = None,
 ) -> None:
     """Register /-/healthy, /-/ready and POST /-/reload on ``app``.
@@ -169,7 +169,8 @@ def add_lifecycle_routes(
         return text("Healthy.\n")
 
     async def is_ready(_: web.Request) -> web.Response:
-        return text("Ready.\n") if ready() else text("Not ready.\n", 503)
+        reasons = unready()
+        return text(f"Not ready: {'; '.join(reasons)}.\n", 503) if reasons else text("Ready.\n")
 
     async def do_reload(request: web.Request) -> web.Response:
         refusal = reload_guard(request) if reload_guard is not None else None

@@ -29,7 +29,7 @@ def create_app(exporter: Exporter, *, background: bool = True) -> web.Applicatio
     app.router.add_get("/", functools.partial(landing, exporter))
     app.router.add_get("/metrics", functools.partial(metrics, exporter))
     app.router.add_get("/probe", functools.partial(probe, exporter))
-    add_lifecycle_routes(app, ready=exporter.tasks.ready, reload=exporter.reload,
+    add_lifecycle_routes(app, unready=exporter.tasks.unready, reload=exporter.reload,
                          reload_guard=functools.partial(_unauthorized, exporter))
     if background:
         app.cleanup_ctx.append(functools.partial(_run_background, exporter))

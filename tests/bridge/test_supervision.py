@@ -47,6 +47,8 @@ async def test_a_killed_outbox_worker_is_restarted_and_ready_says_so_meanwhile(s
     assert (await client.post(ALERTMANAGER_PATH, data=body(alert()), headers=bearer())).status == 200
     await _wait_for(lambda: _is(client, 503))
     assert bridge.tasks.problems() == ["outbox: RuntimeError: outbox bug"]
+    # /-/ready names what is down, never the error (it needs no credentials)
+    assert await (await client.get("/-/ready")).text() == "Not ready: background task outbox is restarting.\n"
     await _wait_for(lambda: _is(client, 200))  # restarted after 1 s
     await _wait_for(_delivered(sink))  # and the event queued meanwhile goes out
     text = await (await client.get("/metrics")).text()

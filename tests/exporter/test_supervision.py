@@ -93,7 +93,7 @@ async def test_a_killed_task_is_restarted_and_ready_says_so_meanwhile(
     assert calls, "the fault was not reached"
     assert exporter.tasks.problems() == [f"{task}: RecursionError: maximum recursion depth exceeded"]
     ready = await client.get("/-/ready")
-    assert ready.status == 503
+    assert (ready.status, await ready.text()) == (503, f"Not ready: background task {task} is restarting.\n")
     metrics = sample_map(await (await client.get("/metrics")).text())
     assert value(metrics, "certpager_exporter_background_task_up", task=task) == 0
     await clock.advance(1)  # restarted after 1 s

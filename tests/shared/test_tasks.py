@@ -70,6 +70,7 @@ async def test_a_task_that_keeps_failing_is_given_up_on_and_the_failure_callback
     assert flaky.starts == 3  # failed, 1 s, failed, 2 s, failed: given up
     assert tasks.failed == reasons[0] == "background task scheduler failed 3 times in a row (last: RuntimeError: boom)"
     assert not tasks.ready()
+    assert tasks.unready() == ["background task scheduler was given up on: the process is stopping"]
     late: list[str] = []
     tasks.on_failure(late.append)  # registered after the fact: still told
     assert late == reasons
