@@ -104,9 +104,19 @@ class ReadTimeout(Exception):
 # --- building an application and its responses ------------------------------------------------------
 
 
+SERVER_HEADER = "certpager"
+
+
 def application() -> web.Application:
     """A new aiohttp application with certpager's middleware (connection state, 500 without details)."""
-    return web.Application(middlewares=[_request])
+    app = web.Application(middlewares=[_request])
+    app.on_response_prepare.append(_server_header)
+    return app
+
+
+async def _server_header(_: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp would send "Python/3.11 aiohttp/3.x": the versions an attacker looks up first.
+    response.headers["Server"] = SERVER_HEADER
 
 
 def text(body: str, status: int = 200, headers: Headers = ()) -> web.Response:

@@ -154,7 +154,7 @@ def test_healthcheck_script_is_executable():
 
 async def test_healthcheck_passes_on_a_healthy_service_and_fails_otherwise():
     app = application()
-    add_lifecycle_routes(app, ready=lambda: True, reload=lambda: asyncio.sleep(0))
+    add_lifecycle_routes(app, unready=list, reload=lambda: asyncio.sleep(0))
     broken = application()
 
     async def unhealthy(_: web.Request) -> web.Response:

@@ -79,6 +79,14 @@ async def test_unknown_path_is_404_and_wrong_method_is_405_with_allow(serve_app)
     assert {m.strip() for m in resp.headers["Allow"].split(",")} == {"GET", "HEAD"}
 
 
+async def test_no_response_names_the_python_or_aiohttp_version(serve_app):
+    client = await serve_app(echo_app())
+    for resp in (await client.get("/echo"), await client.get("/nope"), await client.post("/echo"),
+                 await client.get("/stream"), await client.get("/boom")):
+        assert resp.headers["Server"] == "certpager"
+        assert not any(re.search(r"python|aiohttp", value, re.I) for value in resp.headers.values())
+
+
 async def test_head_answers_a_get_route_without_body(serve_app):
     client = await serve_app(echo_app())
     resp = await client.head("/echo")
@@ -123,12 +131,14 @@ async def test_lifecycle_routes(serve_app):
             raise ValueError("bad config: x.yml: key y")
         state["reloads"] += 1
 
-    add_lifecycle_routes(app, ready=lambda: bool(state["ready"]), reload=reload)
+    add_lifecycle_routes(app, unready=lambda: [] if state["ready"] else ["a", "b"], reload=reload)
     client = await serve_app(app)
     assert await (await client.get("/-/healthy")).text() == "Healthy.\n"
-    assert (await client.get("/-/ready")).status == 503
+    resp = await client.get("/-/ready")
+    assert (resp.status, await resp.text()) == (503, "Not ready: a; b.\n")
     state["ready"] = True
-    assert (await client.get("/-/ready")).status == 200
+    resp = await client.get("/-/ready")
+    assert (resp.status, await resp.text()) == (200, "Ready.\n")
     assert (await client.get("/-/reload")).status == 405
     assert (await client.post("/-/reload")).status == 200 and state["reloads"] == 1
     state["fail"] = True
