@@ -41,6 +41,7 @@ from bridge.store.base import Store
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 3600.0  # seconds between retention sweeps
 LEAD_EVERY = 1.0  # seconds between asking the election about a one-replica sink
+PROBE_WAIT = "upstream failing: waiting for the probe"  # the hold of items behind a failing sink's one trial
 
 
 @runtime_checkable
@@ -220,7 +221,7 @@ class OutboxWorker:
                 held = self._start(name, sink, items[:free])
                 if probing:
                     after = max(self._probe_at.get(name, 0.0) - now, self._retry_initial)
-                    wait = RetryLater(after=after, error="upstream failing: waiting for the probe", local=True)
+                    wait = RetryLater(after=after, error=PROBE_WAIT, local=True)
                     held += [(item, wait) for item in items[free:]]
                 if held:
                     await self._hold(name, held)
@@ -245,8 +246,8 @@ class OutboxWorker:
     async def _hold(self, name: str, held: list[tuple[OutboxItem, RetryLater]]) -> None:
         now = self._clock()
         retries = [(item.id, now + max(hold.after or 0.0, 0.0), hold.error) for item, hold in held]
-        lines = [audit.delivery_entry(item, now, audit.HELD, _held_text(name, at, now))
-                 for (item, _), (_, at, _) in zip(held, retries, strict=True)]
+        lines = [audit.delivery_entry(item, now, audit.HELD, _held_text(name, hold, at, now))
+                 for (item, hold), (_, at, _) in zip(held, retries, strict=True)]
         try:
             await self._store.retry_many(retries, attempted=False, audit=lines)
         except Exception as exc:  # the leases expire and the items are claimed again
@@ -306,7 +307,7 @@ class OutboxWorker:
             delay = outcome.after if outcome.after is not None else self.backoff(item.attempts)
             at = now + max(delay, 0.0)
             if outcome.local:
-                line = audit.delivery_entry(item, now, audit.HELD, _held_text(name, at, now))
+                line = audit.delivery_entry(item, now, audit.HELD, _held_text(name, outcome, at, now))
             else:
                 text = (f"attempt {item.attempts + 1}: {audit.sink_title(name)} said {outcome.error};"
                         f" next try at {audit.clock_time(at, now)}")
@@ -350,8 +351,11 @@ class OutboxWorker:
             log.info("pruned old store rows", extra={"kv": {"rows": removed}})
 
 
-def _held_text(sink: str, at: float, now: float) -> str:
-    return f"held by {audit.sink_title(sink)}'s rate limit until {audit.clock_time(at, now)}"
+def _held_text(sink: str, hold: RetryLater, at: float, now: float) -> str:
+    until = audit.clock_time(at, now)
+    if hold.error == PROBE_WAIT:  # not the sink's rate limit: its upstream failed, one probe goes first
+        return f"held while {audit.sink_title(sink)} fails, behind one trial delivery, until {until}"
+    return f"held by {audit.sink_title(sink)}'s rate limit until {until}"
 
 
 def _delivered_text(sink: str, outcome: Delivered) -> str:

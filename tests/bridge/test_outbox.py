@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 
 from prometheus_client import CollectorRegistry
@@ -323,6 +324,10 @@ async def test_a_failing_upstream_gets_one_delivery_at_a_time_until_one_succeeds
     assert sink.peak == 1
     # The four that waited were not sent into the hang, so their backoff did not grow.
     assert sorted(i.attempts for i in sink.seen[5:]) == [1, 1, 1, 1, 1]
+    # Their audit lines say why they waited: the failing upstream, not a rate limit.
+    held = [e.detail for e in await store.audit_trail() if e.action == "held"]
+    assert held and all(re.fullmatch(r"trigger: held while \S+ fails, behind one trial delivery, until \S+", d)
+                        for d in held), held
 
 
 class Elections:
