@@ -110,8 +110,9 @@ def attributes(draw: st.DrawFn) -> derkit.Attribute:
 
 
 NameModel = list[list[derkit.Attribute]]
-NAMES: st.SearchStrategy[NameModel] = st.lists(st.lists(attributes(), min_size=1, max_size=2, unique=True),
-                                               min_size=0, max_size=4)
+# One RDN never holds one attribute twice: cryptography's x509.Name, which ignores string types, refuses it.
+NAMES: st.SearchStrategy[NameModel] = st.lists(
+    st.lists(attributes(), min_size=1, max_size=2, unique_by=lambda a: (a[0], a[1])), min_size=0, max_size=4)
 
 
 LABEL = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=10)
