@@ -364,12 +364,25 @@ def _statuspage_worse(
 def on_snooze(
     state: SyncState, key: str, *, duration: float, actor: str, now: float, settings: Settings
 ) -> Changes | str:
-    """A snooze asked for through the bridge's API; a string says why it cannot be done."""
+    """A snooze asked for through the bridge's API; a string says why it cannot be done.
+
+    A group's key snoozes the group's PagerDuty incident and silences each firing member; so does the key of
+    one of its members, as that member is paged only through its group (PagerDuty snoozes whole incidents).
+    """
     incident = state.incidents.get(key)
-    if incident is None:
+    if incident is not None and incident.group:
+        key = incident.group
+    group = state.groups.get(key)
+    if group is not None:
+        _, subjects = state.group_view(group)
+        if not group.open or not subjects:
+            return f"group {key!r} is not firing"
+    elif incident is None:
         return f"no incident {key!r}"
-    if not incident.open or not incident.firing:
+    elif not incident.open or not incident.firing:
         return f"incident {key!r} is not firing"
+    else:
+        subjects = [incident]
     out = Changes()
     ack = state.acks.get(key) or Ack(key)
     out.outbox.append(OutboxRow(REST_SINK, key, {
@@ -378,7 +391,7 @@ def on_snooze(
     comment = f"{ACK_PREFIX} snoozed by {actor} for {int(duration)}s via certpager"
     if ack.html_url:
         comment += f": {ack.html_url}"
-    ack = _silence(key, [incident], ack, now=now, until=now + duration, comment=comment, out=out)
+    ack = _silence(key, subjects, ack, now=now, until=now + duration, comment=comment, out=out)
     out.acks.append(dataclasses.replace(ack, status="acknowledged", side="api", actor=actor, updated_at=now))
     out.audit.append(AuditEntry(now, key, "api", actor, "snooze", f"until {iso(now + duration)}"))
     return out

@@ -233,3 +233,33 @@ async def test_a_group_escalated_or_raised_in_pagerduty_is_made_worse_on_statusp
     [row] = changes.outbox  # no REST token here: Statuspage only, on the group's own incident
     assert (row.sink, row.ordering_key, row.payload["severity"]) == ("statuspage", opened.key, "critical")
     assert row.payload["custom_details"]["group_key"] == opened.key
+
+
+async def test_snoozing_a_group_or_one_of_its_members_snoozes_the_group_incident(any_store):
+    # PagerDuty pages the group as one incident: its key, or the key of a member (which is never paged on
+    # its own), snoozes that incident and silences each firing member until then.
+    store = any_store
+    group = await opened_group(store)
+
+    async def snooze(key: str, at: float) -> acksync.Changes | str:
+        return await store.sync([key], lambda s: acksync.on_snooze(
+            s, key, duration=600.0, actor="dave", now=at, settings=SETTINGS), now=at)
+
+    for asked, at in ((group, 101.0), (KEYS[1], 102.0)):
+        changes = await snooze(asked, at)
+        assert isinstance(changes, acksync.Changes)
+        rest = [(r.sink, r.ordering_key, r.payload["op"], r.payload["key"]) for r in changes.outbox
+                if r.sink == acksync.REST_SINK]
+        assert rest == [(acksync.REST_SINK, group, "snooze", group)]
+        creates = [r.payload for r in changes.outbox if r.payload["op"] == "create"]
+        assert {p["key"] for p in creates} == {group}
+        assert sorted(m["value"] for p in creates for m in p["matchers"] if m["name"] == "certificate") == list(CERTS)
+        ack = await store.ack_state(group)
+        assert ack is not None
+        assert (ack.status, ack.side, ack.actor, ack.silenced) == ("acknowledged", "api", "dave", True)
+    # The second snooze replaced the first one's silences.
+    assert [r.payload for r in changes.outbox if r.payload["op"] == "expire"] == [{"op": "expire", "key": group}]
+    assert await snooze("certgroup-nope", 103.0) == "no incident 'certgroup-nope'"
+    raw = body(*(member(c, status="resolved") for c in CERTS))
+    await store.ingest(Receipt("alertmanager", raw, 104.0), parse(raw), POLICY, sinks=["pagerduty"])
+    assert await snooze(group, 105.0) == f"group {group!r} is not firing"
