@@ -111,6 +111,10 @@ class ConfigHolder:
             ("ack_sync.alertmanagers (empty or not)", bool(old.ack_sync.alertmanagers),
              bool(loaded.config.ack_sync.alertmanagers)),
             ("ack_sync.poll_interval", old.ack_sync.poll_interval, loaded.config.ack_sync.poll_interval),
+            # The PagerDuty sink (or its dry run) and the runbook actions' sink are chosen at start.
+            ("integrations.pagerduty routing keys (dry-run or not)", self.current.secrets.has_pagerduty,
+             loaded.secrets.has_pagerduty),
+            ("actions (none or some)", bool(old.actions), bool(loaded.config.actions)),
         ):
             if before != after:
                 log.warning("config change needs a restart to apply", extra={"kv": {"key": name}})
