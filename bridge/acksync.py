@@ -370,10 +370,9 @@ def on_snooze(
     one of its members, as that member is paged only through its group (PagerDuty snoozes whole incidents).
     """
     incident = state.incidents.get(key)
-    if incident is not None and incident.group:
-        key = incident.group
-    group = state.groups.get(key)
+    group = state.groups.get(incident.group if incident is not None and incident.group else key)
     if group is not None:
+        key = group.key
         _, subjects = state.group_view(group)
         if not group.open or not subjects:
             return f"group {key!r} is not firing"
