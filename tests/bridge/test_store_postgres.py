@@ -102,21 +102,25 @@ class Unlocked(_PostgresIngest):
         return state
 
 
-async def test_without_the_locks_the_primary_key_still_refuses_the_second_transition(pg, replicas):
-    raw = body(alert())
+async def overlapping(pg, raw: bytes, at: float) -> list[object]:
+    """One webhook ingested by two transactions at once, both reading before either writes (Unlocked)."""
     barrier = asyncio.Barrier(2)
     conns = [await pg.server.connect(pg.database) for _ in range(2)]
 
     async def overlap(conn):
         async with conn.transaction():
-            steps = script.script(Receipt("alertmanager", raw, 1.0), parse(raw), Policy(), ["pagerduty"])
+            steps = script.script(Receipt("alertmanager", raw, at), parse(raw), Policy(), ["pagerduty"])
             return await script.run_async(steps, Unlocked(conn, barrier))
 
     try:
-        results = await asyncio.gather(*(overlap(c) for c in conns), return_exceptions=True)
+        return await asyncio.gather(*(overlap(c) for c in conns), return_exceptions=True)
     finally:
         for conn in conns:
             await conn.close()
+
+
+async def test_without_the_locks_the_primary_key_still_refuses_the_second_transition(pg, replicas):
+    results = await overlapping(pg, body(alert()), 1.0)
     assert sorted(type(r).__name__ for r in results) == ["IngestResult", "UniqueViolationError"]
     assert isinstance(next(r for r in results if isinstance(r, BaseException)), asyncpg.UniqueViolationError)
     assert await pg.count("outbox") == 1
@@ -129,20 +133,7 @@ async def test_without_the_locks_the_status_guard_refuses_the_second_resolve(pg,
     # (one statement with the ingest's other writes): the second of two overlapping resolves changes no
     # row, which is a Conflict, and the store runs it again to find a duplicate.
     assert (await ingest(replicas[0], alert())).new == 1
-    raw = body(alert("resolved"))
-    barrier = asyncio.Barrier(2)
-    conns = [await pg.server.connect(pg.database) for _ in range(2)]
-
-    async def overlap(conn):
-        async with conn.transaction():
-            steps = script.script(Receipt("alertmanager", raw, 2.0), parse(raw), Policy(), ["pagerduty"])
-            return await script.run_async(steps, Unlocked(conn, barrier))
-
-    try:
-        results = await asyncio.gather(*(overlap(c) for c in conns), return_exceptions=True)
-    finally:
-        for conn in conns:
-            await conn.close()
+    results = await overlapping(pg, body(alert("resolved")), 2.0)
     assert sorted(type(r).__name__ for r in results) == ["Conflict", "IngestResult"]
     assert [r[0] for r in await pg.fetch("SELECT status FROM occurrences")] == ["resolved"]
     assert await pg.count("outbox") == 2  # the trigger and one resolve
