@@ -1,7 +1,9 @@
 """The probe registry: one ProbeFn per module kind, blackbox's ``Probers`` map.
 
-Kind ``file`` lives in exporter/probes/file.py and is imported on first use, so the registry (and the
-network probes) work even where that module cannot be imported.
+A prober's module is imported on first use, not with this package: the modules it builds on (certs, trust,
+policy) import ``exporter.probes.base``, which imports this package first, and an eager import of the
+probers here would import them back half-made (``certpager probe`` died of that cycle). It also keeps
+kind ``file`` (exporter/probes/file.py) out of the way of the network probes where it cannot be imported.
 """
 
 from __future__ import annotations
@@ -9,23 +11,16 @@ from __future__ import annotations
 import importlib
 
 from exporter.config import ModuleKind
-from exporter.probes import tls
-from exporter.probes.base import ProbeFn, ProbeRequest, ProbeResult
+from exporter.probes.base import ProbeFn
 
-
-async def _file_probe(request: ProbeRequest) -> list[ProbeResult]:
-    module = importlib.import_module("exporter.probes.file")
-    fn: ProbeFn = module.probe
-    return await fn(request)
-
-
-PROBES: dict[ModuleKind, ProbeFn] = {
-    "tls": tls.probe,
-    "starttls": tls.probe,
-    "file": _file_probe,
+PROBERS: dict[ModuleKind, str] = {  # kind -> the module whose ``probe`` it is
+    "tls": "exporter.probes.tls",
+    "starttls": "exporter.probes.tls",
+    "file": "exporter.probes.file",
 }
 
 
 def get_probe(kind: ModuleKind) -> ProbeFn:
     """The probe function for a module kind; raises KeyError for an unknown kind."""
-    return PROBES[kind]
+    fn: ProbeFn = importlib.import_module(PROBERS[kind]).probe
+    return fn

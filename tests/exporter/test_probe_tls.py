@@ -16,7 +16,7 @@ from certpager import pki
 from certpager.tlsserver import MisbehavingPeer, TLSServer
 from exporter import certs
 from exporter.config import Module, Policies, StartTLSSettings, TLSSettings
-from exporter.probes import PROBES, get_probe, tls
+from exporter.probes import PROBERS, file, get_probe, tls
 from exporter.probes.base import Phase, Position, ProbeRequest, ProbeResult, Reason, VerifyReason
 from exporter.probes.tls import TLSProber
 from tests.exporter.conftest import (
@@ -358,8 +358,8 @@ async def test_starttls_protocol_without_negotiator_is_unsupported(prober, monke
 
 
 async def test_registry():
-    assert PROBES["tls"] is tls.probe and get_probe("starttls") is tls.probe
-    assert set(PROBES) == {"tls", "starttls", "file"}
+    assert get_probe("tls") is tls.probe and get_probe("starttls") is tls.probe and get_probe("file") is file.probe
+    assert set(PROBERS) == {"tls", "starttls", "file"}
 
 
 # --- the STARTTLS pipeline (dialogues themselves are tested with the negotiators) -------------

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from certpager.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,3 +38,13 @@ def test_shared_package_imports_services_only_from_cli_and_demo() -> None:
         path for path, mod in imported_top_levels("certpager") if mod in {"exporter", "bridge"} and path not in allowed
     )
     assert offenders == []
+
+
+@pytest.mark.parametrize("argv", [*(["certpager", name] for name in COMMANDS), ["exporter"], ["bridge"]])
+def test_every_command_starts_in_a_fresh_interpreter(argv: list[str]) -> None:
+    # The test process has imported everything in some order already; a command imports in its own, where
+    # an import cycle shows (`certpager probe` once died on one: trust -> probes -> tls -> certs -> trust).
+    done = subprocess.run([sys.executable, "-m", *argv, "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "usage:" in done.stdout
