@@ -39,6 +39,7 @@ from bridge.sinks.pagerduty_webhook import PagerDutyWebhookSink
 from bridge.sinks.silences import SilenceSink
 from bridge.sinks.statuspage import StatuspageSettings
 from bridge.store.base import Receipt, Store, StoreError
+from bridge.store.ingest import ACTIONS_SINK
 from certpager.auth import Credentials
 from certpager.tasks import TaskCollector, TaskSupervisor
 from certpager.web import add_lifecycle_routes, application, metrics_handler, payload, read_body, text
@@ -111,10 +112,9 @@ class ConfigHolder:
             ("ack_sync.alertmanagers (empty or not)", bool(old.ack_sync.alertmanagers),
              bool(loaded.config.ack_sync.alertmanagers)),
             ("ack_sync.poll_interval", old.ack_sync.poll_interval, loaded.config.ack_sync.poll_interval),
-            # The PagerDuty sink (or its dry run) and the runbook actions' sink are chosen at start.
+            # The PagerDuty sink (or its dry run) is chosen at start (the actions' sink: Bridge.reload).
             ("integrations.pagerduty routing keys (dry-run or not)", self.current.secrets.has_pagerduty,
              loaded.secrets.has_pagerduty),
-            ("actions (none or some)", bool(old.actions), bool(loaded.config.actions)),
         ):
             if before != after:
                 log.warning("config change needs a restart to apply", extra={"kv": {"key": name}})
@@ -148,6 +148,7 @@ class Bridge:
         clock: Callable[[], float] = time.time,
         registry: CollectorRegistry | None = None,
         http: httpx.AsyncClient | None = None,
+        actions_sink: Callable[[], Sink] | None = None,
     ) -> None:
         self.holder = config if isinstance(config, ConfigHolder) else ConfigHolder(config)
         self.store, self.sinks, self.clock = store, tuple(sinks), clock
@@ -161,7 +162,9 @@ class Bridge:
         all_sinks = {**sinks, **self._ack_sync_sinks()}
         self.metrics.start_at_zero(all_sinks)
         self.metrics.start_pages_at_zero(self._environments.known)
-        registry.register(OutboxCollector(store, sinks=all_sinks.keys(), clock=clock))
+        self._actions_sink = actions_sink
+        self._outbox_collector = OutboxCollector(store, sinks=all_sinks.keys(), clock=clock)
+        registry.register(self._outbox_collector)
         settings = self.holder.current.config.outbox
         self.worker = OutboxWorker(
             store, all_sinks, clock=clock, metrics=self.metrics, max_in_flight=settings.max_in_flight,
@@ -276,7 +279,22 @@ class Bridge:
         self._classes.known = frozenset(known_classes(self.holder.current.config))
         self._environments.known = frozenset(known_environments(self.holder.current.config))
         self.metrics.start_pages_at_zero(self._environments.known)
+        self._enable_actions()
         log.info("config reloaded", extra={"kv": {"file": str(self.holder.current.path)}})
+
+    def _enable_actions(self) -> None:
+        """The runbook actions' sink, once a reload adds the first action (queued from the next webhook)."""
+        if not self.holder.current.config.actions or ACTIONS_SINK in self.sinks:
+            return
+        if self._actions_sink is None:  # built without a way to make it (tests): say so, as for other settings
+            log.warning("config change needs a restart to apply", extra={"kv": {"key": "actions (none or some)"}})
+            return
+        self.worker.add_sink(ACTIONS_SINK, self._actions_sink())
+        self.metrics.start_at_zero([ACTIONS_SINK])
+        self._outbox_collector.add(ACTIONS_SINK)
+        self.sinks = (*self.sinks, ACTIONS_SINK)
+        names = ",".join(sorted(self.holder.current.config.actions))
+        log.info("runbook actions enabled", extra={"kv": {"actions": names}})
 
     @contextlib.asynccontextmanager
     async def _running(self, _: web.Application) -> AsyncIterator[None]:

@@ -138,12 +138,16 @@ def make_sinks(holder: ConfigHolder, registry: CollectorRegistry, store: Store |
     if statuspage is not None:
         sinks["statuspage"] = statuspage
     if holder.current.config.actions and store is not None:
-        sinks[ACTIONS_SINK] = ActionsSink(
-            httpx.AsyncClient(), actions=lambda: holder.current.config.actions,
-            secrets=lambda: holder.current.secrets.actions,
-            metrics=ActionMetrics(registry),
-        )
+        sinks[ACTIONS_SINK] = make_actions_sink(holder, registry)
     return sinks
+
+
+def make_actions_sink(holder: ConfigHolder, registry: CollectorRegistry) -> ActionsSink:
+    """The runbook actions' sink: at start when ``actions:`` names any, else when a reload adds the first."""
+    return ActionsSink(
+        httpx.AsyncClient(), actions=lambda: holder.current.config.actions,
+        secrets=lambda: holder.current.secrets.actions, metrics=ActionMetrics(registry),
+    )
 
 
 def make_statuspage_sink(holder: ConfigHolder, registry: CollectorRegistry) -> Sink | None:
@@ -207,7 +211,12 @@ async def _serve(
     registry = CollectorRegistry()
     store = make_store(loaded)
     sinks = make_sinks(holder, registry, store)
-    bridge = Bridge(holder, store=store, sinks=sinks, registry=registry)
+
+    def enable_actions() -> Sink:  # kept in ``sinks``, so it is closed with the others
+        sinks[ACTIONS_SINK] = make_actions_sink(holder, registry)
+        return sinks[ACTIONS_SINK]
+
+    bridge = Bridge(holder, store=store, sinks=sinks, registry=registry, actions_sink=enable_actions)
     auth = loaded.config.server.auth
     if auth.bearer_token is None and auth.bearer_token_file is None and auth.basic_auth is None:
         log.warning("server.auth is not configured: anyone who can reach the bridge can post alerts")

@@ -218,6 +218,10 @@ class OutboxCollector(Collector):
         self._sinks = tuple(sinks)
         self._clock = clock
 
+    def add(self, sink: str) -> None:
+        """Report ``sink`` from now on, at 0 while it has nothing (a sink a reload enabled)."""
+        self._sinks = (*self._sinks, sink)
+
     def collect(self) -> Iterable[Metric]:
         depth = GaugeMetricFamily(f"{NAMESPACE}_outbox_depth", "Events queued, not yet delivered.", labels=["sink"])
         age = GaugeMetricFamily(

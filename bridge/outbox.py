@@ -116,6 +116,13 @@ class OutboxWorker:
         """Look for work now (called after an ingest committed events)."""
         self._wake.set()
 
+    def add_sink(self, name: str, sink: Sink) -> None:
+        """Deliver ``name``'s items from now on too (a sink a reload enabled). The maps are replaced, not
+        changed, so a loop suspended over them goes on with the old ones."""
+        self._sinks = {**self._sinks, name: sink}
+        self._busy = {**self._busy, name: self._busy.get(name, 0)}
+        self._wake.set()
+
     def backoff(self, attempts: int) -> float:
         """Seconds before retry number ``attempts + 1``: doubling from retry_initial, capped, 50-100% jitter."""
         ceiling: float = min(self._retry_max, self._retry_initial * 2.0 ** min(attempts, 32))

@@ -25,6 +25,7 @@ from bridge.sinks.actions import ActionMetrics, ActionsSink
 from bridge.sinks.base import DeadLetter, Delivered, OutboxItem, RetryLater
 from bridge.sinks.pagerduty import PagerDutySink
 from bridge.store.base import Receipt
+from bridge.store.ingest import ACTIONS_SINK
 from bridge.store.sqlite import SqliteStore
 from tests.bridge.conftest import alert, body
 from tests.fakes.pagerduty import check_alert_event, run_fake_pagerduty
@@ -329,6 +330,44 @@ async def test_through_the_outbox_a_5xx_is_retried_and_a_4xx_is_a_dead_letter_in
         assert registry.get_sample_value("certpager_bridge_actions_total",
                                          {"action": "tell", "type": "notify", "result": "dead_letter"}) == 1
         assert len(pd.incidents) == 1
+        for sink in sinks.values():
+            await sink.aclose()
+
+
+async def test_a_reload_that_adds_the_first_action_runs_it_from_the_next_webhook(serve_app, tmp_path):
+    # The actions' sink exists from the start only when actions: names some; a reload that adds the first one
+    # starts it (cli.py wires the same factory), where it needed a restart before.
+    from bridge.cli import make_actions_sink, make_sinks
+
+    async with run_fake_pagerduty() as pd, receiver() as rx:
+        path = tmp_path / "bridge.yml"
+        base = f"integrations:\n  pagerduty:\n    routing_key: {'P' * 32}\n    events_url: {pd.url}\n"
+        path.write_text(base)
+        holder = ConfigHolder(load(path, env={}), loader=lambda: load(path, env={}))
+        registry, store = CollectorRegistry(), SqliteStore(tmp_path / "b.db")
+        sinks = make_sinks(holder, registry, store)
+        assert ACTIONS_SINK not in sinks
+
+        def enable_actions():
+            sinks[ACTIONS_SINK] = make_actions_sink(holder, registry)
+            return sinks[ACTIONS_SINK]
+
+        bridge = Bridge(holder, store=store, sinks=sinks, registry=registry, actions_sink=enable_actions)
+        client = await serve_app(bridge.app)
+        path.write_text(base + f"actions:\n  renew: {{type: http, url: '{rx.url}/renew'}}\n"
+                        "automation:\n  certificate_expired: {actions: [renew]}\n")
+        await bridge.reload()
+        await bridge.reload()  # once: a second reload finds it running
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert(cls=EXP)))).status == 200
+        deadline = asyncio.get_running_loop().time() + 10
+        while not rx.seen:
+            assert asyncio.get_running_loop().time() < deadline, "the action did not run"
+            await asyncio.sleep(0.05)
+        assert [s["path"] for s in rx.seen] == ["/renew"]
+        assert [e.action for e in await action_lines(store)] == ["delivered"]
+        text = await (await client.get("/metrics")).text()
+        assert 'certpager_bridge_outbox_depth{sink="actions"}' in text
+        assert len(pd.incidents) == 1  # the page went out as before
         for sink in sinks.values():
             await sink.aclose()
 
