@@ -112,9 +112,6 @@ class ConfigHolder:
             ("ack_sync.alertmanagers (empty or not)", bool(old.ack_sync.alertmanagers),
              bool(loaded.config.ack_sync.alertmanagers)),
             ("ack_sync.poll_interval", old.ack_sync.poll_interval, loaded.config.ack_sync.poll_interval),
-            # The PagerDuty sink (or its dry run) is chosen at start (the actions' sink: Bridge.reload).
-            ("integrations.pagerduty routing keys (dry-run or not)", self.current.secrets.has_pagerduty,
-             loaded.secrets.has_pagerduty),
         ):
             if before != after:
                 log.warning("config change needs a restart to apply", extra={"kv": {"key": name}})
@@ -149,6 +146,7 @@ class Bridge:
         registry: CollectorRegistry | None = None,
         http: httpx.AsyncClient | None = None,
         actions_sink: Callable[[], Sink] | None = None,
+        pagerduty_sink: Callable[[], Sink] | None = None,
     ) -> None:
         self.holder = config if isinstance(config, ConfigHolder) else ConfigHolder(config)
         self.store, self.sinks, self.clock = store, tuple(sinks), clock
@@ -163,6 +161,9 @@ class Bridge:
         self.metrics.start_at_zero(all_sinks)
         self.metrics.start_pages_at_zero(self._environments.known)
         self._actions_sink = actions_sink
+        self._pagerduty_sink = pagerduty_sink  # out of dry run when a reload adds the first routing key
+        self._dry_run = not self.holder.current.secrets.has_pagerduty  # the PagerDuty sink is the dry run
+        self._pagerduty_keys = not self._dry_run  # whether the last config had a routing key
         self._outbox_collector = OutboxCollector(store, sinks=all_sinks.keys(), clock=clock)
         registry.register(self._outbox_collector)
         settings = self.holder.current.config.outbox
@@ -280,7 +281,27 @@ class Bridge:
         self._environments.known = frozenset(known_environments(self.holder.current.config))
         self.metrics.start_pages_at_zero(self._environments.known)
         self._enable_actions()
+        self._enable_pagerduty()
         log.info("config reloaded", extra={"kv": {"file": str(self.holder.current.path)}})
+
+    def _enable_pagerduty(self) -> None:
+        """Out of dry run once a reload adds the first routing key: PagerDuty gets every event from then on
+        (a restart did that before, and until then pages went to the log only)."""
+        keys, had_keys = self.holder.current.secrets.has_pagerduty, self._pagerduty_keys
+        self._pagerduty_keys = keys
+        if not keys:
+            if had_keys:  # every key removed: the events become dead letters naming their route (docs/bridge.md)
+                log.warning("no PagerDuty routing key configured any more: events become dead letters until one is")
+            return
+        if not self._dry_run:
+            return  # the PagerDuty sink reads the keys for each event
+        if self._pagerduty_sink is None:  # built without a way to make it (tests): say so
+            log.warning("config change needs a restart to apply",
+                        extra={"kv": {"key": "integrations.pagerduty routing keys (dry-run or not)"}})
+            return
+        self.worker.add_sink("pagerduty", self._pagerduty_sink())
+        self._dry_run = False
+        log.info("PagerDuty delivery enabled: out of dry run")
 
     def _enable_actions(self) -> None:
         """The runbook actions' sink, once a reload adds the first action (queued from the next webhook)."""

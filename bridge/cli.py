@@ -216,7 +216,12 @@ async def _serve(
         sinks[ACTIONS_SINK] = make_actions_sink(holder, registry)
         return sinks[ACTIONS_SINK]
 
-    bridge = Bridge(holder, store=store, sinks=sinks, registry=registry, actions_sink=enable_actions)
+    def enable_pagerduty() -> Sink:  # replaces the dry run (nothing to close) in ``sinks``
+        sinks["pagerduty"] = make_sink(holder)
+        return sinks["pagerduty"]
+
+    bridge = Bridge(holder, store=store, sinks=sinks, registry=registry, actions_sink=enable_actions,
+                    pagerduty_sink=enable_pagerduty)
     auth = loaded.config.server.auth
     if auth.bearer_token is None and auth.bearer_token_file is None and auth.basic_auth is None:
         log.warning("server.auth is not configured: anyone who can reach the bridge can post alerts")

@@ -223,22 +223,6 @@ def test_statuspage_token_and_component_map_from_files_and_variables(tmp_path):
     assert load(path, env=env).secrets.statuspage_token is None  # no token: dry-run
 
 
-def test_a_reload_that_adds_the_first_routing_key_says_it_needs_a_restart(tmp_path, caplog):
-    # The delivery mode (PagerDuty or dry run) is chosen at start: a reload that would need another must not
-    # pass in silence. (The first runbook action starts its sink on reload: test_actions.py.)
-    path = tmp_path / "bridge.yml"
-    path.write_text("{}\n")
-    holder = ConfigHolder(load(path, env={}), loader=lambda: load(path, env={}))
-    path.write_text(f"integrations:\n  pagerduty:\n    routing_key: {'K' * 32}\n"
-                    "actions:\n  renew: {type: http, url: 'http://127.0.0.1:9/renew'}\n"
-                    "automation:\n  certificate_expired: {actions: [renew]}\n")
-    caplog.set_level(logging.WARNING)
-    holder.reload()
-    restart = [r.kv["key"] for r in caplog.records if hasattr(r, "kv")]  # type: ignore[attr-defined]
-    assert restart == ["integrations.pagerduty routing keys (dry-run or not)"]
-    assert "K" * 32 not in caplog.text
-
-
 def test_empty_sections_mean_defaults(tmp_path):
     path = tmp_path / "bridge.yml"
     path.write_text("server:\n  auth:\nstore:\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import time
 
 import httpx
@@ -198,3 +199,47 @@ async def test_many_problems_resolved_during_an_outage_page_nobody(serve_app, tm
         assert len(fake.changes()) == 6 and sorted(a for a, _ in fake.actions()) == ["resolve"] * 6
         assert fake.incidents == [] and late(registry, "change_event") == 6
         await sink.aclose()
+
+
+async def test_a_reload_that_adds_the_first_routing_key_takes_the_bridge_out_of_dry_run(serve_app, tmp_path, caplog):
+    # Started without a routing key, the bridge logs the events it would send. Adding the key and reloading
+    # (SIGHUP) used to leave it in dry run until a restart: the next pages went to the log only.
+    from bridge.cli import make_sink, make_sinks
+
+    async with run_fake_pagerduty() as fake:
+        path = tmp_path / "bridge.yml"
+        path.write_text(f"integrations:\n  pagerduty:\n    events_url: {fake.url}\n")
+        holder = ConfigHolder(load(path, env={}), loader=lambda: load(path, env={}))
+        registry = CollectorRegistry()
+        store = SqliteStore(tmp_path / "b.db")
+        sinks = make_sinks(holder, registry, store)
+
+        built = []
+
+        def enable_pagerduty():
+            sinks["pagerduty"] = make_sink(holder)
+            built.append(sinks["pagerduty"])
+            return sinks["pagerduty"]
+
+        bridge = Bridge(holder, store=store, sinks=sinks, registry=registry, pagerduty_sink=enable_pagerduty)
+        client = await serve_app(bridge.app)
+        caplog.set_level(logging.INFO)
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert(certificate="dry.example.com")))).status == 200
+        await until(lambda: store.outbox_stats().depth.get("pagerduty", 0) == 0)  # logged by the dry run
+        path.write_text(f"integrations:\n  pagerduty:\n    routing_key: {KEY_A}\n    events_url: {fake.url}\n")
+        await bridge.reload()
+        await bridge.reload()  # once: a second reload finds it live
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert()))).status == 200
+        await until(lambda: fake.actions() == [("trigger", EXPIRED)])
+        assert "PagerDuty delivery enabled: out of dry run" in caplog.text
+        path.write_text(f"integrations:\n  pagerduty:\n    events_url: {fake.url}\n")
+        caplog.clear()
+        await bridge.reload()  # every key removed: said, and the events become dead letters
+        assert "no PagerDuty routing key configured any more" in caplog.text
+        path.write_text(f"integrations:\n  pagerduty:\n    routing_key: {KEY_B}\n    events_url: {fake.url}\n")
+        await bridge.reload()  # a key again: the PagerDuty sink reads it, no second sink
+        assert (await client.post(ALERTMANAGER_PATH, data=body(alert("resolved")))).status == 200
+        await until(lambda: fake.actions() == [("trigger", EXPIRED), ("resolve", EXPIRED)])
+        assert len(built) == 1
+        for sink in sinks.values():
+            await sink.aclose()
