@@ -134,6 +134,8 @@ class Bridge:
     ``ack_sync.alertmanagers`` is set); :meth:`reload` is what both ``POST /-/reload`` and SIGHUP call.
     ``sinks`` are the incident sinks every Alertmanager transition is queued to; ack sync adds its own
     (``pagerduty_webhook``, ``pagerduty_rest``, ``alertmanager``), each with its own queue, using ``http``.
+    ``actions_sink`` and ``pagerduty_sink`` build the sinks a reload can enable: the runbook actions' when
+    the first action appears, PagerDuty's in place of the dry run when the first routing key does.
     """
 
     def __init__(

@@ -117,8 +117,9 @@ class OutboxWorker:
         self._wake.set()
 
     def add_sink(self, name: str, sink: Sink) -> None:
-        """Deliver ``name``'s items from now on too (a sink a reload enabled). The maps are replaced, not
-        changed, so a loop suspended over them goes on with the old ones."""
+        """Deliver ``name``'s items through ``sink`` from now on: a sink a reload enabled, or the one that
+        replaces the dry run. The maps are replaced, not changed, so a loop suspended over them goes on with
+        the old ones."""
         self._sinks = {**self._sinks, name: sink}
         self._busy = {**self._busy, name: self._busy.get(name, 0)}
         self._wake.set()
