@@ -12,18 +12,17 @@ import asyncio
 import ctypes
 import ctypes.util
 import functools
-import importlib
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import cast
 
 from certpager.errors import ConfigError
 from certpager.tasks import TaskCollector, TaskSupervisor
 from exporter.access import AllowList, ProbeAccess, Slots
 from exporter.config import Config, load
+from exporter.probes import get_probe
 from exporter.probes.base import ProbeFn, ProbeRequest, ProbeResult
 from exporter.results import ResultStore, render_single
 from exporter.scheduler import Clock, Scheduler, Sleep, Timing
@@ -36,8 +35,7 @@ Loader = Callable[[Path], Config]
 
 
 async def default_probe(request: ProbeRequest) -> list[ProbeResult]:
-    """Dispatch to the probe registered for the module's kind (imported lazily: it loads OpenSSL glue)."""
-    get_probe = cast(Callable[[str], ProbeFn], importlib.import_module("exporter.probes").get_probe)
+    """Dispatch to the probe registered for the module's kind (the registry imports it on first use)."""
     return await get_probe(request.module.kind)(request)
 
 
